@@ -1,0 +1,11 @@
+"""Weight converters from the official PyTorch checkpoints (the only NCHW/OIHW code).
+
+Each family module defines `register(subparsers)`, adding its subcommands to
+`tools/convert_weights.py`. Every converter is strict: it fails naming every
+missing, misshaped or unexpected key, and it never executes pickled code.
+"""
+FAMILIES = (
+    "hyperstyle_jax.convert.stylegan2",   # stylegan2
+    "hyperstyle_jax.convert.hyperstyle",  # hyperstyle, w_encoder, resnet34
+    "hyperstyle_jax.convert.losses",      # lpips, arcface, moco
+)

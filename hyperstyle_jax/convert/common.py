@@ -1,0 +1,197 @@
+"""Shared pieces of every weight converter: safe torch loading and strict key mapping.
+
+This is the one place where PyTorch layouts (NCHW activations, OIHW conv weights,
+(out, in) linear weights) meet ours (NHWC, HWIO, (in, out)). Every converter reads a
+state dict through `SourceDict`, which records each key it hands out, and ends with
+`SourceDict.finish()`, which fails listing every missing, misshaped or unused key.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the file and keys."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_torch_file(path: str) -> Any:
+    """`torch.load(path, weights_only=True)` with errors that name the file.
+
+    Never executes pickled code: a file that needs more than tensors and plain Python
+    containers is refused with an explanation.
+    """
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ConversionError(
+            "reading .pt files needs torch: pip install 'hyperstyle_jax[convert]' "
+            "(torch==2.13.0, CPU build)") from e
+    if not os.path.exists(path):
+        raise ConversionError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ConversionError(f"{path}: file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e):
+            raise ConversionError(
+                f"{path}: refused: the file's pickle asks to run or import code that is not "
+                f"a tensor or a plain container (torch.load weights_only=True rejected it: "
+                f"{_short(str(e))}). Such files can execute arbitrary code, so they are never "
+                f"loaded. Re-save just the state dict in a trusted environment: "
+                f"torch.save(model.state_dict(), 'clean.pt').") from None
+        raise ConversionError(f"{path}: not a readable torch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ConversionError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {_short(str(e))}"
+        ) from None
+
+
+def _short(msg: str, n: int = 300) -> str:
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= n else msg[:n] + "..."
+
+
+def to_numpy_state_dict(sd: Mapping[str, Any], origin: str) -> dict[str, np.ndarray]:
+    """Tensors -> float32/int numpy arrays; anything else in a state dict is an error."""
+    out = {}
+    for k, v in sd.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu()
+            if v.is_floating_point():
+                v = v.float()
+            out[k] = v.numpy()
+        elif isinstance(v, np.ndarray):
+            out[k] = v
+        else:
+            raise ConversionError(f"{origin}: key {k!r} is a {type(v).__name__}, not a tensor")
+    return out
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def conv_weight(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight [O, I, kh, kw] -> HWIO [kh, kw, I, O]."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def linear_weight(w: np.ndarray) -> np.ndarray:
+    """PyTorch linear weight [out, in] -> Dense kernel [in, out]."""
+    return np.ascontiguousarray(w.T)
+
+
+# ----------------------------------------------------------------------------- strict mapping
+
+
+class SourceDict:
+    """A source state dict that remembers what was read and what went wrong.
+
+    `take` never raises: problems are collected and reported together by `finish`,
+    so one run names every bad key at once.
+    """
+
+    def __init__(self, sd: Mapping[str, np.ndarray], origin: str, prefix: str = ""):
+        self.sd = dict(sd)
+        self.origin = origin
+        self.prefix = prefix
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.misshaped: list[str] = []
+
+    def has(self, key: str) -> bool:
+        return self.prefix + key in self.sd
+
+    def take(self, key: str, shape: Iterable[int] | None = None) -> np.ndarray:
+        """The array stored at `prefix + key`, checked against `shape` if given."""
+        full = self.prefix + key
+        if full not in self.sd:
+            self.missing.append(full + (f" (expected shape {tuple(shape)})" if shape else ""))
+            return np.zeros(tuple(shape) if shape is not None else (0,), np.float32)
+        self.used.add(full)
+        arr = self.sd[full]
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            self.misshaped.append(f"{full}: shape {tuple(arr.shape)}, expected {tuple(shape)}")
+            return np.zeros(tuple(shape), arr.dtype)
+        return arr
+
+    def skip(self, *keys_or_prefixes: str) -> None:
+        """Mark keys (or every key under a prefix ending in '.') as deliberately unused."""
+        for k in keys_or_prefixes:
+            full = self.prefix + k
+            if full.endswith("."):
+                self.used.update(x for x in self.sd if x.startswith(full))
+            elif full in self.sd:
+                self.used.add(full)
+
+    def finish(self, what: str = "checkpoint") -> None:
+        unused = sorted(set(self.sd) - self.used)
+        lines = []
+        if self.missing:
+            lines.append(f"missing keys ({len(self.missing)}): " + ", ".join(self.missing))
+        if self.misshaped:
+            lines.append(f"misshaped keys ({len(self.misshaped)}): " + "; ".join(self.misshaped))
+        if unused:
+            lines.append(f"unexpected keys ({len(unused)}): " + ", ".join(unused))
+        if lines:
+            raise ConversionError(f"{self.origin}: cannot convert {what}: " + " | ".join(lines))
+
+
+def tree_paths(tree: Any) -> dict[str, tuple]:
+    """{'a/b/c': shape} for every leaf of a nested dict (arrays or ShapeDtypeStructs)."""
+    out = {}
+
+    def rec(node, path):
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                rec(v, f"{path}/{k}" if path else str(k))
+        else:
+            out[path] = tuple(node.shape)
+
+    rec(tree, "")
+    return out
+
+
+def check_tree_matches(got: Any, expected: Any, origin: str, what: str = "parameters") -> None:
+    """Fail naming every path that is missing, unexpected or of the wrong shape."""
+    g, e = tree_paths(got), tree_paths(expected)
+    missing = sorted(set(e) - set(g))
+    extra = sorted(set(g) - set(e))
+    bad = sorted(f"{p}: {g[p]} vs expected {e[p]}" for p in set(g) & set(e) if g[p] != e[p])
+    lines = []
+    if missing:
+        lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
+    if extra:
+        lines.append(f"unexpected ({len(extra)}): " + ", ".join(extra))
+    if bad:
+        lines.append(f"misshaped ({len(bad)}): " + "; ".join(bad))
+    if lines:
+        raise ConversionError(f"{origin}: converted {what} do not match the model: " + " | ".join(lines))
+
+
+def unwrap_state_dict(obj: Any, path: str, candidates: Iterable[str]) -> tuple[dict, dict]:
+    """Find the state dict inside a checkpoint object.
+
+    Returns (state_dict, top_level) where top_level is the containing dict (or {}).
+    `candidates` are top-level keys to try in order (e.g. 'g_ema', 'state_dict');
+    a bare state dict (all values tensors) is accepted as is.
+    """
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    for c in candidates:
+        if c in obj and isinstance(obj[c], Mapping):
+            return dict(obj[c]), dict(obj)
+    if obj and all(hasattr(v, "shape") for v in obj.values()):
+        return dict(obj), {}
+    raise ConversionError(
+        f"{path}: no state dict found: expected one of the top-level keys "
+        f"{list(candidates)} or a bare state dict; found keys {sorted(obj)[:20]}")

@@ -1,0 +1,164 @@
+"""Reading, converting and writing images; the one place PIL is used.
+
+Images inside the package are float32 NHWC in [-1, 1] (the official `Normalize(.5, .5)`);
+on disk they are 8-bit RGB.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+class ImageReadError(ValueError):
+    """An image file cannot be read; the message starts with the path."""
+
+
+def pil_to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) -> 8-bit RGB.
+
+    Alpha is dropped (as `Image.convert('RGB')` in the official loaders); 16- and 32-bit
+    grayscale is scaled to 8 bits instead of being clipped.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read any readable image file as uint8 RGB [H, W, 3]; ImageReadError names the file."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError(f"{path}: empty file")
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncated files fail here
+            rgb = pil_to_rgb8(img)
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Like `read_image` for encoded bytes (PNG, JPEG, ...)."""
+    import io
+
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(pil_to_rgb8(img), dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{name}: unreadable image ({' '.join(str(e).split())})") from None
+
+
+def resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3], bilinear with antialiasing.
+
+    This is what torchvision `Resize((h, w))` does to a PIL image in the official transforms.
+    """
+    h, w = hw
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> float32 in [-1, 1] (`ToTensor` then `Normalize(.5, .5)`)."""
+    return img.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> uint8, clipped and rounded (as the official `tensor2im`)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def save_image(path: str, x: np.ndarray) -> None:
+    """Save float [-1, 1] or uint8 [H, W, 3] as an image (format from the extension)."""
+    arr = x if x.dtype == np.uint8 else to_uint8(x)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
+              cell_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Tile rows of images (float [-1, 1] or uint8, [H, W, 3]) into one uint8 grid.
+
+    Cells are resized to `cell_hw` (default: the first image's size); short rows are
+    padded with white.
+    """
+    rows = [list(r) for r in rows]
+    first = rows[0][0]
+    ch, cw = cell_hw or first.shape[:2]
+    ncol = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (ch + pad) + pad, ncol * (cw + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            im = im if im.dtype == np.uint8 else to_uint8(im)
+            im = resize(im, (ch, cw))
+            y, x = pad + i * (ch + pad), pad + j * (cw + pad)
+            grid[y:y + ch, x:x + cw] = im
+    return grid
+
+
+def list_images(spec: str) -> list[str]:
+    """A file, a folder (recursively, image extensions only) or a glob -> sorted paths.
+
+    A single file or glob match is returned whatever its extension, so a misnamed or
+    broken file is reported by the reader rather than silently dropped.
+    """
+    if os.path.isfile(spec):
+        return [spec]
+    if os.path.isdir(spec):
+        out = []
+        for root, _, files in os.walk(spec):
+            for f in files:
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    out.append(os.path.join(root, f))
+        return sorted(out)
+    matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    return matches
+
+
+def parse_index_ranges(spec: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
+            a, b = int(a), int(b)
+            if b < a:
+                raise ValueError(f"bad range {part!r}: end before start")
+            out.extend(range(a, b + 1))
+        else:
+            out.append(int(part))
+    if not out:
+        raise ValueError(f"no indices in {spec!r}")
+    return out
+
+
+def chunks(items: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

@@ -1,0 +1,33 @@
+"""hyperstyle_jax: HyperStyle (Alaluf et al., CVPR 2022) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hyperstyle_jax",
+    version="0.1.0",
+    description="HyperStyle StyleGAN2 inversion with a hypernetwork, in JAX/Flax",
+    packages=find_packages(include=["hyperstyle_jax", "hyperstyle_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "ml-collections",
+        "absl-py",
+        "pillow",
+        "tqdm",
+        "tensorboardX",
+        # Datasets: TFDS writes array_record files, grain reads them; no TensorFlow.
+        "tensorflow-datasets",
+        "array-record",
+        "grain",
+        "importlib_resources",  # needed by tfds, not declared by it
+    ],
+    extras_require={
+        # torch only reads official .pt files in tools/convert_weights.py.
+        # 2.13.0 is the CPU build on local disk; other versions pull gigabytes.
+        "convert": ["torch==2.13.0"],
+        "test": ["pytest", "torch==2.13.0"],
+    },
+)
