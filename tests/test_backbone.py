@@ -1,0 +1,154 @@
+"""Backbone pieces against the official PyTorch outputs (fixture 04_backbone).
+
+Weights come from the fixture `.pt` files through the converter's own key mapping, so
+these tests also check that mapping. Tolerances: README of the fixtures (outputs atol
+5e-5 rtol 1e-5; train-mode running stats rtol 1e-5).
+"""
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperstyle_jax.convert import hyperstyle as conv
+from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
+from hyperstyle_jax.models.layers import BatchNorm, PReLU
+from hyperstyle_jax.models.resnet import BasicBlock, HypernetBackbone, block_table
+from tests.conftest import FIXTURES
+
+D = os.path.join(FIXTURES, "04_backbone")
+ATOL, RTOL = 5e-5, 1e-5
+
+
+@pytest.fixture(scope="module")
+def io():
+    return dict(np.load(os.path.join(D, "backbone_io.npz")))
+
+
+def _sd(name):
+    path = os.path.join(D, f"{name}.pt")
+    return SourceDict(to_numpy_state_dict(load_torch_file(path), path), path)
+
+
+def nhwc(a):
+    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
+
+
+def nchw(a):
+    return np.transpose(np.asarray(a), (0, 3, 1, 2))
+
+
+def _close(got, want, atol=ATOL, rtol=RTOL):
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
+
+
+class Stack(nn.Module):
+    """`ResNet._make_layer(BasicBlock, planes, n, stride)` with blocks named b0, b1, …"""
+    planes: int
+    n: int
+    stride: int
+    inplanes: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        for i, (p, s, ds) in enumerate(block_table([(self.planes, self.n, self.stride)], self.inplanes)):
+            x = BasicBlock(p, s, ds, name=f"b{i}")(x, train)
+        return x
+
+
+def _stack_vars(name, n):
+    src = _sd(name)
+    out = conv.Out()
+    for i in range(n):
+        conv.put_basic_block(src, out, str(i), f"b{i}")
+    src.finish()
+    return out.variables()
+
+
+def _stem_vars():
+    src = _sd("hypernet_stem")
+    out = conv.Out()
+    conv.put_stem_and_body(src, out, n_blocks=0)
+    src.finish()
+    return out.variables()
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+
+def test_batchnorm_closed_form():
+    """Train mode: biased variance normalizes, unbiased variance updates (n = B*H*W)."""
+    x = np.random.RandomState(0).randn(3, 4, 5, 2).astype(np.float32) * 3 + 1
+    bn = BatchNorm()
+    v = {"params": {"weight": np.array([2.0, 0.5], np.float32), "bias": np.array([0.1, -1], np.float32)},
+         "batch_stats": {"running_mean": np.array([0.3, 0.2], np.float32),
+                         "running_var": np.array([1.5, 0.7], np.float32)}}
+    y, upd = bn.apply(v, jnp.asarray(x), True, mutable=["batch_stats"])
+    m = x.reshape(-1, 2).mean(0)
+    var_b = x.reshape(-1, 2).var(0)
+    var_u = x.reshape(-1, 2).var(0, ddof=1)
+    _close(y, (x - m) / np.sqrt(var_b + 1e-5) * v["params"]["weight"] + v["params"]["bias"], 1e-5)
+    _close(upd["batch_stats"]["running_mean"], 0.9 * np.array([0.3, 0.2]) + 0.1 * m, 1e-6)
+    _close(upd["batch_stats"]["running_var"], 0.9 * np.array([1.5, 0.7]) + 0.1 * var_u, 1e-6)
+    y_eval = bn.apply(v, jnp.asarray(x), False)
+    _close(y_eval, (x - [0.3, 0.2]) / np.sqrt(np.array([1.5, 0.7]) + 1e-5) * [2.0, 0.5] + [0.1, -1], 1e-5)
+
+
+def test_prelu_per_channel():
+    x = jnp.asarray([[-2.0, -2.0, 3.0]])
+    y = PReLU().apply({"params": {"weight": jnp.asarray([0.1, 0.5, 0.9])}}, x)
+    _close(y, [[-0.2, -1.0, 3.0]], 0)
+
+
+# ----------------------------------------------------------------------------- hypernet stem
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_hypernet_stem(io, train):
+    v = _stem_vars()
+    m = HypernetBackbone(input_nc=6, stem_width=64, stages=())
+    x = nhwc(io["in__hypernet_stem"])
+    if train:
+        y, upd = m.apply(v, x, True, mutable=["batch_stats"])
+        _close(nchw(y), io["out_train__hypernet_stem"])
+        for s in ("running_mean", "running_var"):
+            _close(upd["batch_stats"]["bn1"][s], io[f"train_state_after__hypernet_stem__bn1.{s}"], 0, RTOL)
+    else:
+        _close(nchw(m.apply(v, x, False)), io["out_eval__hypernet_stem"])
+
+
+def test_stem_converted_tree_matches_init():
+    from hyperstyle_jax.convert.common import check_tree_matches
+    m = HypernetBackbone(input_nc=6, stem_width=64, stages=())
+    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 6))))
+    check_tree_matches(_stem_vars(), shapes, "hypernet_stem.pt")
+
+
+# ----------------------------------------------------------------------------- BasicBlocks
+
+
+def test_basicblock_stack_nods(io):
+    v = _stack_vars("basicblock_stack_nods", 2)
+    assert "downsample_0" not in v["params"]["b0"]
+    y = Stack(24, 2, 1, 24).apply(v, nhwc(io["in__basicblock_stack_nods"]))
+    _close(nchw(y), io["out_eval__basicblock_stack_nods"])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_basicblock_stack_ds(io, train):
+    v = _stack_vars("basicblock_stack_ds", 2)
+    m = Stack(40, 2, 2, 24)
+    x = nhwc(io["in__basicblock_stack_ds"])
+    if not train:
+        _close(nchw(m.apply(v, x)), io["out_eval__basicblock_stack_ds"])
+        return
+    y, upd = m.apply(v, x, True, mutable=["batch_stats"])
+    _close(nchw(y), io["out_train__basicblock_stack_ds"])
+    bs = upd["batch_stats"]
+    pairs = {"0.bn1": bs["b0"]["bn1"], "0.bn2": bs["b0"]["bn2"], "0.downsample.1": bs["b0"]["downsample_1"],
+             "1.bn1": bs["b1"]["bn1"], "1.bn2": bs["b1"]["bn2"]}
+    for key, got in pairs.items():
+        for s in ("running_mean", "running_var"):
+            _close(got[s], io[f"train_state_after__basicblock_stack_ds__{key}.{s}"], 1e-7, RTOL)
