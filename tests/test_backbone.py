@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from hyperstyle_jax.convert import hyperstyle as conv
-from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
+from hyperstyle_jax.convert.common import SourceDict, check_tree_matches, load_torch_file, to_numpy_state_dict
+from hyperstyle_jax.models import irse
 from hyperstyle_jax.models.layers import BatchNorm, PReLU
 from hyperstyle_jax.models.resnet import BasicBlock, HypernetBackbone, block_table
 from tests.conftest import FIXTURES
@@ -27,9 +28,11 @@ def io():
     return dict(np.load(os.path.join(D, "backbone_io.npz")))
 
 
-def _sd(name):
+def _sd(name, key_prefix=""):
+    """The fixture's state dict; `key_prefix` is prepended to every key (for bare modules)."""
     path = os.path.join(D, f"{name}.pt")
-    return SourceDict(to_numpy_state_dict(load_torch_file(path), path), path)
+    sd = to_numpy_state_dict(load_torch_file(path), path)
+    return SourceDict({key_prefix + k: v for k, v in sd.items()}, path)
 
 
 def nhwc(a):
@@ -152,3 +155,65 @@ def test_basicblock_stack_ds(io, train):
     for key, got in pairs.items():
         for s in ("running_mean", "running_var"):
             _close(got[s], io[f"train_state_after__basicblock_stack_ds__{key}.{s}"], 1e-7, RTOL)
+
+
+# ----------------------------------------------------------------------------- IR / IR-SE
+
+
+@pytest.mark.parametrize("name,cin,depth,stride,se", [
+    ("ir_se_in32_d32_s2", 32, 32, 2, True),   # MaxPool2d(1, 2) shortcut, odd 15x13 input
+    ("ir_se_in24_d48_s2", 24, 48, 2, True),   # conv + BN shortcut
+    ("ir_se_in48_d48_s1", 48, 48, 1, True),
+    ("ir_in24_d40_s2", 24, 40, 2, False),
+])
+def test_ir_units(io, name, cin, depth, stride, se):
+    src = _sd(name, key_prefix="u.")
+    out = conv.Out()
+    conv.put_bottleneck_ir(src, out, "u", "u", se=se)
+    src.finish()
+    unit = (irse.bottleneck_IR_SE if se else irse.bottleneck_IR)(cin, depth, stride)
+    v = jax.tree_util.tree_map(lambda a: a, {k: t["u"] for k, t in out.variables().items()})
+    x = nhwc(io[f"in__{name}"])
+    shapes = jax.eval_shape(lambda: unit.init(jax.random.PRNGKey(0), x))
+    check_tree_matches(v, shapes, name)
+    _close(nchw(unit.apply(v, x)), io[f"out_eval__{name}"])
+
+
+def test_se_module(io):
+    src = _sd("se_module_64_r16", key_prefix="se.")
+    out = conv.Out()
+    conv.put_se_module(src, out, "se", "se")
+    src.finish()
+    v = {"params": out.variables()["params"]["se"]}
+    y = irse.SEModule(64, 16).apply(v, nhwc(io["in__se_module_64_r16"]))
+    _close(nchw(y), io["out_eval__se_module_64_r16"])
+
+
+def test_wencoder_input_layer(io):
+    src = _sd("wencoder_input_layer")
+    out = conv.Out()
+    conv.put_input_layer(src, out)
+    src.finish()
+    m = irse.WEncoder(n_styles=18, units=(), input_width=64)
+    y = m.apply(out.variables(), nhwc(io["in__wencoder_input_layer"]), method=irse.WEncoder.features)
+    _close(nchw(y), io["out_eval__wencoder_input_layer"])
+
+
+def test_wencoder_head(io):
+    src = _sd("wencoder_head")
+    out = conv.Out()
+    conv.put_equal_linear(src, out, "linear", "linear")
+    src.finish()
+    m = irse.WEncoder(n_styles=18, style_dim=512, units=((512, 512, 1),))
+    y = m.apply(out.variables(), nhwc(io["in__wencoder_head"]), method=irse.WEncoder.head)
+    assert y.shape == (2, 18, 512)
+    _close(np.asarray(y), io["out_eval__wencoder_head"])
+
+
+def test_get_blocks_tables():
+    for n, counts in ((50, (3, 4, 14, 3)), (100, (3, 13, 30, 3)), (152, (3, 8, 36, 3))):
+        units = irse.get_blocks(n)
+        assert len(units) == sum(counts)
+        assert [u for u in units if u[2] == 2] == [(64, 64, 2), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
+    with pytest.raises(ValueError, match="Must be one of"):
+        irse.get_blocks(34)

@@ -162,3 +162,53 @@ def put_input_layer(src: SourceDict, out: Out, key: str = "input_layer") -> None
     put_conv(src, out, f"{key}.0", "input_layer_0", bias=False)
     put_bn(src, out, f"{key}.1", "input_layer_1")
     put_prelu(src, out, f"{key}.2", "input_layer_2")
+
+
+def infer_ir_units(src: SourceDict, prefix: str = "body.") -> tuple[tuple, str]:
+    """The unit table [(in_channel, depth, stride)] and mode ('ir' | 'ir_se') from the shapes.
+
+    Strides are not stored; the official `get_block` strides exactly the first unit of each
+    stage, and a stage starts at unit 0 or where the width changes, so: stride 2 there,
+    1 elsewhere. This reproduces `get_blocks(50|100|152)` and the narrowed fixture tables.
+    """
+    units, ses = [], []
+    n = 0
+    while src.has(f"{prefix}{n}.res_layer.1.weight"):
+        depth, cin = src.sd[src.prefix + f"{prefix}{n}.res_layer.1.weight"].shape[:2]
+        units.append((int(cin), int(depth), 2 if n == 0 or cin != depth else 1))
+        ses.append(src.has(f"{prefix}{n}.res_layer.5.fc1.weight"))
+        n += 1
+    if not units:
+        raise ConversionError(f"{src.origin}: no IR units found (expected keys "
+                              f"'{src.prefix}{prefix}0.res_layer.1.weight', …)")
+    if len(set(ses)) != 1:
+        raise ConversionError(f"{src.origin}: some IR units have an SE module and some do not")
+    return tuple(units), ("ir_se" if ses[0] else "ir")
+
+
+def put_ir_input_and_body(src: SourceDict, out: Out, units, mode: str) -> None:
+    put_input_layer(src, out)
+    for n in range(len(units)):
+        put_bottleneck_ir(src, out, f"body.{n}", f"body_{n}", se=(mode == "ir_se"))
+
+
+def arcface_from_state_dict(src: SourceDict, input_size: int = 112) -> dict:
+    """TreB1eN `model_ir_se50.pth` (bare state dict) -> `irse.Backbone` variables.
+
+    `output_layer.3.weight` [512, C*H*W] is flattened from NCHW in PyTorch; its columns are
+    permuted to the NHWC flatten order (h, w, c) our `Backbone` uses. Call `src.finish()`.
+    """
+    units, mode = infer_ir_units(src)
+    out = Out()
+    put_ir_input_and_body(src, out, units, mode)
+    put_bn(src, out, "output_layer.0", "output_layer_0")
+    w = _f32(src.take("output_layer.3.weight"))
+    c, hw = units[-1][1], input_size // 16
+    if w.ndim != 2 or w.shape[1] != c * hw * hw:
+        raise ConversionError(f"{src.origin}: {src.prefix}output_layer.3.weight has shape {w.shape}, "
+                              f"expected (512, {c * hw * hw}) for input_size {input_size}")
+    w = w.reshape(w.shape[0], c, hw, hw).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    out.put("params", "output_layer_3/kernel", linear_weight(w))
+    out.put("params", "output_layer_3/bias", _f32(src.take("output_layer.3.bias")))
+    put_bn(src, out, "output_layer.4", "output_layer_4", affine=src.has("output_layer.4.weight"))
+    return out.variables()
