@@ -20,7 +20,7 @@ def _torch_layout(name, a):
     """Our layout -> the PyTorch tensor the official optimizer sees."""
     if name == "conv_kernel":   # HWIO -> OIHW
         return np.transpose(a, (3, 2, 0, 1))
-    if name == "dense_kernel":  # (in, out) -> (out, in)
+    if name in ("dense_kernel", "eq_weight"):  # (in, out) -> (out, in)
         return a.T
     return a                    # raw w2 and 1-D bias are stored as in PyTorch
 
@@ -28,7 +28,7 @@ def _torch_layout(name, a):
 def _our_layout(name, a):
     if name == "conv_kernel":
         return np.transpose(a, (2, 3, 1, 0))
-    if name == "dense_kernel":
+    if name in ("dense_kernel", "eq_weight"):
         return a.T
     return a
 
@@ -85,19 +85,23 @@ def _params(rng):
         "conv_kernel": rng.normal(size=(3, 3, 5, 7)).astype(np.float32),
         "dense_kernel": rng.normal(size=(6, 4)).astype(np.float32),
         "w2": rng.normal(size=(4, 9)).astype(np.float32),
+        "eq_weight": rng.normal(size=(5, 3)).astype(np.float32),
         "bias": rng.normal(size=(7,)).astype(np.float32),
     }
 
 
 def _as_tree(flat):
-    """Nest so that the Flax leaf names are 'kernel' where Flax would name them so."""
+    """Nest under the leaf names our modules use: Flax `kernel`, EqualLinear `weight`
+    (in, out), the shared hypernet's raw `w2` (official layout)."""
     return {"conv": {"kernel": flat["conv_kernel"]}, "dense": {"kernel": flat["dense_kernel"]},
-            "hyper": {"w2": flat["w2"]}, "conv_b": {"bias": flat["bias"]}}
+            "hyper": {"w2": flat["w2"]}, "conv_b": {"bias": flat["bias"]},
+            "linear": {"weight": flat["eq_weight"]}}
 
 
 def _flat(tree):
     return {"conv_kernel": tree["conv"]["kernel"], "dense_kernel": tree["dense"]["kernel"],
-            "w2": tree["hyper"]["w2"], "bias": tree["conv_b"]["bias"]}
+            "w2": tree["hyper"]["w2"], "bias": tree["conv_b"]["bias"],
+            "eq_weight": tree["linear"]["weight"]}
 
 
 def _run_both(tx, ref_kwargs, n_steps=20, seed=0, lr=1e-2, grad_scale=1.0):  # lr: reference only
@@ -154,6 +158,7 @@ def test_ranger_moves_params_and_gc_matters():
     got_nogc, _ = _run_both(optim.ranger(1e-2, use_gc=False), {"use_gc": False}, n_steps=3)
     assert np.abs(got_gc["conv_kernel"] - got_nogc["conv_kernel"]).max() > 1e-4
     assert np.abs(got_gc["w2"] - got_nogc["w2"]).max() > 1e-4
+    assert np.abs(got_gc["eq_weight"] - got_nogc["eq_weight"]).max() > 1e-4
     np.testing.assert_array_equal(got_gc["bias"], got_nogc["bias"])  # 1-D: no GC
 
 

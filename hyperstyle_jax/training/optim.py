@@ -42,10 +42,14 @@ _TABLE_STEPS = 1024
 # ---------------------------------------------------------------------------------------
 # Gradient centralization
 # ---------------------------------------------------------------------------------------
+# Parameters stored in the official PyTorch layout (dim 0 first), by leaf name.
+TORCH_LAYOUT_PARAMS = ("w1", "w2")
+
+
 def torch_out_axis(path: tuple, leaf: Any) -> int:
     """Axis of `leaf` that is PyTorch's dim 0 (output channels) for this parameter."""
     name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
-    return leaf.ndim - 1 if name == "kernel" else 0
+    return 0 if name in TORCH_LAYOUT_PARAMS else leaf.ndim - 1
 
 
 def centralize_gradients(min_ndim: int = 2,

@@ -1,0 +1,91 @@
+"""Training checkpoints: an orbax `CheckpointManager` under `<workdir>/checkpoints`.
+
+Each step folder holds two items:
+  state  the train state pytree (params, opt_state, batch_stats, step, rng), written
+         asynchronously by every process from the global arrays;
+  data   JSON: the data iterator state (the global step it resumes at) plus bookkeeping.
+Kept: the last `keep_last` checkpoints and the `keep_best` with the lowest validation loss
+(saved with `metrics={'val_loss': ...}`, which orbax stores beside the step).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+VAL_METRIC = "val_loss"
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep_last: int = 3, keep_best: int = 1,
+                 async_save: bool = True):
+        if keep_last < 1:
+            raise ValueError(f"config.keep_last_checkpoints={keep_last}: must be >= 1 "
+                             "(resume needs the latest checkpoint)")
+        self.directory = os.path.abspath(directory)
+        policies = [pp.LatestN(n=keep_last)]
+        if keep_best > 0:
+            # BestN keeps the *last* n of an ascending sort: reverse=True keeps the lowest.
+            policies.append(pp.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True,
+                                     n=keep_best, keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data"))
+
+    # -- queries ------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def best(self) -> tuple[int | None, float | None]:
+        """(step, val_loss) of the best checkpoint still on disk, or (None, None)."""
+        best = (None, None)
+        for step in self.manager.all_steps():
+            m = self.manager.metrics(step)
+            if m and VAL_METRIC in m and (best[1] is None or m[VAL_METRIC] < best[1]):
+                best = (step, float(m[VAL_METRIC]))
+        return best
+
+    # -- save / restore -----------------------------------------------------------------
+    def save(self, step: int, state: Any, data_state: dict, val_loss: float | None = None) -> bool:
+        """Start an asynchronous save (returns once the arrays are copied off the devices)."""
+        if step in self.manager.all_steps():
+            return False
+        metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
+        return self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=ocp.args.JsonSave(data_state)),
+            metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore onto `abstract_state` (ShapeDtypeStructs with shardings) -> (state, data)."""
+        try:
+            out = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                              data=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types: name the folder and step
+            raise RuntimeError(
+                f"cannot restore checkpoint step {step} from {self.directory}: "
+                f"{type(e).__name__}: {e}. If the model or optimizer config changed since "
+                "it was written, use a new --workdir.") from e
+        return out.state, out.data
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a tree of jax arrays."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)

@@ -1,0 +1,136 @@
+"""Fields shared by every training config, with the official defaults (SPEC §4), and checks.
+
+Each `configs/<name>.py` calls `base_config()` and changes what its recipe needs. Every
+field the trainer reads is here, so a typo in an override (`--config.bacth_size=4`) or a
+wrong type (`--config.batch_size=abc`) is rejected by the locked ConfigDict.
+"""
+import ml_collections
+
+from hyperstyle_jax.data.config import default_data_config
+
+# Official default (train_options.py:83, README:191): every non-toRGB conv.
+DEFAULT_LAYERS_TO_TUNE = "0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24"
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- batch and schedule (official names in comments)
+    c.batch_size = 8                # --batch_size (global, over all devices of all hosts)
+    c.eval_batch_size = 8           # --test_batch_size
+    c.n_iters_per_batch = 5         # --n_iters_per_batch
+    c.total_steps = 500_000         # --max_steps
+    c.log_every_steps = 50          # --board_interval
+    c.image_every_steps = 0         # train image grids; 0 = only at validation
+    c.val_every_steps = 5_000       # --val_interval (also validates at the end)
+    c.max_val_batches = 150         # --max_val_batches (0 = the whole eval split)
+    c.ckpt_every_steps = 10_000     # --save_interval (also saves at the end and on SIGTERM)
+    c.keep_last_checkpoints = 3
+    c.keep_best_checkpoints = 1     # lowest validation loss (the official best_model.pt)
+    c.num_grid_images = 4           # rows in the validation image grid
+
+    # --- optimizer (official training/ranger.py defaults; --learning_rate 1e-4)
+    c.optim = ml_collections.ConfigDict(dict(
+        name="ranger", lr=1e-4,
+        alpha=0.5, k=6, n_sma_threshold=5.0, beta1=0.95, beta2=0.999, eps=1e-5,
+        weight_decay=0.0, use_gc=True, gc_conv_only=False,
+        adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8))  # name='adam': torch defaults
+
+    # --- losses (official lambdas; paper faces command: l2 1, lpips 0.8, id 0.1)
+    c.loss = ml_collections.ConfigDict(dict(
+        l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0, moco_lambda=0.0))
+
+    # --- model
+    c.model = ml_collections.ConfigDict(dict(
+        encoder_type="SharedWeightsHyperNetResNet",  # or '...Separable'
+        layers_to_tune=DEFAULT_LAYERS_TO_TUNE,
+        feedback_hw=(256, 256),     # hypernet input size ((192, 256) for cars)
+        cars_crop=False,            # crop the 512x512 cars output to 384 rows
+        hypernet=ml_collections.ConfigDict(),  # HyperNetConfig overrides (widths); {} = official
+    ))
+    # Where the initial W code comes from: 'encoder' (the frozen W-encoder, official) or
+    # 'true_latent' (synthetic data only: the latent each image was rendered from).
+    c.w_code = "encoder"
+    c.compute_dtype = "float32"     # or 'bfloat16': hypernet forward in bf16, fp32 master
+                                    # weights, generator (and its demodulation) in fp32
+
+    # --- converted checkpoints (folders written by tools/convert_weights.py)
+    c.checkpoints = ml_collections.ConfigDict(dict(
+        generator="",               # stylegan2; '' with synthetic data = its seeded generator
+        w_encoder="",               # w_encoder (needed with w_code='encoder')
+        resnet34="",                # resnet34 ImageNet weights for the hypernet body ('' = random)
+        lpips="",                   # lpips (lpips_lambda > 0)
+        arcface="",                 # arcface (id_lambda > 0)
+        moco="",                    # moco (moco_lambda > 0)
+    ))
+    c.init_from = ""                # a converted HyperStyle checkpoint: fine-tune from it
+
+    c.data = default_data_config()
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# Checks (each error names the config key and its value)
+# ---------------------------------------------------------------------------------------
+COMPUTE_DTYPES = ("float32", "bfloat16")
+W_CODES = ("encoder", "true_latent")
+
+
+def check_config(c) -> None:
+    """Raise ValueError naming the first invalid field (beyond the ConfigDict type locks)."""
+    import os
+
+    from hyperstyle_jax.data.config import check_data_config
+    from hyperstyle_jax.losses import LossWeights
+
+    def positive(key, allow_zero=False):
+        v = c[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
+            raise ValueError(f"config.{key}={v!r}: expected an int >= {0 if allow_zero else 1}")
+
+    for key in ("batch_size", "eval_batch_size", "n_iters_per_batch", "total_steps",
+                "log_every_steps", "val_every_steps", "ckpt_every_steps", "keep_last_checkpoints"):
+        positive(key)
+    for key in ("image_every_steps", "max_val_batches", "keep_best_checkpoints",
+                "num_grid_images", "seed"):
+        positive(key, allow_zero=True)
+    if c.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.compute_dtype={c.compute_dtype!r}: use one of {COMPUTE_DTYPES}")
+    if c.w_code not in W_CODES:
+        raise ValueError(f"config.w_code={c.w_code!r}: use one of {W_CODES}")
+    if c.optim.name not in ("ranger", "adam"):
+        raise ValueError(f"config.optim.name={c.optim.name!r}: use 'ranger' or 'adam'")
+    if not c.optim.lr > 0:
+        raise ValueError(f"config.optim.lr={c.optim.lr!r}: must be > 0")
+    if c.optim.name == "ranger" and c.optim.n_sma_threshold < 4:
+        raise ValueError(f"config.optim.n_sma_threshold={c.optim.n_sma_threshold!r}: must be >= 4")
+    try:
+        weights = LossWeights.from_config(c.loss)
+    except ValueError as e:
+        raise ValueError(f"config.loss: {e}") from None
+    check_data_config(c.data)
+
+    synthetic = c.data.source == "synthetic"
+    if c.w_code == "true_latent" and not synthetic:
+        raise ValueError("config.w_code='true_latent' needs config.data.source='synthetic' "
+                         f"(got {c.data.source!r}): real images have no true latent")
+    needed = []
+    if not c.checkpoints.generator and not synthetic:
+        needed.append(("generator", "stylegan2"))
+    if c.w_code == "encoder":
+        needed.append(("w_encoder", "w_encoder"))
+    for net, key in (("lpips", "lpips"), ("id", "arcface"), ("moco", "moco")):
+        if net in weights.networks():
+            needed.append((key, key))
+    missing = [f"config.checkpoints.{k} (tools/convert_weights.py {kind})"
+               for k, kind in needed if not c.checkpoints[k]]
+    if missing:
+        raise ValueError("converted checkpoints needed by this config but not set: "
+                         + "; ".join(missing))
+    for key in ("generator", "w_encoder", "resnet34", "lpips", "arcface", "moco"):
+        path = c.checkpoints[key]
+        if path and not os.path.isdir(path):
+            raise ValueError(f"config.checkpoints.{key}={path!r}: no such folder")
+    if c.init_from and not os.path.isdir(c.init_from):
+        raise ValueError(f"config.init_from={c.init_from!r}: no such folder")

@@ -1,0 +1,61 @@
+"""Scalars and image grids to TensorBoard (tensorboardX) and `<workdir>/metrics.jsonl`.
+
+Only process 0 writes; on other processes every call is a no-op. One JSON object a line:
+`{"step": s, "split": "train"|"val", "<name>": value, ...}`. A resumed run appends, so
+lines past the resume step may repeat (read the last one per step).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+
+    def scalars(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: _to_float(v) for k, v in values.items()}
+        for k, v in clean.items():
+            self._tb.add_scalar(f"{split}/{k}", v, step)
+        row = {"step": int(step), "split": split, "time": round(time.time(), 3), **clean}
+        self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
+
+    def image(self, step: int, name: str, grid_uint8: np.ndarray) -> None:
+        """grid: uint8 [H, W, 3] (e.g. from `utils.images.make_grid`)."""
+        if not self.enabled:
+            return
+        self._tb.add_image(name, np.asarray(grid_uint8), step, dataformats="HWC")
+
+    def text(self, step: int, name: str, text: str) -> None:
+        if self.enabled:
+            self._tb.add_text(name, text, step)
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._tb.flush()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False
+
+
+def _to_float(v) -> float:
+    return float(np.asarray(v))  # NaN/inf kept: json writes NaN/Infinity
