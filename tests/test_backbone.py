@@ -61,21 +61,12 @@ class Stack(nn.Module):
         return x
 
 
-def _stack_vars(name, n):
-    src = _sd(name)
-    out = conv.Out()
-    for i in range(n):
-        conv.put_basic_block(src, out, str(i), f"b{i}")
+def load(model, name, *inputs, key_prefix=""):
+    """`model`'s variables from fixture `name`.pt via the converter; every key must be used."""
+    src = _sd(name, key_prefix)
+    v = conv.from_state_dict(src, conv.eval_shape_init(model, *inputs))
     src.finish()
-    return out.variables()
-
-
-def _stem_vars():
-    src = _sd("hypernet_stem")
-    out = conv.Out()
-    conv.put_stem_and_body(src, out, n_blocks=0)
-    src.finish()
-    return out.variables()
+    return v
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -110,9 +101,9 @@ def test_prelu_per_channel():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_hypernet_stem(io, train):
-    v = _stem_vars()
     m = HypernetBackbone(input_nc=6, stem_width=64, stages=())
     x = nhwc(io["in__hypernet_stem"])
+    v = load(m, "hypernet_stem", x)
     if train:
         y, upd = m.apply(v, x, True, mutable=["batch_stats"])
         _close(nchw(y), io["out_train__hypernet_stem"])
@@ -122,28 +113,21 @@ def test_hypernet_stem(io, train):
         _close(nchw(m.apply(v, x, False)), io["out_eval__hypernet_stem"])
 
 
-def test_stem_converted_tree_matches_init():
-    from hyperstyle_jax.convert.common import check_tree_matches
-    m = HypernetBackbone(input_nc=6, stem_width=64, stages=())
-    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 6))))
-    check_tree_matches(_stem_vars(), shapes, "hypernet_stem.pt")
-
-
 # ----------------------------------------------------------------------------- BasicBlocks
 
 
 def test_basicblock_stack_nods(io):
-    v = _stack_vars("basicblock_stack_nods", 2)
+    m, x = Stack(24, 2, 1, 24), nhwc(io["in__basicblock_stack_nods"])
+    v = load(m, "basicblock_stack_nods", x, key_prefix="b")
     assert "downsample_0" not in v["params"]["b0"]
-    y = Stack(24, 2, 1, 24).apply(v, nhwc(io["in__basicblock_stack_nods"]))
+    y = m.apply(v, x)
     _close(nchw(y), io["out_eval__basicblock_stack_nods"])
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_basicblock_stack_ds(io, train):
-    v = _stack_vars("basicblock_stack_ds", 2)
-    m = Stack(40, 2, 2, 24)
-    x = nhwc(io["in__basicblock_stack_ds"])
+    m, x = Stack(40, 2, 2, 24), nhwc(io["in__basicblock_stack_ds"])
+    v = load(m, "basicblock_stack_ds", x, key_prefix="b")
     if not train:
         _close(nchw(m.apply(v, x)), io["out_eval__basicblock_stack_ds"])
         return
@@ -167,45 +151,36 @@ def test_basicblock_stack_ds(io, train):
     ("ir_in24_d40_s2", 24, 40, 2, False),
 ])
 def test_ir_units(io, name, cin, depth, stride, se):
-    src = _sd(name, key_prefix="u.")
-    out = conv.Out()
-    conv.put_bottleneck_ir(src, out, "u", "u", se=se)
-    src.finish()
     unit = (irse.bottleneck_IR_SE if se else irse.bottleneck_IR)(cin, depth, stride)
-    v = jax.tree_util.tree_map(lambda a: a, {k: t["u"] for k, t in out.variables().items()})
     x = nhwc(io[f"in__{name}"])
-    shapes = jax.eval_shape(lambda: unit.init(jax.random.PRNGKey(0), x))
-    check_tree_matches(v, shapes, name)
+    v = load(unit, name, x)
+    assert ("shortcut_layer_0" in v["params"]) == (cin != depth)
     _close(nchw(unit.apply(v, x)), io[f"out_eval__{name}"])
 
 
 def test_se_module(io):
-    src = _sd("se_module_64_r16", key_prefix="se.")
-    out = conv.Out()
-    conv.put_se_module(src, out, "se", "se")
-    src.finish()
-    v = {"params": out.variables()["params"]["se"]}
-    y = irse.SEModule(64, 16).apply(v, nhwc(io["in__se_module_64_r16"]))
+    m, x = irse.SEModule(64, 16), nhwc(io["in__se_module_64_r16"])
+    y = m.apply(load(m, "se_module_64_r16", x), x)
     _close(nchw(y), io["out_eval__se_module_64_r16"])
 
 
 def test_wencoder_input_layer(io):
+    m, x = irse.WEncoder(n_styles=18, units=(), input_width=64), nhwc(io["in__wencoder_input_layer"])
+    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, method=irse.WEncoder.features))
     src = _sd("wencoder_input_layer")
-    out = conv.Out()
-    conv.put_input_layer(src, out)
+    v = conv.from_state_dict(src, shapes)
     src.finish()
-    m = irse.WEncoder(n_styles=18, units=(), input_width=64)
-    y = m.apply(out.variables(), nhwc(io["in__wencoder_input_layer"]), method=irse.WEncoder.features)
+    y = m.apply(v, x, method=irse.WEncoder.features)
     _close(nchw(y), io["out_eval__wencoder_input_layer"])
 
 
 def test_wencoder_head(io):
+    m, x = irse.WEncoder(n_styles=18, style_dim=512, units=((512, 512, 1),)), nhwc(io["in__wencoder_head"])
+    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, method=irse.WEncoder.head))
     src = _sd("wencoder_head")
-    out = conv.Out()
-    conv.put_equal_linear(src, out, "linear", "linear")
+    v = conv.from_state_dict(src, shapes)
     src.finish()
-    m = irse.WEncoder(n_styles=18, style_dim=512, units=((512, 512, 1),))
-    y = m.apply(out.variables(), nhwc(io["in__wencoder_head"]), method=irse.WEncoder.head)
+    y = m.apply(v, x, method=irse.WEncoder.head)
     assert y.shape == (2, 18, 512)
     _close(np.asarray(y), io["out_eval__wencoder_head"])
 
