@@ -26,8 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, conv_weight,
-                                           linear_weight)
+from hyperstyle_jax.convert.common import ConversionError, SourceDict, check_tree_matches
 
 # ----------------------------------------------------------------------------- generic mapping
 
@@ -387,6 +386,17 @@ def hypernet_from_state_dict(src: SourceDict, config) -> dict:
     return variables
 
 
+def generator_shapes(config) -> dict:
+    """Generator variable shapes, mapping network included (initialised through input 'z')."""
+    import jax
+    import jax.numpy as jnp
+
+    from hyperstyle_jax.models.stylegan2 import Generator
+
+    z = jnp.zeros((1, config.style_dim), jnp.float32)
+    return jax.eval_shape(lambda: Generator(config).init(jax.random.PRNGKey(0), z, input_space="z"))
+
+
 def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origin: str
                                ) -> tuple[dict, dict]:
     """Official HyperStyle checkpoint contents -> (config, tree) in our folder layout.
@@ -398,7 +408,6 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
      'latent_avg': [n_styles, style_dim]}.
     """
     from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
-    from hyperstyle_jax.models.stylegan2 import init_shapes as generator_shapes
 
     opts = top.get("opts")
     if not isinstance(opts, Mapping):
