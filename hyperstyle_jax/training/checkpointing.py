@@ -31,8 +31,11 @@ class Checkpointer:
             # BestN keeps the *last* n of an ascending sort: reverse=True keeps the lowest.
             policies.append(pp.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True,
                                      n=keep_best, keep_checkpoints_without_metrics=False))
+        # best_fn only makes orbax write the metrics beside each step (it does so only
+        # when tracking a best); which steps are kept is the preservation policy's call.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
+            best_fn=lambda m: m[VAL_METRIC], best_mode="min",
             enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))

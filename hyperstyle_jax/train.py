@@ -1,0 +1,414 @@
+"""Train HyperStyle's hypernetwork: data-parallel over every device of every host.
+
+    python -m hyperstyle_jax.train --config configs/tiny.py --workdir /tmp/hyperstyle_tiny
+    python -m hyperstyle_jax.train --config configs/ffhq.py --workdir /ckpt/ffhq \
+        --config.checkpoints.generator=... --config.batch_size=32
+
+`--config` defaults to configs/tiny.py (a 3-6 minute CPU demo). Overrides are
+`--config.a.b=value`; unknown keys and wrong types are rejected. A workdir that holds a
+checkpoint resumes from it by itself. Multi-host: `--coordinator_address`,
+`--num_processes`, `--process_id` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID); automatic on a TPU pod slice. See docs/training.md.
+
+The loop reads top to bottom in sections, as big_vision's train.py: distributed and mesh,
+model and frozen networks, optimizer, train state (created sharded), steps, checkpoint and
+resume, input, evaluation, loop. The step itself is `hyperstyle_jax.training.step`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from hyperstyle_jax.training import parallel
+from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
+from hyperstyle_jax.training.config import check_config
+from hyperstyle_jax.training.metrics_log import MetricsWriter
+from hyperstyle_jax.training.optim import make_optimizer
+from hyperstyle_jax.training.step import ModelFns, TrainState, make_eval_step, make_train_step
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "tiny.py")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on a condition the user must see (non-finite loss, bad resume)."""
+
+
+# =======================================================================================
+# Model and frozen networks
+# =======================================================================================
+@dataclasses.dataclass
+class BuiltModel:
+    fns: ModelFns
+    frozen_model: Any            # host tree: generator (+ W-encoder) variables
+    frozen_loss: Any             # host tree: loss-network variables
+    init_hyper: Callable         # rng -> {'params', 'batch_stats'} (jittable)
+    init_override: Any | None    # host {'params', 'batch_stats'} from init_from / resnet34
+    export: Callable             # (hyper_vars_host) -> (config dict, tree) for save_converted
+    description: list[str]
+
+
+def build_model(config) -> BuiltModel:
+    """Generator, W-code source, hypernetwork and loss networks from the config."""
+    from hyperstyle_jax.training import model_setup
+
+    return model_setup.build(config)
+
+
+# =======================================================================================
+# Helpers
+# =======================================================================================
+def put_replicated(tree: Any, mesh) -> Any:
+    """Host arrays (equal on every process) -> global arrays replicated over the mesh."""
+    sharding = parallel.replicated(mesh)
+
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.tree.map(one, tree)
+
+
+def write_config_json(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=1, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old != text:
+            keep = os.path.join(workdir, f"config.{int(time.time())}.json")
+            os.replace(path, keep)
+            logging.warning("config differs from the one in %s; the old one is kept as %s",
+                            path, keep)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+class StopSignal:
+    """SIGTERM/SIGINT -> a flag the loop polls; several processes agree on the step."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. a test runner): no handler
+                pass
+
+    def _handler(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # jax.distributed's preemption notifier (SIGTERM) gives every process the same step.
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.received = self.received or "SIGTERM"
+                    return True
+            except RuntimeError:
+                pass
+            return False
+        return self.received is not None
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def format_eval(summary: dict, n_iters: int, w_code: str) -> str:
+    src = ("true latents of the synthetic images (no W-encoder)" if w_code == "true_latent"
+           else "the frozen W-encoder")
+    lines = [f"held-out L2 on {int(summary['count'])} images "
+             f"(iteration 0 = initial inversion from {src}):"]
+    for t in range(n_iters + 1):
+        parts = [f"L2 {summary[f'l2/iter_{t}']:.6f}"]
+        if f"lpips/iter_{t}" in summary:
+            parts.append(f"LPIPS {summary[f'lpips/iter_{t}']:.6f}")
+        lines.append(f"  iteration {t}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+# =======================================================================================
+# Training
+# =======================================================================================
+def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
+    """Train (resuming from `workdir` if it holds a checkpoint); return the final eval.
+
+    Returns {'status': 'done'|'stopped', 'step': int, 'eval': {...}} where eval holds the
+    held-out per-iteration means (`l2/iter_t`, ...) and `val_loss`.
+    """
+    check_config(config)
+    is_main = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        write_config_json(config, workdir)
+
+    # ---------------------------------------------------------------- mesh
+    mesh = parallel.make_mesh()
+    parallel.log_topology(mesh)
+    local_batch = parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+    local_eval_batch = parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    repl = parallel.replicated(mesh)
+    batch_sh = parallel.batch_sharded(mesh)
+
+    # ---------------------------------------------------------------- model, frozen networks
+    built = build_model(config)
+    for line in built.description:
+        logging.info("%s", line)
+        if is_main:
+            print(line, flush=True)
+    frozen = put_replicated({"model": built.frozen_model, "loss": built.frozen_loss}, mesh)
+
+    # ---------------------------------------------------------------- optimizer
+    tx = make_optimizer(config.optim)
+
+    # ---------------------------------------------------------------- train state (sharded)
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, state_rng = jax.random.split(rng)
+
+    def make_state(hyper, key):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
+                          batch_stats=hyper.get("batch_stats", {}),
+                          opt_state=tx.init(hyper["params"]), rng=key)
+
+    if built.init_override is None:
+        init_fn = lambda r, k: make_state(built.init_hyper(r), k)  # noqa: E731
+        abstract = jax.eval_shape(init_fn, init_rng, state_rng)
+        state_shardings = jax.tree.map(lambda _: repl, abstract)
+        create = jax.jit(init_fn, out_shardings=state_shardings)
+        state = create(init_rng, state_rng)
+    else:
+        hyper = put_replicated(built.init_override, mesh)
+        abstract = jax.eval_shape(make_state, hyper, state_rng)
+        state_shardings = jax.tree.map(lambda _: repl, abstract)
+        state = jax.jit(make_state, out_shardings=state_shardings)(hyper, state_rng)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    logging.info("hypernetwork: %d trainable parameters", n_params)
+
+    # ---------------------------------------------------------------- steps
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    n_iters = config.n_iters_per_batch
+    frozen_sh = jax.tree.map(lambda _: repl, frozen)
+    train_step = jax.jit(make_train_step(built.fns, tx, n_iters, dtype),
+                         in_shardings=(state_shardings, frozen_sh, batch_sh),
+                         out_shardings=(state_shardings, repl), donate_argnums=(0,))
+    eval_steps = {
+        images: jax.jit(make_eval_step(built.fns, n_iters, with_images=images),
+                        in_shardings=(state_shardings, frozen_sh, batch_sh),
+                        out_shardings=repl if not images else None)
+        for images in (False, True)}
+
+    # ---------------------------------------------------------------- checkpoint, resume
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                        keep_last=config.keep_last_checkpoints,
+                        keep_best=config.keep_best_checkpoints)
+    train_iter = None
+    from hyperstyle_jax.data import make_train_iterator, make_eval_iterator  # noqa: E402
+
+    train_iter = make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), seed=config.seed)
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state = ckpt.restore(latest, abstract_like(state))
+        train_iter.set_state(data_state["iterator"])
+        start = int(parallel.to_host(state.step))
+        if start != latest:
+            raise TrainingError(f"{ckpt.directory}: checkpoint {latest} holds step {start}")
+        msg = f"resuming from {ckpt.directory} at step {start}"
+        logging.info(msg)
+        if is_main:
+            print(msg, flush=True)
+
+    def save(step: int, val_loss: float | None = None) -> None:
+        ckpt.save(step, state, {"iterator": train_iter.get_state(), "step": step,
+                                "workdir": workdir}, val_loss)
+
+    # ---------------------------------------------------------------- evaluation
+    writer = MetricsWriter(workdir, enabled=is_main)
+
+    def evaluate(step: int, log_images: bool = True) -> dict:
+        it = make_eval_iterator(config.data, global_batch_size=config.eval_batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+        sums: dict = {}
+        grid_rows = []
+        try:
+            for b, local in enumerate(it):
+                if config.max_val_batches and b >= config.max_val_batches:
+                    break
+                batch = parallel.global_batch(local, mesh)
+                want_images = log_images and b == 0 and config.num_grid_images > 0
+                out = eval_steps[want_images](state, frozen, batch)
+                if want_images:
+                    imgs = parallel.gather_to_host(out.pop("images"))
+                    x = parallel.gather_to_host(batch["image"])
+                    for i in range(min(config.num_grid_images, x.shape[0])):
+                        grid_rows.append([x[i]] + [imgs[t, i] for t in range(imgs.shape[0])])
+                for k, v in parallel.to_host(out).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        finally:
+            it.close()
+        count = max(sums.get("count", 0.0), 1.0)
+        summary = {k: (v if k == "count" else v / count) for k, v in sums.items()}
+        writer.scalars(step, {k: v for k, v in summary.items() if k != "count"}, split="val")
+        if grid_rows:
+            from hyperstyle_jax.utils.images import make_grid
+
+            writer.image(step, "val/input|initial|iterations", make_grid(grid_rows))
+        writer.flush()
+        return summary
+
+    # ---------------------------------------------------------------- loop
+    stopper = StopSignal()
+    status = "done"
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                   desc="train")
+    t_window, n_window = time.perf_counter(), 0
+    last_val = None
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            local = next(train_iter)
+            batch = parallel.global_batch(local, mesh)
+            state, metrics = train_step(state, frozen, batch)
+            finite = float(parallel.to_host(metrics["finite"]))
+            n_window += 1
+            if finite != 1.0:
+                m = parallel.to_host(metrics)
+                good = ckpt.latest_step()
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {step} (loss={float(m['loss'])}, "
+                    f"grad_norm={float(m['grad_norm'])}); the update was not applied and "
+                    f"training stopped. Last good checkpoint: "
+                    f"{'none' if good is None else f'step {good} in {ckpt.directory}'}. "
+                    "Lower config.optim.lr or check the data.")
+            if step % config.log_every_steps == 0 or step == config.total_steps:
+                m = parallel.to_host(metrics)
+                dt = time.perf_counter() - t_window
+                ips = n_window * config.batch_size / max(dt, 1e-9)
+                scalars = {k: float(v) for k, v in m.items() if k != "finite"}
+                scalars.update(lr=config.optim.lr, images_per_sec=ips,
+                               steps_per_sec=n_window / max(dt, 1e-9))
+                writer.scalars(step, scalars)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{ips:.1f}")
+                t_window, n_window = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+
+            val_loss = None
+            if step % config.val_every_steps == 0 or step == config.total_steps:
+                last_val = evaluate(step)
+                val_loss = last_val["val_loss"]
+                logging.info("step %d: val %s", step, last_val)
+            if (step % config.ckpt_every_steps == 0 or step == config.total_steps
+                    or val_loss is not None):
+                save(step, val_loss)
+            if stopper.should_stop(step):
+                save(step)
+                status = "stopped"
+                msg = (f"{stopper.received}: saved a checkpoint at step {step} in "
+                       f"{ckpt.directory}; run the same command to resume")
+                logging.warning(msg)
+                if is_main:
+                    print("\n" + msg, flush=True)
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        stopper.restore()
+        ckpt.close()  # waits for the last asynchronous save
+        train_iter.close()
+
+    final_step = int(parallel.to_host(state.step))
+    if status == "done" and last_val is None:
+        last_val = evaluate(final_step, log_images=False)
+    writer.close()
+    if status == "done" and is_main:
+        export_dir = os.path.join(workdir, "export")
+        _export(built, state, export_dir)
+        print(format_eval(last_val, n_iters, config.w_code), flush=True)
+        best_step, best_loss = _best(workdir)
+        print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (best val_loss "
+              f"{best_loss} at step {best_step}); inference folder: {export_dir}", flush=True)
+    return {"status": status, "step": final_step, "eval": last_val}
+
+
+def _best(workdir: str):
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ck.best()
+    finally:
+        ck.close()
+
+
+def _export(built: BuiltModel, state: TrainState, out_dir: str) -> None:
+    """Write the trained hypernetwork as a converted HyperStyle folder (for inference)."""
+    import shutil
+
+    from hyperstyle_jax.utils.checkpoints import save_converted
+
+    hyper = parallel.to_host({"params": state.params, "batch_stats": state.batch_stats})
+    cfg, tree = built.export(hyper)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_converted(tmp, tree, cfg, kind="hyperstyle")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+# =======================================================================================
+# Command line
+# =======================================================================================
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG,
+    "Training config file (configs/<name>.py); override fields with --config.a.b=value.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output folder: checkpoints/, tensorboard/, metrics.jsonl, config.json, "
+    "export/. A workdir that holds a checkpoint resumes from it.")
+_COORD = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-host runs "
+    "(or JAX_COORDINATOR_ADDRESS); not needed on TPU pods.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index (or JAX_PROCESS_ID).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (process 0).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (where checkpoints and logs go)")
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    try:
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    except (TrainingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    del result
+
+
+if __name__ == "__main__":
+    app.run(main)
