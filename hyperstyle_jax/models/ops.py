@@ -13,6 +13,7 @@ run it; 'auto' picks one per backend from the measurements in docs/benchmarks.md
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -236,6 +237,15 @@ def _conv(x: Array, w: Array, mode: str, k: int) -> Array:
     raise ValueError(mode)
 
 
+@functools.lru_cache(maxsize=None)
+def _single_sample_conv(mode: str, k: int) -> Callable:
+    """(x [H, W, I], w [k, k, I, O]) -> [H', W', O]; one stable function per (mode, k) so
+    that repeated eager calls of lax.map hit JAX's trace cache."""
+    def f(xw):
+        return _conv(xw[0][None], xw[1], mode, k)[0]
+    return f
+
+
 def _conv_per_sample(x: Array, w: Array, mode: str, k: int, form: str) -> Array:
     """A different kernel per sample. x: [B, H, W, I], w: [B, k, k, I, O] -> [B, H', W', O]."""
     b, h, wd, i = x.shape
@@ -244,7 +254,7 @@ def _conv_per_sample(x: Array, w: Array, mode: str, k: int, form: str) -> Array:
         # 1x1 (toRGB): a batched matmul is already optimal in every form.
         return jnp.einsum("bhwi,bio->bhwo", x, w[:, 0, 0])
     if form == "map":
-        return lax.map(lambda xw: _conv(xw[0][None], xw[1], mode, k)[0], (x, w))
+        return lax.map(_single_sample_conv(mode, k), (x, w))
     if form == "loop":
         return jnp.concatenate([_conv(x[j:j + 1], w[j], mode, k) for j in range(b)], axis=0)
     # grouped: samples become channel groups of one conv.

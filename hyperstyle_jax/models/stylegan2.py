@@ -1,0 +1,430 @@
+"""The StyleGAN2 generator of HyperStyle (rosinality's, plus per-sample weight offsets).
+
+Official code: HyperStyle `models/stylegan2/model.py` `Generator` (SPEC §2). Module and
+parameter names mirror its state dict (`style_1`, `input`, `conv1`, `to_rgb1`, `convs_N`,
+`to_rgbs_N`, `modulation`, `noise`, `activate`), so the converter's table is one line per
+key. Images are NHWC, un-clipped (no tanh), nominally in [-1, 1].
+
+Official layer index j (the position in `weights_deltas`, SPEC §1.3):
+  0 = conv1, 1 = to_rgb1, then per block b: 2+3b = convs_{2b} (up-conv),
+  3+3b = convs_{2b+1}, 4+3b = to_rgbs_{b}.
+Latent index: conv1 w[:,0], to_rgb1 w[:,1]; block b: w[:,1+2b], w[:,2+2b], w[:,3+2b].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperstyle_jax.models import ops
+
+Array = Any
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def official_channels(size: int, channel_multiplier: int = 2) -> tuple:
+    """rosinality's channel table (model.py:393-403) for resolutions 4..size."""
+    table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier,
+             128: 128 * channel_multiplier, 256: 64 * channel_multiplier,
+             512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+    _check_size(size)
+    if size > 1024:
+        raise ValueError(f"official channel table stops at 1024, got size {size}")
+    return tuple((r, table[r]) for r in _resolutions(size))
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or size < 8 or size & (size - 1):
+        raise ValueError(f"generator size must be a power of 2 >= 8, got {size!r}")
+
+
+def _resolutions(size: int) -> list:
+    return [2 ** i for i in range(2, int(math.log2(size)) + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of a rosinality StyleGAN2 generator (what config.json stores).
+
+    channels: ((4, c4), (8, c8), ..., (size, c_size)) widths per resolution.
+    """
+    size: int
+    style_dim: int = 512
+    n_mlp: int = 8
+    channels: tuple = ()
+    lr_mlp: float = 0.01
+    blur_kernel: tuple = (1, 3, 3, 1)
+
+    def __post_init__(self):
+        _check_size(self.size)
+        chans = tuple((int(r), int(c)) for r, c in self.channels) if self.channels else \
+            official_channels(self.size)
+        object.__setattr__(self, "channels", chans)
+        object.__setattr__(self, "blur_kernel", tuple(self.blur_kernel))
+        want = _resolutions(self.size)
+        if [r for r, _ in chans] != want:
+            raise ValueError(f"GeneratorConfig: channels must list resolutions {want} in order, "
+                             f"got {[r for r, _ in chans]}")
+        if any(c < 1 for _, c in chans) or self.style_dim < 1 or self.n_mlp < 1:
+            raise ValueError(f"GeneratorConfig: widths, style_dim and n_mlp must be positive: {self}")
+
+    @classmethod
+    def official(cls, size: int, style_dim: int = 512, n_mlp: int = 8,
+                 channel_multiplier: int = 2) -> "GeneratorConfig":
+        return cls(size=size, style_dim=style_dim, n_mlp=n_mlp,
+                   channels=official_channels(size, channel_multiplier))
+
+    @property
+    def log_size(self) -> int:
+        return int(math.log2(self.size))
+
+    @property
+    def n_latent(self) -> int:
+        """Number of W+ rows: 2*log2(size) - 2 (18 at 1024)."""
+        return self.log_size * 2 - 2
+
+    @property
+    def num_layers(self) -> int:
+        """Number of noise buffers: 2*(log2(size) - 2) + 1 (17 at 1024)."""
+        return (self.log_size - 2) * 2 + 1
+
+    @property
+    def n_convs(self) -> int:
+        """Official `total_convs` = len(weights_deltas) = n_hypernet_outputs (26 at 1024)."""
+        return 3 * (self.log_size - 2) + 2
+
+    def channel(self, res: int) -> int:
+        return dict(self.channels)[res]
+
+    def noise_shapes(self) -> list:
+        """[(1, H, W, 1)] per noise buffer i: H = 2**((i + 5) // 2)."""
+        return [(1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2), 1) for i in range(self.num_layers)]
+
+    def layer_names(self) -> list:
+        """Official module name per layer index j ('conv1', 'to_rgb1', 'convs_0', ...)."""
+        names = ["conv1", "to_rgb1"]
+        for b in range(self.log_size - 2):
+            names += [f"convs_{2 * b}", f"convs_{2 * b + 1}", f"to_rgbs_{b}"]
+        return names
+
+    def delta_shapes(self) -> list:
+        """(out, in, k, k) of the conv weight at each official layer index j."""
+        c4 = self.channel(4)
+        shapes = [(c4, c4, 3, 3), (3, c4, 1, 1)]
+        prev = c4
+        for r in _resolutions(self.size)[1:]:
+            c = self.channel(r)
+            shapes += [(c, prev, 3, 3), (c, c, 3, 3), (3, c, 1, 1)]
+            prev = c
+        return shapes
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channels": [list(p) for p in self.channels], "lr_mlp": self.lr_mlp,
+                "blur_kernel": list(self.blur_kernel)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(tuple(p) for p in v) if k == "channels" else v)
+                      for k, v in d.items() if k in known})
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class NoiseInjection(nn.Module):
+    """out = x + weight * noise; `weight` is one scalar ([1], init 0)."""
+
+    @nn.compact
+    def __call__(self, x: Array, noise: Array) -> Array:
+        w = self.param("weight", nn.initializers.zeros, (1,))
+        return x + w * noise
+
+
+class FusedLeakyReLU(nn.Module):
+    """leaky_relu(x + bias, 0.2) * sqrt(2); `bias` [C] init 0."""
+    channel: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return ops.fused_leaky_relu(x, self.param("bias", nn.initializers.zeros, (self.channel,)))
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise -> bias + leaky ReLU(0.2)*sqrt(2). [B,H,W,in] -> [B,H',W',out]."""
+    in_channel: int
+    out_channel: int
+    kernel_size: int
+    style_dim: int
+    upsample: bool = False
+    blur_kernel: Sequence = (1, 3, 3, 1)
+    per_sample: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, style, noise, weights_delta=None):
+        out = ops.ModulatedConv2d(self.in_channel, self.out_channel, self.kernel_size,
+                                  self.style_dim, upsample=self.upsample,
+                                  blur_kernel=self.blur_kernel, per_sample=self.per_sample,
+                                  name="conv")(x, style, weights_delta)
+        out = NoiseInjection(name="noise")(out, noise)
+        return FusedLeakyReLU(self.out_channel, name="activate")(out)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) + bias [3], plus the upsampled skip. -> [B,H,W,3]."""
+    in_channel: int
+    style_dim: int
+    upsample: bool = True
+    blur_kernel: Sequence = (1, 3, 3, 1)
+    per_sample: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, style, skip=None, weights_delta=None):
+        out = ops.ModulatedConv2d(self.in_channel, 3, 1, self.style_dim, demodulate=False,
+                                  per_sample=self.per_sample, name="conv")(x, style, weights_delta)
+        out = out + self.param("bias", nn.initializers.zeros, (3,))
+        if skip is not None:
+            out = out + ops.upsample(skip, self.blur_kernel)
+        return out
+
+
+class ConstantInput(nn.Module):
+    """The learned constant `input` [1, 4, 4, C], repeated over the batch."""
+    channel: int
+
+    @nn.compact
+    def __call__(self, batch: int) -> Array:
+        c = self.param("input", jax.nn.initializers.normal(1.0), (1, 4, 4, self.channel))
+        return jnp.broadcast_to(c, (batch, 4, 4, self.channel))
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class Generator(nn.Module):
+    """rosinality/HyperStyle StyleGAN2 generator.
+
+    Variables: 'params' (official names) and 'noises' (`noise_i` [1, H, W, 1], the
+    checkpoint's fixed noise buffers). per_sample: how per-sample offsets are convolved
+    ('auto' picks by backend, see `ops.PER_SAMPLE_FORMS`).
+    """
+    config: GeneratorConfig
+    per_sample: str = "auto"
+
+    def setup(self):
+        cfg = self.config
+        bk = cfg.blur_kernel
+        self.style_layers = [ops.EqualLinear(cfg.style_dim, cfg.style_dim, lr_mul=cfg.lr_mlp,
+                                             activation="fused_lrelu", name=f"style_{i + 1}")
+                             for i in range(cfg.n_mlp)]
+        c4 = cfg.channel(4)
+        self.input = ConstantInput(c4, name="input")
+        self.conv1 = StyledConv(c4, c4, 3, cfg.style_dim, blur_kernel=bk,
+                                per_sample=self.per_sample, name="conv1")
+        self.to_rgb1 = ToRGB(c4, cfg.style_dim, upsample=False, blur_kernel=bk,
+                             per_sample=self.per_sample, name="to_rgb1")
+        convs, to_rgbs = [], []
+        prev = c4
+        for b, r in enumerate(_resolutions(cfg.size)[1:]):
+            c = cfg.channel(r)
+            convs.append(StyledConv(prev, c, 3, cfg.style_dim, upsample=True, blur_kernel=bk,
+                                    per_sample=self.per_sample, name=f"convs_{2 * b}"))
+            convs.append(StyledConv(c, c, 3, cfg.style_dim, blur_kernel=bk,
+                                    per_sample=self.per_sample, name=f"convs_{2 * b + 1}"))
+            to_rgbs.append(ToRGB(c, cfg.style_dim, blur_kernel=bk, per_sample=self.per_sample,
+                                 name=f"to_rgbs_{b}"))
+            prev = c
+        self.convs = convs
+        self.to_rgbs = to_rgbs
+
+    def mapping(self, z: Array) -> Array:
+        """z [..., style_dim] -> W [..., style_dim]: pixel norm + n_mlp EqualLinear (lr 0.01)."""
+        x = ops.pixel_norm(z)
+        for layer in self.style_layers:
+            x = layer(x)
+        return x
+
+    def _noise_buffers(self, need: bool) -> list:
+        """The checkpoint's noise buffers (created at init from the 'params' rng)."""
+        out = []
+        for i, shape in enumerate(self.config.noise_shapes()):
+            name = f"noise_{i}"
+            if self.is_initializing():
+                # Methods outside setup cannot declare variables, but can put them at init.
+                value = jax.random.normal(self.make_rng("params"), shape)
+                self.put_variable("noises", name, value)
+            elif need:
+                if not self.has_variable("noises", name):
+                    raise ValueError(
+                        f"Generator: variables hold no 'noises'/{name}; pass the checkpoint's "
+                        "'noises' collection, or noise=[...], or randomize_noise=True")
+                value = self.get_variable("noises", name)
+            else:
+                value = None
+            out.append(value)
+        return out
+
+    def __call__(self, styles: Array, *, input_space: str = "w", truncation=1.0,
+                 truncation_latent: Optional[Array] = None, noise: Optional[Sequence] = None,
+                 randomize_noise: bool = False, weights_deltas: Optional[Sequence] = None,
+                 return_latents: bool = False):
+        """Render images.
+
+        styles: z or W [B, style_dim], or W+ [B, n_latent, style_dim] (for 'z', each row is
+          mapped). input_space: 'z' (through the mapping network), 'w' or 'w+' (used as is).
+        truncation: w <- latent + truncation * (w - latent) when truncation < 1 (a Python
+          float; an array is always applied). truncation_latent: [style_dim], [1, style_dim]
+          or [n_latent, style_dim].
+        noise: None or a list of `num_layers` entries [B or 1, H, W, 1] (None entries draw
+          random noise). With noise=None: the 'noises' buffers, or random noise from the
+          'noise' rng when randomize_noise=True.
+        weights_deltas: None or `n_convs` entries, each None, [B, out, in, k, k] or
+          [out, in, k, k] (shared by the batch), applied as weight * (1 + Δ).
+        Returns (image [B, size, size, 3], latents [B, n_latent, style_dim] or None).
+        """
+        cfg = self.config
+        styles = jnp.asarray(styles)
+        if input_space not in ("z", "w", "w+"):
+            raise ValueError(f"Generator: input_space must be 'z', 'w' or 'w+', got {input_space!r}")
+        if styles.ndim not in (2, 3) or styles.shape[-1] != cfg.style_dim or (
+                styles.ndim == 3 and styles.shape[1] != cfg.n_latent):
+            raise ValueError(
+                f"Generator: styles has shape {styles.shape}; expected [B, {cfg.style_dim}] or "
+                f"[B, {cfg.n_latent}, {cfg.style_dim}]")
+        if input_space == "w+" and styles.ndim != 3:
+            raise ValueError(f"Generator: input_space 'w+' needs [B, {cfg.n_latent}, "
+                             f"{cfg.style_dim}], got {styles.shape}")
+        if input_space == "z":
+            styles = self.mapping(styles)
+        batch = styles.shape[0]
+        latent = styles if styles.ndim == 3 else jnp.broadcast_to(
+            styles[:, None], (batch, cfg.n_latent, cfg.style_dim))
+
+        if not (isinstance(truncation, (int, float)) and truncation >= 1):
+            if truncation_latent is None:
+                raise ValueError("Generator: truncation < 1 needs truncation_latent")
+            t = jnp.asarray(truncation_latent, latent.dtype)
+            if t.shape not in ((cfg.style_dim,), (1, cfg.style_dim), (cfg.n_latent, cfg.style_dim)):
+                raise ValueError(f"Generator: truncation_latent has shape {t.shape}; expected "
+                                 f"[{cfg.style_dim}], [1, {cfg.style_dim}] or "
+                                 f"[{cfg.n_latent}, {cfg.style_dim}]")
+            latent = t + truncation * (latent - t)
+
+        deltas = self._check_deltas(weights_deltas, batch)
+        noise = self._resolve_noise(noise, randomize_noise, batch)
+
+        out = self.input(batch)
+        out = self.conv1(out, latent[:, 0], noise[0], deltas[0])
+        skip = self.to_rgb1(out, latent[:, 1], None, deltas[1])
+        i, j = 1, 2
+        for b, to_rgb in enumerate(self.to_rgbs):
+            out = self.convs[2 * b](out, latent[:, i], noise[2 * b + 1], deltas[j])
+            out = self.convs[2 * b + 1](out, latent[:, i + 1], noise[2 * b + 2], deltas[j + 1])
+            skip = to_rgb(out, latent[:, i + 2], skip, deltas[j + 2])
+            i += 2
+            j += 3
+        return skip, (latent if return_latents else None)
+
+    def mean_latent(self, n_latent: int, key: Array) -> Array:
+        """rosinality `mean_latent`: mean of W over n_latent z ~ N(0, I). -> [1, style_dim]."""
+        z = jax.random.normal(key, (n_latent, self.config.style_dim))
+        return jnp.mean(self.mapping(z), axis=0, keepdims=True)
+
+    def _check_deltas(self, weights_deltas, batch: int) -> list:
+        cfg = self.config
+        if weights_deltas is None:
+            return [None] * cfg.n_convs
+        weights_deltas = list(weights_deltas)
+        if len(weights_deltas) != cfg.n_convs:
+            raise ValueError(f"Generator: weights_deltas has {len(weights_deltas)} entries, "
+                             f"expected n_convs = {cfg.n_convs} (one per official layer index)")
+        names = cfg.layer_names()
+        for j, (d, shape) in enumerate(zip(weights_deltas, cfg.delta_shapes())):
+            if d is None:
+                continue
+            if tuple(d.shape) != shape and tuple(d.shape) != (batch,) + shape:
+                raise ValueError(f"Generator: weights_deltas[{j}] ({names[j]}) has shape "
+                                 f"{tuple(d.shape)}; expected {(batch,) + shape} or {shape}")
+        return weights_deltas
+
+    def _resolve_noise(self, noise, randomize_noise: bool, batch: int) -> list:
+        cfg = self.config
+        shapes = cfg.noise_shapes()
+        buffers = self._noise_buffers(need=noise is None and not randomize_noise)
+        if noise is None:
+            if not randomize_noise:
+                return buffers
+            noise = [None] * cfg.num_layers
+        noise = list(noise)
+        if len(noise) != cfg.num_layers:
+            raise ValueError(f"Generator: noise has {len(noise)} entries, expected "
+                             f"num_layers = {cfg.num_layers}")
+        out = []
+        for i, (n, s) in enumerate(zip(noise, shapes)):
+            if n is None:
+                n = jax.random.normal(self.make_rng("noise"), (batch,) + s[1:])
+            elif n.ndim != 4 or tuple(n.shape[1:]) != s[1:] or n.shape[0] not in (1, batch):
+                raise ValueError(f"Generator: noise[{i}] has shape {tuple(n.shape)}; expected "
+                                 f"[{batch} or 1, {s[1]}, {s[2]}, 1]")
+            out.append(n)
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def init_shapes(config: GeneratorConfig) -> dict:
+    """`jax.eval_shape` of `Generator(config).init`: {'params': ..., 'noises': ...}."""
+    gen = Generator(config)
+    z = jax.ShapeDtypeStruct((1, config.style_dim), jnp.float32)
+    return jax.eval_shape(lambda k, s: gen.init(k, s), jax.random.key(0), z)
+
+
+def random_init(config: GeneratorConfig, seed: int = 0) -> dict:
+    """Randomly initialised variables ({'params', 'noises'}), rosinality's init."""
+    gen = Generator(config)
+    z = jnp.zeros((1, config.style_dim), jnp.float32)
+    return jax.jit(gen.init)(jax.random.key(seed), z)
+
+
+def load_generator_with_latent_avg(path: str):
+    """Read a folder from `tools/convert_weights.py stylegan2`.
+
+    Returns (GeneratorConfig, variables {'params', 'noises'}, latent_avg) where latent_avg
+    is a numpy array [style_dim] (or [n_latent, style_dim]) or None if the checkpoint had
+    none. Raises CheckpointError naming the folder when it is not a generator checkpoint.
+    """
+    from hyperstyle_jax.convert.common import check_tree_matches, ConversionError
+    from hyperstyle_jax.utils.checkpoints import CheckpointError, load_converted
+
+    cfg_dict, tree = load_converted(path, kind="stylegan2")
+    try:
+        config = GeneratorConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad generator config.json: {e}") from None
+    variables = {"params": tree.get("params", {}), "noises": tree.get("noises", {})}
+    try:
+        check_tree_matches(variables, init_shapes(config), origin=path, what="generator variables")
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from None
+    latent_avg = tree.get("latent_avg")
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    return config, variables, (None if latent_avg is None else np.asarray(latent_avg))
+
+
+def load_generator(path: str):
+    """(GeneratorConfig, variables {'params', 'noises'}) from a converted folder.
+
+    `variables` goes straight into `Generator(config).apply`. For the checkpoint's
+    latent_avg use `load_generator_with_latent_avg`.
+    """
+    config, variables, _ = load_generator_with_latent_avg(path)
+    return config, variables
