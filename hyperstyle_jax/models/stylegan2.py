@@ -304,6 +304,8 @@ class Generator(nn.Module):
                              f"{cfg.style_dim}], got {styles.shape}")
         if input_space == "z":
             styles = self.mapping(styles)
+        elif self.is_initializing():
+            self.mapping(jnp.zeros((1, cfg.style_dim), styles.dtype))  # create its params too
         batch = styles.shape[0]
         latent = styles if styles.ndim == 3 else jnp.broadcast_to(
             styles[:, None], (batch, cfg.n_latent, cfg.style_dim))
