@@ -281,13 +281,18 @@ def infer_stages(src: SourceDict, stem_width: int) -> tuple:
     n = 0
     while src.has(f"body.{n}.conv1.weight"):
         planes = _shape(src, f"body.{n}.conv1.weight", 4, "hypernet body")[0]
-        ds = src.has(f"body.{n}.downsample.0.weight")
+        ds = _has_prefix(src, f"body.{n}.downsample.")
         if n == 0 or ds:
             stages.append([planes, 1, 2 if (ds and n > 0) else 1])
         else:
             stages[-1][1] += 1
         n += 1
     return tuple(tuple(s) for s in stages)
+
+
+def _has_prefix(src: SourceDict, prefix: str) -> bool:
+    p = src.prefix + prefix
+    return any(k.startswith(p) for k in src.sd)
 
 
 def _count_convs(src: SourceDict, key: str) -> int:
@@ -317,9 +322,9 @@ def hypernet_config_from_state_dict(src: SourceDict, opts: Mapping, generator_co
     kw.update(hypernet_f_size=f, hypernet_z_dim=z_dim, hypernet_out_size=out_ff // (f * f),
               hypernet_in_size=in_z // z_dim)
     n_outputs = generator_config.n_convs
-    shared = [j for j in SHARED_LAYERS if j < n_outputs and src.has(f"refinement_blocks.{j}.convs.0.weight")]
-    other = [j for j in range(n_outputs) if j not in SHARED_LAYERS
-             and src.has(f"refinement_blocks.{j}.convs.0.weight")]
+    present = [j for j in range(n_outputs) if _has_prefix(src, f"refinement_blocks.{j}.")]
+    shared = [j for j in present if j in SHARED_LAYERS]
+    other = [j for j in present if j not in SHARED_LAYERS]
     if shared:
         key = f"refinement_blocks.{shared[0]}"
         kw["hyper_block_inner_c"] = _shape(src, f"{key}.convs.0.weight", 4, what)[0]
@@ -473,7 +478,7 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
     layer2 -> 3-6, layer3 -> 7-12, layer4 -> 13-15), which the official computes but then
     does not return; we do map it. `fc.*` (the classifier) is unused and dropped.
     The PReLU slopes (`relu`) and all refinement blocks are not in ResNet-34: they keep
-    their fresh initialisation (see `merge_backbone_init`).
+    their fresh initialisation (see `models.loading.merge_backbone_init`).
     Returns (config, {'params', 'batch_stats'}) with paths conv1, bn1, body_N.
     """
     import jax.numpy as jnp
@@ -517,38 +522,10 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
     return config, variables
 
 
-def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "resnet34 init") -> dict:
-    """Copy a `resnet34` folder's tree into fresh HyperNetwork variables, strictly.
-
-    Every path of `init_tree` must exist in `variables` with the same shape (errors name
-    each one); paths not in `init_tree` (PReLU, refinement blocks) are kept.
-    """
-    import jax
-
-    out = jax.tree_util.tree_map(lambda x: x, dict(variables))
-    bad = []
-    for collection, tree in init_tree.items():
-        for path, leaf in _leaves(tree):
-            node = out.get(collection, {})
-            for p in path[:-1]:
-                node = node.get(p, {}) if isinstance(node, Mapping) else {}
-            if not isinstance(node, Mapping) or path[-1] not in node:
-                bad.append(f"{collection}/{'/'.join(path)}: not in the hypernetwork")
-            elif tuple(node[path[-1]].shape) != tuple(leaf.shape):
-                bad.append(f"{collection}/{'/'.join(path)}: shape {tuple(leaf.shape)} vs "
-                           f"{tuple(node[path[-1]].shape)} in the hypernetwork")
-            else:
-                _set(out[collection], path, leaf)
-    if bad:
-        raise ConversionError(f"{origin}: cannot merge into the hypernetwork: " + "; ".join(bad))
-    return out
-
-
 # ----------------------------------------------------------------------------- files and CLI
 
-KIND_HYPERSTYLE = "hyperstyle"
-KIND_W_ENCODER = "w_encoder"
-KIND_RESNET34 = "hypernet_backbone_init"
+from hyperstyle_jax.models.loading import (KIND_BACKBONE_INIT as KIND_RESNET34,  # noqa: E402
+                                           KIND_HYPERSTYLE, KIND_W_ENCODER)
 
 
 def _read(path: str) -> tuple[dict, dict]:
