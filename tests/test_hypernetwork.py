@@ -1,10 +1,12 @@
 """HyperNetwork against the official end-to-end fixture, without the generator (fixture 05).
 
-`e2e_default_io.npz` holds the raw hypernet output of iteration 0 for the input
-cat[x, y_init_pooled] in eval mode (`deltas_acc_iter0_layer{jj}`, atol 2e-5) and the body
-features (`hypernet_body_features_iter0`). Weights: the official checkpoint through our
-converter. The separable variant has no iteration-0 deltas; it is checked for structure
-(every tuned layer has the right shape) and converted end to end in test_convert_hyperstyle.
+The fixture stores the images fed back to the hypernet at each iteration (`y_init_pooled`,
+`y_hat_pooled_iter0`, `y_hat_pooled_iter1`), so in eval mode the official accumulated deltas
+are sums of our hypernet's outputs on those inputs, generator-free:
+  deltas_acc_iter0 = H(cat[x, y_init_pooled])                      (default variant only)
+  deltas_acc_iter2 = H(cat[x, y_init]) + H(cat[x, y_iter0]) + H(cat[x, y_iter1])
+Both variants, atol 2e-5 (README); also the body features of iteration 0. Weights: the
+official checkpoints through our converter. All six inputs go through one jitted call.
 """
 import json
 import os
@@ -31,19 +33,39 @@ def _converted(variant):
     return hyperstyle_from_state_dict(sd, {k: v for k, v in obj.items() if k != "state_dict"}, path)
 
 
-@pytest.fixture(scope="module")
-def default():
-    config, tree = _converted("default")
-    io = dict(np.load(os.path.join(D, "e2e_default_io.npz")))
-    return HyperNetConfig.from_dict(config["hypernet"]), tree["hypernet"], io
-
-
 def nhwc(a):
     return np.transpose(a, (0, 2, 3, 1))
 
 
+def _run(variant):
+    """(config, variables, io, features of iteration 0, deltas for the 3 iterations' inputs)."""
+    config, tree = _converted(variant)
+    cfg, variables = HyperNetConfig.from_dict(config["hypernet"]), tree["hypernet"]
+    io = dict(np.load(os.path.join(D, f"e2e_{variant}_io.npz")))
+    ys = [io["y_init_pooled"], io["y_hat_pooled_iter0"], io["y_hat_pooled_iter1"]]
+    x = jnp.asarray(nhwc(np.concatenate([np.concatenate([io["x"], y], 1) for y in ys], 0)))
+    net = HyperNetwork(cfg)
+
+    @jax.jit
+    def run(v, x):
+        return net.apply(v, x[:2], False, method=HyperNetwork.features), net.apply(v, x, False)
+
+    feats, deltas = run(variables, x)
+    return cfg, variables, io, feats, deltas
+
+
+@pytest.fixture(scope="module")
+def default():
+    return _run("default")
+
+
+@pytest.fixture(scope="module")
+def separable():
+    return _run("separable")
+
+
 def test_config_from_official_opts(default):
-    cfg, _, _ = default
+    cfg = default[0]
     meta = json.load(open(os.path.join(D, "config_default.json")))
     assert cfg.n_outputs == meta["n_hypernet_outputs"] == 17
     assert [list(cfg.layer_params[j]) for j in range(17)] == [meta["narrow_PARAMETERS"][str(j)] for j in range(17)]
@@ -54,39 +76,50 @@ def test_config_from_official_opts(default):
     assert (cfg.hyper_block_inner_c, cfg.refine_block_inner_c, cfg.refine_block_out_c) == (20, 28, 44)
 
 
-@pytest.fixture(scope="module")
-def outputs(default):
-    cfg, variables, io = default
-    x = jnp.asarray(nhwc(np.concatenate([io["x"], io["y_init_pooled"]], axis=1)))
-    net = HyperNetwork(cfg)
-    feats = net.apply(variables, x, False, method=HyperNetwork.features)
-    deltas = jax.jit(lambda v, x: net.apply(v, x, False))(variables, x)
-    return feats, deltas
+def test_separable_config(separable):
+    cfg = separable[0]
+    meta = json.load(open(os.path.join(D, "config_separable.json")))
+    kinds = {"shared": "HyperRefinementBlock", "separable": "RefinementBlockSeparable"}
+    assert [[j, kinds[cfg.block_kind(j)]] for j in range(17)] == meta["refinement_blocks"]
 
 
-def test_body_features(default, outputs):
-    _, _, io = default
-    np.testing.assert_allclose(np.asarray(outputs[0]), nhwc(io["hypernet_body_features_iter0"]),
+def test_body_features(default):
+    _, _, io, feats, _ = default
+    np.testing.assert_allclose(np.asarray(feats), nhwc(io["hypernet_body_features_iter0"]),
                                atol=5e-5, rtol=1e-5)
 
 
-def test_iteration0_deltas(default, outputs):
-    cfg, _, io = default
-    deltas = outputs[1]
+def test_iteration0_deltas(default):
+    cfg, _, io, _, deltas = default
     assert len(deltas) == cfg.n_outputs
     for j, d in enumerate(deltas):
         key = f"deltas_acc_iter0_layer{j:02d}"
         if key not in io:
             assert d is None, j
             continue
-        assert d.shape == io[key].shape, (j, d.shape)
-        np.testing.assert_allclose(np.asarray(d), io[key], atol=2e-5, err_msg=f"layer {j}")
+        assert d[:2].shape == io[key].shape, (j, d.shape)
+        np.testing.assert_allclose(np.asarray(d[:2]), io[key], atol=2e-5, err_msg=f"layer {j}")
+
+
+@pytest.mark.parametrize("variant", ["default", "separable"])
+def test_accumulated_deltas_after_three_iterations(variant, request):
+    cfg, _, io, _, deltas = request.getfixturevalue(variant)
+    n_checked = 0
+    for j, d in enumerate(deltas):
+        key = f"deltas_acc_iter2_layer{j:02d}"
+        assert (d is None) == (key not in io), j
+        if d is not None:
+            acc = np.asarray(d).reshape((3, 2) + d.shape[1:]).sum(0)
+            np.testing.assert_allclose(acc, io[key], atol=2e-5, err_msg=f"{variant} layer {j}")
+            n_checked += 1
+    assert n_checked == len(cfg.tuned_layers) == (11 if variant == "default" else 17)
 
 
 def test_train_mode_updates_batch_stats(default):
-    cfg, variables, io = default
+    cfg, variables, io = default[:3]
     x = jnp.asarray(nhwc(np.concatenate([io["x"], io["y_init_pooled"]], axis=1)))
-    deltas, upd = HyperNetwork(cfg).apply(variables, x, True, mutable=["batch_stats"])
+    deltas, upd = jax.jit(lambda v, x: HyperNetwork(cfg).apply(v, x, True, mutable=["batch_stats"]))(
+        variables, x)
     assert jax.tree_util.tree_structure(upd["batch_stats"]) == \
         jax.tree_util.tree_structure(variables["batch_stats"])
     assert not np.allclose(upd["batch_stats"]["bn1"]["running_mean"],
