@@ -1,0 +1,167 @@
+"""Invert real images with a converted HyperStyle checkpoint.
+
+    python -m hyperstyle_jax.invert --checkpoint ckpt/hyperstyle_ffhq \\
+        --w_encoder ckpt/w_encoder_faces --images photos/ --out out/ [--n_iters 5]
+
+Output layout (OUT/...):
+    iterations/<k>/<stem>.png   k = 0 (initial W inversion) .. n (final)
+    final/<stem>.png            the last iteration's reconstruction
+    grids/<stem>.png            input | initial | iteration 1 .. n
+    latents.npy                 {stem: codes [n_styles, 512]} (with --save_latents; the
+                                official script's format, a pickled dict: np.load(...,
+                                allow_pickle=True).item())
+    deltas/<stem>.npz           final accumulated offsets per tuned layer, 'layer_<j>'
+                                [out, in, k, k] (with --save_deltas)
+    arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
+                                'codes' [n_styles, 512] (with --save_npy)
+Images are read with PIL (any format; converted to RGB) and resized as the official
+transforms do. A file that cannot be read is reported in one line and skipped; the exit
+status is 1 if any file failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from hyperstyle_jax.utils import images as imio
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m hyperstyle_jax.invert", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="converted HyperStyle folder (tools/convert_weights.py hyperstyle)")
+    p.add_argument("--w_encoder", required=True,
+                   help="converted W-encoder folder (tools/convert_weights.py w_encoder)")
+    p.add_argument("--images", required=True, help="an image file, a folder or a glob")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--n_iters", type=int, default=5, help="hypernetwork iterations (default 5)")
+    p.add_argument("--batch_size", type=int, default=4,
+                   help="images per batch; the last batch is padded (default 4)")
+    p.add_argument("--save_latents", action="store_true", help="write latents.npy")
+    p.add_argument("--save_deltas", action="store_true", help="write deltas/<stem>.npz")
+    p.add_argument("--save_npy", action="store_true",
+                   help="write arrays/<stem>.npz with float32 un-clipped images and codes")
+    p.add_argument("--resize_outputs", action="store_true",
+                   help="save outputs at the feedback size (256) instead of the generator's")
+    args = p.parse_args(argv)
+    if args.n_iters < 1:
+        p.error(f"--n_iters must be >= 1, got {args.n_iters}")
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def _read_batch(paths, hw):
+    """Read and resize; returns (ok_paths, uint8 [n, h, w, 3], [(path, reason)])."""
+    ok, arrs, bad = [], [], []
+    for path in paths:
+        try:
+            arrs.append(imio.resize(imio.read_image(path), hw))
+            ok.append(path)
+        except imio.ImageReadError as e:
+            bad.append((path, str(e)))
+    return ok, arrs, bad
+
+
+def _unique_stems(paths):
+    """File stems, disambiguated with a counter where two inputs share a stem."""
+    seen, out = {}, []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    paths = imio.list_images(args.images)
+    if not paths:
+        print(f"error: no images found at {args.images!r}", file=sys.stderr)
+        return 2
+
+    # Imported here so that --help stays fast.
+    import jax
+    from hyperstyle_jax.models.hyperstyle import load_inverter
+    from hyperstyle_jax.utils.checkpoints import CheckpointError
+
+    try:
+        inverter = load_inverter(args.checkpoint, args.w_encoder)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    out = args.out
+    n = args.n_iters
+    for sub in ["final", "grids"] + [f"iterations/{k}" for k in range(n + 1)]:
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    stems = dict(zip(paths, _unique_stems(paths)))
+    print(f"compiling the {n}-iteration inversion for batches of {args.batch_size} ...", flush=True)
+    run = inverter.batched_inverter(args.batch_size, n, resize_outputs=args.resize_outputs)
+
+    latents, failed = {}, []
+    t_run, n_done = 0.0, 0
+    bar = tqdm(total=len(paths), unit="img", desc="invert", dynamic_ncols=True)
+    for start in range(0, len(paths), args.batch_size):
+        ok, arrs, bad = _read_batch(paths[start:start + args.batch_size], inverter.input_hw)
+        for path, reason in bad:
+            tqdm.write(f"skipped: {reason}", file=sys.stderr)
+        failed += bad
+        bar.update(len(bad))
+        if not ok:
+            continue
+        x = imio.to_float(np.stack(arrs))
+        t0 = time.perf_counter()
+        res = run(x)  # numpy dict, padded batch already removed; compiled ahead of time
+        t_run += time.perf_counter() - t0
+        n_done += len(ok)
+        for i, path in enumerate(ok):
+            _write_outputs(out, stems[path], arrs[i], res, i, n, args)
+            latents[stems[path]] = res["codes"][i]
+        bar.update(len(ok))
+        if t_run > 0:
+            bar.set_postfix_str(f"{n_done / t_run:.2f} img/s")
+    bar.close()
+
+    if args.save_latents and latents:
+        np.save(os.path.join(out, "latents.npy"), latents, allow_pickle=True)
+    n_ok = len(paths) - len(failed)
+    per_img = f"{1000 * t_run / n_done:.1f} ms per image" if n_done else "no image inverted"
+    print(f"inverted {n_ok} of {len(paths)} images into {out} ({n} iterations); "
+          f"{per_img} excluding compilation, on {jax.device_count()} {jax.default_backend()} device(s)")
+    if failed:
+        print(f"{len(failed)} file(s) failed: " + ", ".join(p for p, _ in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_outputs(out, stem, x_uint8, res, i, n, args):
+    """Everything for one image; each file is complete when written."""
+    iters = [res["init"][i]] + [res["images"][k][i] for k in range(n)]
+    for k, img in enumerate(iters):
+        imio.save_image(os.path.join(out, "iterations", str(k), f"{stem}.png"), img)
+    imio.save_image(os.path.join(out, "final", f"{stem}.png"), iters[-1])
+    cell = iters[-1].shape[:2]
+    grid = imio.make_grid([[x_uint8] + iters], cell_hw=cell)
+    imio.save_image(os.path.join(out, "grids", f"{stem}.png"), grid)
+    if args.save_npy:
+        os.makedirs(os.path.join(out, "arrays"), exist_ok=True)
+        arrays = {"init": iters[0].astype(np.float32), "codes": res["codes"][i].astype(np.float32)}
+        arrays.update({f"iter_{k}": iters[k].astype(np.float32) for k in range(1, n + 1)})
+        np.savez(os.path.join(out, "arrays", f"{stem}.npz"), **arrays)
+    if args.save_deltas:
+        os.makedirs(os.path.join(out, "deltas"), exist_ok=True)
+        d = {f"layer_{j}": np.asarray(v[i]) for j, v in enumerate(res["deltas"]) if v is not None}
+        np.savez(os.path.join(out, "deltas", f"{stem}.npz"), **d)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

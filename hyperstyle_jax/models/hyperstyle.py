@@ -1,0 +1,237 @@
+"""HyperStyle: W-encoder + frozen StyleGAN2 + iterative weight-offset hypernetwork.
+
+The official flow (SPEC §3, `models/hyperstyle.py`, `utils/inference_utils.py`):
+    codes = W-encoder(x) + latent_avg                     (one w repeated, never changes)
+    y_0   = pool(G(codes))                                (fixed noise buffers)
+    for t = 1..n:  Δ_t = hypernet(cat[x, y_{t-1}]);  D_t = D_{t-1} + Δ_t
+                   y_t = pool(G(codes, weights_deltas=D_t))
+`pool` is the feedback resize: the cars crop (rows [size/8, 7·size/8)) and then
+`AdaptiveAvgPool2d(feedback_hw)` (256x256, or 192x256 for cars).
+
+Everything here is a pure function of explicit variables:
+    frozen     = {'generator': {'params', 'noises'}, 'w_encoder': {'params', 'batch_stats'},
+                  'latent_avg': [n_styles, style_dim]}
+    hyper_vars = {'params', 'batch_stats'} of the HyperNetwork.
+`HyperStyle.invert` runs the whole n-iteration loop as one `lax.scan`; `load_inverter`
+turns two converted folders into a batched, compiled, device-parallel inverter.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperstyle_jax.models.hypernetwork import HyperNetConfig, HyperNetwork, feature_input_hw
+from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+
+Deltas = Sequence[Optional[jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperStyleConfig:
+    """generator / hypernet: the two architectures; w_encoder: the `irse.WEncoder` config
+    dict of a converted W-encoder folder (None when codes are supplied by the caller);
+    feedback_hw: size of x and of the fed-back y_hat; cars_crop: the official cars band."""
+    generator: GeneratorConfig
+    hypernet: HyperNetConfig
+    w_encoder: Optional[dict] = None
+    feedback_hw: tuple = (256, 256)
+    cars_crop: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "feedback_hw", tuple(int(v) for v in self.feedback_hw))
+        if self.hypernet.n_outputs != self.generator.n_convs:
+            raise ValueError(f"HyperStyleConfig: the hypernet predicts {self.hypernet.n_outputs} "
+                             f"layers but the generator has {self.generator.n_convs}")
+
+
+def default_feedback(hypernet: HyperNetConfig, opts: dict) -> tuple[tuple[int, int], bool]:
+    """(feedback_hw, cars_crop) of an official checkpoint: cars datasets use 192x256 and the
+    crop; otherwise the size whose hypernet features are `spatial` x `spatial` (256)."""
+    if "cars" in str(opts.get("dataset_type", "")):
+        return (192, 256), True
+    return tuple(feature_input_hw(hypernet)), False
+
+
+class HyperStyle:
+    """The model as pure functions over explicit variables (see the module docstring)."""
+
+    def __init__(self, config: HyperStyleConfig, per_sample: str = "auto"):
+        self.config = config
+        self.generator = Generator(config.generator, per_sample=per_sample)
+        self.hypernet = HyperNetwork(config.hypernet)
+        self.w_encoder = None
+        if config.w_encoder is not None:
+            from hyperstyle_jax.models.loading import build_w_encoder
+
+            self.w_encoder = build_w_encoder(config.w_encoder)
+
+    # ---- pieces
+
+    def crop(self, img: jax.Array) -> jax.Array:
+        """The official cars crop at full resolution ([64:448] rows of 512); else identity."""
+        if not self.config.cars_crop:
+            return img
+        s = img.shape[1]
+        return img[:, s // 8: s - s // 8]
+
+    def pool(self, img: jax.Array) -> jax.Array:
+        """[B, H, W, 3] (already cropped) -> the feedback size [B, h, w, 3]."""
+        return adaptive_avg_pool2d(img, self.config.feedback_hw)
+
+    def render(self, gen_vars: dict, codes: jax.Array, deltas: Optional[Deltas]):
+        """G(codes, deltas) with the fixed noise buffers -> (full cropped, pooled)."""
+        img, _ = self.generator.apply(gen_vars, codes, input_space="w+", randomize_noise=False,
+                                      weights_deltas=deltas)
+        img = self.crop(img)
+        return img, self.pool(img)
+
+    def encode(self, frozen: dict, x: jax.Array) -> jax.Array:
+        """x [B, h, w, 3] -> codes [B, n_styles, style_dim] (W-encoder in eval mode + latent_avg)."""
+        if self.w_encoder is None:
+            raise ValueError("HyperStyle: this model has no W-encoder; pass codes explicitly")
+        w = self.w_encoder.apply(frozen["w_encoder"], x, False)
+        return w + frozen["latent_avg"]
+
+    def initial_inversion(self, frozen: dict, x: jax.Array, codes: Optional[jax.Array] = None):
+        """-> (codes, y0_full, y0_pooled); `codes` skips the encoder when given."""
+        if codes is None:
+            codes = self.encode(frozen, x)
+        y_full, y_pooled = self.render(frozen["generator"], codes, None)
+        return codes, y_full, y_pooled
+
+    def iteration(self, frozen: dict, hyper_vars: dict, x: jax.Array, y_hat: jax.Array,
+                  codes: jax.Array, deltas: Optional[Deltas], train: bool = False):
+        """One HyperStyle step -> (y_full, y_pooled, new_deltas, new_batch_stats).
+
+        `deltas` None or a list with None at untuned layers; the new ones are their sum
+        with this step's hypernet output. In train mode BatchNorm uses batch statistics
+        and `new_batch_stats` holds the updated running statistics (else it is None).
+        """
+        inp = jnp.concatenate([x, y_hat.astype(x.dtype)], axis=-1)
+        if train:
+            out, upd = self.hypernet.apply(hyper_vars, inp, True, mutable=["batch_stats"])
+            new_stats = upd["batch_stats"]
+        else:
+            out, new_stats = self.hypernet.apply(hyper_vars, inp, False), None
+        new = accumulate(deltas, out)
+        y_full, y_pooled = self.render(frozen["generator"], codes, new)
+        return y_full, y_pooled, new, new_stats
+
+    def invert(self, frozen: dict, hyper_vars: dict, x: jax.Array, n_iters: int,
+               resize_outputs: bool = False, codes: Optional[jax.Array] = None) -> dict:
+        """The official `run_inversion` (eval mode) as one scan; jit it with n_iters static.
+
+        Returns {'codes': [B, n_styles, D], 'init': y_0, 'images': [n_iters, B, H, W, 3]
+        (full-resolution, or feedback-size with `resize_outputs`), 'pooled_final': y_n at
+        the feedback size, 'deltas': the accumulated offsets (None at untuned layers)}.
+        """
+        codes, y0_full, y0_pooled = self.initial_inversion(frozen, x, codes)
+        b = x.shape[0]
+        # Zeros at tuned layers keep the scan carry's structure fixed; 0 + Δ is exact.
+        zero = [None if s is None else jnp.zeros((b,) + s, x.dtype)
+                for s in self.tuned_delta_shapes()]
+
+        def body(carry, _):
+            y_hat, deltas = carry
+            y_full, y_pooled, deltas, _ = self.iteration(frozen, hyper_vars, x, y_hat, codes,
+                                                         deltas, train=False)
+            return (y_pooled, deltas), (y_pooled if resize_outputs else y_full)
+
+        (y_last, deltas), images = jax.lax.scan(body, (y0_pooled, zero), None, length=n_iters)
+        return {"codes": codes, "init": y0_pooled if resize_outputs else y0_full,
+                "images": images, "pooled_final": y_last, "deltas": deltas}
+
+    def tuned_delta_shapes(self) -> list:
+        """Per generator layer j: (out, in, k, k) if tuned, else None."""
+        c = self.config.hypernet
+        tuned = set(c.tuned_layers)
+        return [c.delta_shape(j) if j in tuned else None for j in range(c.n_outputs)]
+
+
+def accumulate(deltas: Optional[Deltas], new: Deltas) -> list:
+    """Official accumulation: D + Δ per layer; None stays None; D None means 'first step'."""
+    if deltas is None:
+        return list(new)
+    return [n if d is None else d if n is None else d + n for d, n in zip(deltas, new)]
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@dataclasses.dataclass
+class Inverter:
+    """A converted HyperStyle + W-encoder, ready to invert batches of images."""
+    model: HyperStyle
+    frozen: Any
+    hyper_vars: Any
+    opts: dict
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.model.config.feedback_hw
+
+    def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
+        """Compile (ahead of time) the inversion of fixed-size batches; returns a function
+        numpy x [n <= batch_size, h, w, 3] -> dict of numpy arrays for those n images.
+
+        The batch is split over all local devices when they divide it (variables are
+        replicated); otherwise it runs on one device.
+        """
+        devices = jax.local_devices()
+        n_dev = len(devices) if batch_size % len(devices) == 0 else 1
+        mesh = jax.sharding.Mesh(np.asarray(devices[:n_dev]), ("data",))
+        batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        frozen = jax.device_put(self.frozen, repl)
+        hyper = jax.device_put(self.hyper_vars, repl)
+        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
+                                       resize_outputs=resize_outputs),
+                     in_shardings=(repl, repl, batch_sh))
+        h, w = self.input_hw
+        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch_sh)
+        compiled = fn.lower(frozen, hyper, x_spec).compile()
+
+        def run(x: np.ndarray) -> dict:
+            n = x.shape[0]
+            if n > batch_size:
+                raise ValueError(f"batch of {n} images exceeds batch_size {batch_size}")
+            pad = np.zeros((batch_size - n,) + x.shape[1:], np.float32)
+            xb = jax.device_put(np.concatenate([x.astype(np.float32), pad]), batch_sh)
+            out = jax.device_get(compiled(frozen, hyper, xb))
+            return {"codes": out["codes"][:n], "init": out["init"][:n],
+                    "images": out["images"][:, :n], "pooled_final": out["pooled_final"][:n],
+                    "deltas": [None if d is None else d[:n] for d in out["deltas"]]}
+
+        return run
+
+
+def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
+                  feedback_hw: Optional[Sequence[int]] = None) -> Inverter:
+    """Two converted folders (`hyperstyle`, `w_encoder`) -> an `Inverter`.
+
+    feedback_hw: override the feedback size (default: from the checkpoint's opts).
+    """
+    from hyperstyle_jax.models import loading
+    from hyperstyle_jax.utils.checkpoints import CheckpointError
+
+    cfgs, tree = loading.load_hyperstyle(checkpoint)
+    wcfg, wvars = loading.load_w_encoder(w_encoder)
+    gen, hyper, opts = cfgs["generator"], cfgs["hypernet"], cfgs.get("opts", {})
+    if (wcfg["n_styles"], wcfg["style_dim"]) != (gen.n_latent, gen.style_dim):
+        raise CheckpointError(
+            f"{w_encoder}: the W-encoder gives {wcfg['n_styles']} x {wcfg['style_dim']} codes, "
+            f"but the generator in {checkpoint} needs {gen.n_latent} x {gen.style_dim}")
+    fb, crop = default_feedback(hyper, opts)
+    if feedback_hw is not None:
+        fb = tuple(int(v) for v in feedback_hw)
+    config = HyperStyleConfig(generator=gen, hypernet=hyper, w_encoder=wcfg, feedback_hw=fb,
+                              cars_crop=crop)
+    frozen = {"generator": tree["generator"], "w_encoder": wvars,
+              "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
+    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
