@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hyperstyle_jax.convert import hyperstyle as conv
-from hyperstyle_jax.convert.common import SourceDict, check_tree_matches, load_torch_file, to_numpy_state_dict
+from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.models import irse
 from hyperstyle_jax.models.layers import BatchNorm, PReLU
 from hyperstyle_jax.models.resnet import BasicBlock, HypernetBackbone, block_table
@@ -192,3 +192,72 @@ def test_get_blocks_tables():
         assert [u for u in units if u[2] == 2] == [(64, 64, 2), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
     with pytest.raises(ValueError, match="Must be one of"):
         irse.get_blocks(34)
+
+
+# ----------------------------------------------------------------------------- ResNet-50 trunk
+
+
+def test_resnet50_trunk_vs_torch_functional():
+    """torchvision Bottleneck semantics (v1.5: stride on the 3x3), max-pool, global pool.
+
+    No official fixture exists (the MoCo weights were not available), so the reference is
+    written here with torch.nn.functional ops on a narrowed stage table.
+    """
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    from hyperstyle_jax.models.resnet import ResNet50Trunk
+
+    stages = ((8, 1, 1), (16, 2, 2))
+    rs = np.random.RandomState(0)
+    sd = {}
+
+    def conv_w(key, o, i, k):
+        sd[f"{key}.weight"] = (rs.randn(o, i, k, k) / np.sqrt(i * k * k)).astype(np.float32)
+
+    def bn(key, c):
+        sd[f"{key}.weight"] = rs.uniform(0.5, 1.5, c).astype(np.float32)
+        sd[f"{key}.bias"] = rs.randn(c).astype(np.float32) * 0.1
+        sd[f"{key}.running_mean"] = rs.randn(c).astype(np.float32) * 0.1
+        sd[f"{key}.running_var"] = rs.uniform(0.5, 1.5, c).astype(np.float32)
+        sd[f"{key}.num_batches_tracked"] = np.array(7, np.int64)
+
+    conv_w("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    blocks, inplanes = [], 64
+    for s, (planes, n, stride) in enumerate(stages):
+        for b in range(n):
+            key, st = f"layer{s + 1}.{b}", (stride if b == 0 else 1)
+            conv_w(f"{key}.conv1", planes, inplanes, 1), bn(f"{key}.bn1", planes)
+            conv_w(f"{key}.conv2", planes, planes, 3), bn(f"{key}.bn2", planes)
+            conv_w(f"{key}.conv3", 4 * planes, planes, 1), bn(f"{key}.bn3", 4 * planes)
+            ds = st != 1 or inplanes != 4 * planes
+            if ds:
+                conv_w(f"{key}.downsample.0", 4 * planes, inplanes, 1), bn(f"{key}.downsample.1", 4 * planes)
+            blocks.append((key, st, ds))
+            inplanes = 4 * planes
+    t = {k: torch.from_numpy(v) for k, v in sd.items()}
+
+    def tbn(x, key):
+        return F.batch_norm(x, t[f"{key}.running_mean"], t[f"{key}.running_var"], t[f"{key}.weight"],
+                            t[f"{key}.bias"], training=False, eps=1e-5)
+
+    def reference(x):
+        x = F.max_pool2d(F.relu(tbn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+        for key, st, ds in blocks:
+            out = F.relu(tbn(F.conv2d(x, t[f"{key}.conv1.weight"]), f"{key}.bn1"))
+            out = F.relu(tbn(F.conv2d(out, t[f"{key}.conv2.weight"], stride=st, padding=1), f"{key}.bn2"))
+            out = tbn(F.conv2d(out, t[f"{key}.conv3.weight"]), f"{key}.bn3")
+            idn = tbn(F.conv2d(x, t[f"{key}.downsample.0.weight"], stride=st), f"{key}.downsample.1") if ds else x
+            x = F.relu(out + idn)
+        return x.mean((2, 3))
+
+    x = rs.randn(2, 3, 30, 26).astype(np.float32)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(x)).numpy()
+    model = ResNet50Trunk(stages)
+    src = SourceDict(sd, "random resnet50")
+    v = conv.from_state_dict(src, conv.eval_shape_init(model, nhwc(x)))
+    src.finish()
+    got = model.apply(v, nhwc(x))
+    assert got.shape == (2, 64)
+    _close(np.asarray(got), want, 1e-5, 1e-5)

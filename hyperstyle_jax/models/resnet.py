@@ -21,7 +21,6 @@ from typing import Sequence, Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from hyperstyle_jax.models.layers import BatchNorm, PReLU, conv2d, global_avg_pool, max_pool
 
