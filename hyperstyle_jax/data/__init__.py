@@ -17,8 +17,9 @@ process_count (ValueError naming both numbers if it does not divide):
     'mask'   bool [L] (eval only): False on padding of the last partial batch
     synthetic source only:
     'latent' float32 [L, style_dim], the true W code
-    'deltas' {str(j): float32 [L, out, in]} per perturbed generator layer j (only when
-             perturb_std > 0): the true offsets, constant over k x k
+    'deltas' {str(j): float32 [L, out, in]} ([L, 1, in] with perturb_mode 'in') per
+             perturbed generator layer j (only when perturb_std > 0): the true offsets,
+             constant over k x k
              (`synthetic.expand_deltas` gives the generator's [L, out, in, k, k] list)
 
 Global batch s is identical for every process count (one seeded permutation per epoch,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ml_collections
 
 SOURCES = ("tfds", "synthetic")
-PERTURB_MODES = ("out", "out_in")
+PERTURB_MODES = ("out_in", "in")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -38,7 +38,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.num_train = 64
     c.num_eval = 16
     c.perturb_std = 0.0             # std of the per-image multiplicative conv-weight offsets
-    c.perturb_mode = "out_in"       # offsets vary per 'out' channel or per ('out', 'in') pair
+    c.perturb_mode = "out_in"       # offsets vary per ('out', 'in') pair, or per 'in' channel
+                                    # (per 'out' alone is cancelled by demodulation)
     c.perturb_layers = ""           # comma list of generator layer indices; '' = all non-toRGB
     c.truncation = 1.0              # w = w_avg + truncation * (w - w_avg)
     c.seed = 0                      # generator init, latents, offsets
@@ -84,6 +85,10 @@ def check_data_config(c) -> None:
                 raise ValueError(f"data.{key}={v!r}: expected an int >= 1")
         if not _get(c, "perturb_std", 0.0) >= 0:
             raise ValueError(f"data.perturb_std={_get(c, 'perturb_std')!r}: expected >= 0")
-        if _get(c, "perturb_mode") not in PERTURB_MODES:
-            raise ValueError(f"data.perturb_mode={_get(c, 'perturb_mode')!r}: use one of "
-                             f"{PERTURB_MODES}")
+        mode = _get(c, "perturb_mode")
+        if mode == "out":
+            raise ValueError("data.perturb_mode='out': a per-output-channel factor on a "
+                             "demodulated conv is divided out again by the demodulation (a "
+                             "no-op); use 'out_in' or 'in'")
+        if mode not in PERTURB_MODES:
+            raise ValueError(f"data.perturb_mode={mode!r}: use one of {PERTURB_MODES}")
