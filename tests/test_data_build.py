@@ -193,3 +193,19 @@ def test_celeba_hq_file_list_and_missing_split(tmp_path):
     assert [s[1] for s in rep.skipped] == ["9.jpg"] and "not found" in rep.skipped[0][2]
     with pytest.raises(FileNotFoundError, match="cars_train"):
         build_dataset("stanford_cars", str(src), str(tmp_path / "d3"), progress=False)
+
+
+@pytest.mark.parametrize("dataset,layout,splits", [
+    ("stanford_cars", {"cars_train": 3, "cars_test": 2}, {"train": 3, "test": 2}),
+    ("afhq_wild", {"train/wild": 3, "val/wild": 2, "train/cat": 4}, {"train": 3, "test": 2}),
+])
+def test_official_layouts(tmp_path, dataset, layout, splits):
+    from hyperstyle_jax.data.build import build_dataset
+
+    rng = np.random.default_rng(3)
+    for sub, n in layout.items():
+        (tmp_path / "src" / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(_smooth_image(rng, 12, 16)).save(tmp_path / "src" / sub / f"{i}.jpg")
+    rep = build_dataset(dataset, str(tmp_path / "src"), str(tmp_path / "d"), progress=False)
+    assert rep.written == splits and not rep.skipped

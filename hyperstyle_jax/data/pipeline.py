@@ -130,13 +130,18 @@ class TfdsSource:
             raise ValueError(f"dataset {name!r} in {data_dir!r} has no split {split!r}; "
                              f"it has: {', '.join(sorted(map(str, splits)))}")
         self._ds = splits[split]
+        features = self._ds.dataset_info.features
+        if "image" not in features:
+            raise ValueError(f"dataset {name!r} in {data_dir!r} has no 'image' feature (it has "
+                             f"{', '.join(features.keys())}); build it with "
+                             "python -m hyperstyle_jax.data.build")
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self._ds[i]
-        name = rec["file_name"]
+        name = rec.get("file_name", b"")
         return {"image": rec["image"],
                 "file_name": name.decode() if isinstance(name, bytes) else str(name)}
 
