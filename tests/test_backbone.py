@@ -261,3 +261,33 @@ def test_resnet50_trunk_vs_torch_functional():
     got = model.apply(v, nhwc(x))
     assert got.shape == (2, 64)
     _close(np.asarray(got), want, 1e-5, 1e-5)
+
+
+def test_batchnorm_train_stats_over_global_batch_on_a_mesh():
+    """Data-parallel jit (2 fake CPU devices, batch sharded): statistics over the whole batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from hyperstyle_jax.models.layers import BatchNorm
+        assert len(jax.devices()) == 2
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        x = np.random.RandomState(0).randn(4, 3, 3, 2).astype(np.float32)
+        x[:2] += 5.0  # the two shards have very different means
+        v = {"params": {"weight": np.ones(2, np.float32), "bias": np.zeros(2, np.float32)},
+             "batch_stats": {"running_mean": np.zeros(2, np.float32), "running_var": np.ones(2, np.float32)}}
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        y, upd = jax.jit(lambda v, x: BatchNorm().apply(v, x, True, mutable=["batch_stats"]))(v, xs)
+        flat = x.reshape(-1, 2)
+        np.testing.assert_allclose(np.asarray(y).reshape(-1, 2),
+                                   (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), atol=1e-5)
+        np.testing.assert_allclose(upd["batch_stats"]["running_var"], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
