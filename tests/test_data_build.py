@@ -89,6 +89,7 @@ def test_cli_reports_bad_files(built):
     assert lines["bad/gray16.png"].startswith("PNG I;16")
     assert lines["bad/rgba.png"] == "PNG RGBA -> PNG 8-bit RGB"
     assert "README.txt\tnot an image file extension" in report
+    assert sorted(os.listdir(built["data_dir"])) == ["ffhq"]  # no empty downloads/ left
 
 
 def test_refuses_to_overwrite(built):

@@ -57,14 +57,24 @@ def build_dataset(dataset: str, source: str, data_dir: str, *, file_list: str | 
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     tfds.disable_progress_bar()  # ours has a total; TFDS's would count blindly
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.abspath(source), download_mode=mode))
-    header = [f"# {dataset} built {datetime.datetime.now().isoformat(timespec='seconds')}",
+    header = [f"# {dataset} build {datetime.datetime.now().isoformat(timespec='seconds')}",
               f"# source: {os.path.abspath(source)}",
               f"# output: {builder.data_dir}"]
     if file_list:
         header.append(f"# file_list: {os.path.abspath(file_list)}")
     path = report_path(data_dir, dataset)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=os.path.abspath(source), download_mode=mode))
+    except BaseException as e:  # keep what was learnt about the files, then re-raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(builder.report.to_text(dataset, header + [f"# FAILED: {e!r}"]))
+        raise
+    try:  # TFDS leaves an empty <data_dir>/downloads/extracted behind; nothing was downloaded
+        os.removedirs(os.path.join(data_dir, "downloads", "extracted"))
+    except OSError:
+        pass
     with open(path, "w") as f:
         f.write(builder.report.to_text(dataset, header))
     return builder.report
@@ -99,6 +109,9 @@ def main(argv=None) -> int:
                                overwrite=args.overwrite)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if os.path.exists(report_path(args.data_dir, args.dataset)):
+            print(f"files seen so far: {report_path(args.data_dir, args.dataset)}",
+                  file=sys.stderr)
         return 2
     for split, path, reason in report.skipped:
         print(f"skipped {split}: {path}: {reason}", file=sys.stderr)
