@@ -205,23 +205,31 @@ def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
     return fn
 
 
+@functools.lru_cache(maxsize=8)
+def _sharded_metric_fn(metrics: tuple[str, ...], devices: tuple):
+    """(jitted metric fn, batch sharding, replicated sharding) on a 1-D 'batch' mesh.
+
+    Cached so that repeated runs in one process (tests, notebooks) compile once."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(devices), ("batch",))
+    batch, repl = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    fn = jax.jit(make_metric_fn(metrics), in_shardings=(repl, batch, batch), out_shardings=batch)
+    return fn, batch, repl
+
+
 class ShardedScorer:
     """Runs the metric function on batches sharded over every local device."""
 
     def __init__(self, metrics: tuple[str, ...], nets: dict, batch_size: int):
         import jax
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-        devices = np.array(jax.local_devices())
-        self.mesh = Mesh(devices, ("batch",))
+        devices = tuple(jax.local_devices())
         n = len(devices)
         self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the device count
-        batch = NamedSharding(self.mesh, P("batch"))
-        repl = NamedSharding(self.mesh, P())
+        self.fn, self.batch_sharding, repl = _sharded_metric_fn(tuple(metrics), devices)
         self.nets = jax.device_put(nets, repl)
-        self.batch_sharding = batch
-        self.fn = jax.jit(make_metric_fn(metrics), in_shardings=(repl, batch, batch),
-                          out_shardings=batch)
 
     def __call__(self, pred: np.ndarray, gt: np.ndarray):
         """Dispatch one (padded) batch; returns device arrays (call np.asarray to wait)."""
@@ -343,6 +351,7 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
     report = {
         "pred": os.path.abspath(pred), "gt": os.path.abspath(gt), "layout": layout,
         "metrics": list(metrics), "resolution": list(EVAL_HW),
+        "devices": _device_count(), "batch_size": scorer.batch_size if scorer else None,
         "higher_is_better": {m: HIGHER_IS_BETTER[m] for m in metrics},
         "iterations": summary,
         "counts": {"scored": sum(len(v) for v in per_image.values()), "skipped": len(skipped),
@@ -354,6 +363,12 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
         report["id_note"] = ("cosine similarity on the ID loss's fixed crop [35:223, 32:220] -> 112; "
                              "the official metric aligns with MTCNN first (not ported)")
     return report
+
+
+def _device_count() -> int:
+    import jax
+
+    return len(jax.local_devices())
 
 
 def _iter_key(it: str):

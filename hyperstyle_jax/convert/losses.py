@@ -17,13 +17,12 @@ Subcommands of `tools/convert_weights.py`:
            torchvision ResNet-50 state dict (`conv1.weight`, ..., `fc.*`) is accepted too.
 
 Cores are functions on name -> array dicts (`*_from_state_dict`), so tests convert
-full-size key listings without writing files. Every mapping is strict (`SourceDict`),
-and the converted tree must equal `jax.eval_shape` of the model's init, path for path.
-
-Name mapping (driven by the model's own tree): Flax module `name_N` <-> PyTorch `name.N`;
-conv `kernel` HWIO <-> `weight` OIHW; Dense `kernel` [in, out] <-> `weight` [out, in];
-BatchNorm `weight`/`bias` (params) and `running_mean`/`running_var` (batch_stats) keep
-their names; `num_batches_tracked` is dropped (fixed momentum: never read).
+full-size key listings without writing files. Every mapping is strict (`SourceDict`:
+each missing, misshaped or unused key is named), and the converted tree must equal
+`jax.eval_shape` of the model's init, path for path. The ArcFace and ResNet-50 key
+tables are the shared ones in `convert/hyperstyle.py` (`arcface_from_state_dict`, which
+also reorders `output_layer.3.weight` from NCHW- to NHWC-flatten order, and
+`resnet50_trunk_from_state_dict`); `num_batches_tracked` is dropped (never read).
 """
 from __future__ import annotations
 
