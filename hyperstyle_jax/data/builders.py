@@ -8,8 +8,17 @@ Every builder writes `array_record` files (random access for grain) with the fea
     'file_name': the path relative to the source folder
 
 Nothing is decoded here beyond validation: decoding, resizing and flipping happen in the
-loader (`transforms.py`). Writing needs no TensorFlow: TFDS serialises examples with its
-own copy of the tf.Example protos and writes array_record through `array_record`.
+loader (`transforms.py`).
+
+No TensorFlow, when writing either (TFDS documents TF-free *reading* with
+`tfds.data_source`; writing was checked here, tfds 4.9.10, and is tested with a fake
+`tensorflow` package that must never be imported): `GeneratorBasedBuilder` with
+`file_format='array_record'` serialises examples with TFDS's own copy of the tf.Example
+protos (`tensorflow_datasets.proto`) and writes through `array_record`. What would pull TF
+in, and is avoided: `tfds.features.Image` given a NumPy array (encodes with
+`tf.image.encode_png`; we pass the encoded bytes), `dataset_info_from_configs` (needs a
+packaged builder folder; we build `DatasetInfo` directly) and `tfds.list_builders()`
+(queries the community index through TF's GCS filesystem).
 
 Builders (all take the source folder as TFDS `manual_dir`):
 
