@@ -140,6 +140,9 @@ def test_resume_exactly(cfg):
     for want, got in zip(full[3:], _batches(resumed, 6)):
         np.testing.assert_array_equal(want["index"], got["index"])
         np.testing.assert_array_equal(want["image"], got["image"])
+    _batches(it, 4)  # the same iterator, moved on and then rewound, continues identically
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)["image"], full[3]["image"])
     # The same state resumes under two processes: their blocks make the same global batch.
     halves = []
     for p in range(2):
