@@ -129,4 +129,4 @@ def test_non_torgb_delta_is_constant_over_taps(io, feats):
 def test_too_large_features_fail_clearly():
     m = R.RefinementBlock(1, 32, 3, is_to_rgb=True, inner_c=8, out_c=8)
     with pytest.raises(ValueError, match="1x1 feature map"):
-        m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 4)))
+        eval_shape_init(m, jnp.zeros((1, 32, 32, 4)))
