@@ -3,15 +3,19 @@
 Subcommands of `tools/convert_weights.py`:
   hyperstyle SRC.pt OUT_DIR   official HyperStyle checkpoint (Coach format): hypernet +
                               decoder + latent_avg; `opts` becomes our config.
-  w_encoder  SRC.pt OUT_DIR   pSp-format W-encoder (`encoder.*` kept; `decoder.*`,
-                              `latent_avg` and `opts` are read only to check them).
+  w_encoder  SRC.pt OUT_DIR   pSp-format W-encoder: only `encoder.*` is kept; pSp's
+                              generator copy `decoder.*`, `latent_avg` and `opts` are
+                              dropped (opts['output_size'] only sets n_styles).
   resnet34   SRC.pth OUT_DIR  torchvision ImageNet ResNet-34 -> the stem and body of a NEW
                               hypernetwork (6-channel conv1, see `resnet34_to_hypernet_init`).
 
 The cores are functions on a name -> array dict (`*_from_state_dict`), so tests can convert
 full-size listings from zero-cost `np.broadcast_to` views without writing gigabytes.
-Every mapping is strict: `SourceDict.finish` names each missing, misshaped or unused key,
-and the converted tree must equal the model's `jax.eval_shape(init)` tree path for path.
+Every mapping is strict: the model's `jax.eval_shape(init)` tree drives `from_state_dict`,
+so each leaf is read by its official key with the shape the model needs, and
+`SourceDict.finish` names each missing, misshaped or unused key. The shared hypernet is read
+once from `hypernet.shared_weight_hypernet.*`; its nine copies under
+`hypernet.refinement_blocks.{j}.hypernet.*` must be the same storage or equal values.
 
 Key mapping (PyTorch `a.b.N.c` -> Flax `a/b_N/c`; conv `weight` [O,I,kh,kw] -> `kernel`
 HWIO; Linear `weight` [out,in] -> Dense `kernel` [in,out]; EqualLinear `weight` -> `weight`
