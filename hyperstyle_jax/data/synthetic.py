@@ -10,7 +10,8 @@ Each image i of a split gets
     image_i = face_pool(G(w_i, weights_deltas=Δ_i, noise = the fixed buffers))
 so an exact reconstruction exists, reachable from the true W only through weight offsets
 θ·(1+Δ). z and Δ come from one NumPy stream per image (`draw`), so the data does not
-depend on the render batch size; the random generator is `Generator.init(key(seed))`.
+depend on the render batch size; the random generator's variables are those of
+`models.stylegan2.random_init(config, seed)` (compiled once here and reused).
 
 A random generator's toRGB weights and biases are scaled by one factor so that the
 unperturbed training images have pixel std `RANDOM_OUTPUT_STD` (a random init gives
