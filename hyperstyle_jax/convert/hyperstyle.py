@@ -615,7 +615,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "resnet34", formatter_class=fmt,
         help="torchvision ResNet-34 (.pth) -> init for a new hypernetwork backbone",
-        description=resnet34_to_hypernet_init.__doc__)
+        description=__import__("textwrap").dedent("    " + resnet34_to_hypernet_init.__doc__))
     p.add_argument("src", help="resnet34-333f7ec4.pth (torchvision ImageNet weights)")
     p.add_argument("out_dir", help="new output folder (config.json + arrays/)")
     p.add_argument("--extra_channels", choices=EXTRA_CHANNEL_MODES, default="half",
