@@ -26,6 +26,8 @@ npz arrays that are not 256x256 go through the same filter in float) and normali
           [35:223, 32:220] pooled to 112, which fits FFHQ-aligned 256 images, so the
           numbers are close to but not the same measurement as the paper's.
 Per iteration, each metric's mean ± std (population std, as numpy.std) over images.
+Every matched image is scored (the official script's DataLoader uses drop_last=True and so
+silently skips the last partial batch; that is not reproduced).
 
 Output: a markdown table on stdout; JSON (--out, default <pred>/metrics.json) with the
 summary, every per-image score and every skipped file with its reason; the same table as

@@ -159,6 +159,8 @@ def test_numeric_folders_plain_folder_and_usage_errors(tree, capsys, tmp_path):
     assert rc == 1 and "lpips" not in err  # lpips not requested: its weights are not read
     rc, _, err = run(capsys, "--pred", plain, "--gt", str(tmp_path / "nope"), "--metrics", "l2")
     assert rc == 2 and "nope: not a folder" in err
+    rc, _, err = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "l2", "--pred_format", "npz")
+    assert rc == 2 and "arrays not found" in err and "--save_npy" in err
     with pytest.raises(SystemExit):
         main(["--pred", plain, "--gt", gt, "--metrics", "l2,psnr"])
     assert "unknown ['psnr']" in capsys.readouterr().err
