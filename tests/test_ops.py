@@ -239,3 +239,21 @@ def test_per_sample_forms_differentiable(npz, form):
     g_ref = jax.grad(loss)(d0, "grouped")
     assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
     np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_up_conv_equals_torch_conv_transpose(k):
+    """The polyphase stride-2 transposed conv against torch.nn.functional.conv_transpose2d."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(k)
+    x = rng.randn(2, 3, 5, 4).astype(np.float32)          # NCHW, non-square
+    w = rng.randn(2, 3, 6, k, k).astype(np.float32)       # per sample [O? no: I, O, k, k] below
+    want = np.stack([torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x[b:b + 1]), torch.from_numpy(w[b]), stride=2).numpy()[0] for b in range(2)])
+    # torch's transposed weight [I, O, k, k] is our modconv weight [O, I, k, k] read as [in, out]:
+    w_hwio = jnp.asarray(np.transpose(w, (0, 3, 4, 1, 2)))  # [B, k, k, I, O]
+    shared = nchw(ops._conv(nhwc(x[:1]), w_hwio[0], "up", k))
+    np.testing.assert_allclose(shared, want[:1], atol=1e-5, rtol=1e-5)
+    for form in ops.PER_SAMPLE_FORMS:
+        got = nchw(ops._conv_per_sample(nhwc(x), w_hwio, "up", k, form))
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=form)

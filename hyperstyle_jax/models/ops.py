@@ -59,6 +59,10 @@ def upfirdn2d(x: Array, kernel: Array, up=1, down=1, pad=(0, 0), gain: float = 1
     pad: (p0, p1) for both axes, or (x0, x1, y0, y1); negative pads crop.
     Steps: insert up-1 zeros after every sample, pad (or crop), convolve, keep every
     down-th sample. Output: [B, (H*up_y + y0 + y1 - kh) // down_y + 1, ..., C].
+
+    The filter is a sum of shifted (strided) slices, which XLA fuses into one loop: on
+    CPU a depthwise conv (feature_group_count=C) measured ~50x slower. A concrete rank-1
+    kernel (every rosinality kernel) runs as two 1-D passes.
     """
     upx, upy = _pair(up)
     dnx, dny = _pair(down)
@@ -70,25 +74,73 @@ def upfirdn2d(x: Array, kernel: Array, up=1, down=1, pad=(0, 0), gain: float = 1
         px0, px1, py0, py1 = pad
     else:
         raise ValueError(f"upfirdn2d: pad must be (p0, p1) or (x0, x1, y0, y1), got {pad!r}")
-    kernel = jnp.asarray(kernel, x.dtype)
-    if kernel.ndim != 2:
-        raise ValueError(f"upfirdn2d: kernel must be 2-D, got shape {kernel.shape}")
-    if gain != 1.0:
-        kernel = kernel * gain
-    kh, kw = kernel.shape
-    c = x.shape[-1]
-    # Interior padding inserts the zeros; the trailing up-1 zeros of the last sample go
-    # into the high pad. lax.pad crops on negative pads, as the reference does.
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0), (py0, py1 + upy - 1, upy - 1),
-                 (px0, px1 + upx - 1, upx - 1), (0, 0, 0)])
-    if x.shape[1] < kh or x.shape[2] < kw:
-        raise ValueError(f"upfirdn2d: padded input {x.shape[1:3]} is smaller than the kernel "
-                         f"{(kh, kw)}")
-    # Depthwise true convolution: correlate with the flipped kernel, one group per channel.
-    w = jnp.broadcast_to(kernel[::-1, ::-1, None, None], (kh, kw, 1, c))
-    return lax.conv_general_dilated(x, w, window_strides=(dny, dnx), padding="VALID",
-                                    dimension_numbers=_NHWC, feature_group_count=c)
+    if np.ndim(kernel) != 2:
+        raise ValueError(f"upfirdn2d: kernel must be 2-D, got shape {np.shape(kernel)}")
+    kh, kw = np.shape(kernel)
+    hp, wp = x.shape[1] * upy + py0 + py1, x.shape[2] * upx + px0 + px1
+    if hp < kh or wp < kw:
+        raise ValueError(f"upfirdn2d: padded input {(hp, wp)} is smaller than the kernel {(kh, kw)}")
+    sep = _separate(kernel)
+    if sep is not None:
+        col, row = sep
+        x = _fir_axis(x, col * gain, 1, upy, py0, py1, dny)
+        return _fir_axis(x, row, 2, upx, px0, px1, dnx)
+    kernel = jnp.asarray(kernel, x.dtype) * gain
+    x = _zero_insert_pad(x, 1, upy, py0, py1)
+    x = _zero_insert_pad(x, 2, upx, px0, px1)
+    ho, wo = (x.shape[1] - kh) // dny + 1, (x.shape[2] - kw) // dnx + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            # True convolution: output (a, b) takes kernel[kh-1-i, kw-1-j] * x[a+i, b+j].
+            sl = x[:, i:i + (ho - 1) * dny + 1:dny, j:j + (wo - 1) * dnx + 1:dnx]
+            term = sl * kernel[kh - 1 - i, kw - 1 - j]
+            out = term if out is None else out + term
+    return out
+
+
+def _separate(kernel) -> Optional[tuple]:
+    """(col [kh], row [kw]) with kernel == outer(col, row) for a concrete rank-1 kernel."""
+    try:
+        k = np.asarray(kernel, dtype=np.float64)
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        return None  # traced: use the general 2-D path
+    i0, j0 = np.unravel_index(np.argmax(np.abs(k)), k.shape)
+    if k[i0, j0] == 0:
+        return None
+    col, row = k[:, j0], k[i0, :] / k[i0, j0]
+    if not np.allclose(np.outer(col, row), k, rtol=1e-6, atol=1e-7 * np.abs(k).max()):
+        return None
+    return col, row
+
+
+def _zero_insert_pad(x: Array, axis: int, up: int, p0: int, p1: int) -> Array:
+    """Insert up-1 zeros after every sample along `axis`, then pad (crop if negative).
+
+    Interior padding inserts the zeros; the trailing up-1 zeros of the last sample go into
+    the high pad, so lax.pad's cropping on negative pads matches the reference.
+    """
+    cfg = [(0, 0, 0)] * x.ndim
+    cfg[axis] = (p0, p1 + up - 1, up - 1)
+    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _fir_axis(x: Array, taps: np.ndarray, axis: int, up: int, p0: int, p1: int,
+              down: int) -> Array:
+    """1-D upfirdn along `axis` with concrete taps (true convolution)."""
+    x = _zero_insert_pad(x, axis, up, p0, p1)
+    k = len(taps)
+    n = (x.shape[axis] - k) // down + 1
+    out = None
+    for s in range(k):
+        c = float(taps[k - 1 - s])
+        if c == 0.0:
+            continue
+        term = lax.slice_in_dim(x, s, s + (n - 1) * down + 1, stride=down, axis=axis) * c
+        out = term if out is None else out + term
+    if out is None:  # an all-zero kernel
+        out = jnp.zeros_like(lax.slice_in_dim(x, 0, (n - 1) * down + 1, stride=down, axis=axis))
+    return out
 
 
 def blur(x: Array, kernel: Sequence, pad: tuple[int, int], upsample_factor: int = 1) -> Array:
@@ -223,18 +275,51 @@ def _conv(x: Array, w: Array, mode: str, k: int) -> Array:
     """One shared-weight conv. x: [B, H, W, I], w: [k, k, I, O] (HWIO).
 
     mode 'same': stride 1, pad k//2. mode 'up': PyTorch conv_transpose2d(stride 2, pad 0)
-    with the same weight read as [in, out] -> [B, 2H+k-2, 2W+k-2, O] (dilate the input,
-    pad k-1, correlate with the spatially flipped kernel). mode 'down': stride 2, pad 0.
+    with the same weight read as [in, out] -> [B, 2H+k-2, 2W+k-2, O] (see `_conv_up`).
+    mode 'down': stride 2, pad 0.
     """
     if mode == "same":
         p = k // 2
         return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC)
     if mode == "up":
-        return lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((k - 1, k - 1), (k - 1, k - 1)),
-                                        lhs_dilation=(2, 2), dimension_numbers=_NHWC)
+        return _conv_up(x, w, lambda xx, ww, pad: lax.conv_general_dilated(
+            xx, ww, (1, 1), pad, dimension_numbers=_NHWC))
     if mode == "down":
         return lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_NHWC)
     raise ValueError(mode)
+
+
+def _conv_up(x: Array, w: Array, conv: Callable) -> Array:
+    """Stride-2 transposed conv, computed on the input grid ("polyphase").
+
+    Output pixel (2m+py, 2n+px) only meets taps ky = py + 2a, kx = px + 2b, so each of the
+    four phases is an ordinary small conv of the input (2x2, 2x1, 1x2, 1x1 taps for k=3)
+    and interleaving them is a reshape: 9 multiply-adds per (in, out, input pixel), where
+    a conv over the zero-dilated input does 36 (XLA's CPU backend measured ~1.3x slower).
+    x: [B, H, W, I]; w: [..., k, k, I, O] (leading dims passed through to `conv`);
+    conv(x, kernel [..., ty, tx, I, O], padding) -> [B, H', W', O].
+    Returns [B, 2H+k-2, 2W+k-2, O].
+    """
+    k = w.shape[-4]
+    h, wd = x.shape[1], x.shape[2]
+    pb = (k - 1) // 2  # bottom/right pad: every phase then yields H+pb rows
+    rows = []
+    for py in range(2):
+        ty = (k - py + 1) // 2
+        kys = np.array([py + 2 * (ty - 1 - d) for d in range(ty)])
+        cols = []
+        for px in range(2):
+            tx = (k - px + 1) // 2
+            kxs = np.array([px + 2 * (tx - 1 - d) for d in range(tx)])
+            if ty == 0 or tx == 0:  # k=1: odd output rows/columns meet no tap
+                cols.append(jnp.zeros((x.shape[0], h + pb, wd + pb, w.shape[-1]), x.dtype))
+                continue
+            kern = jnp.take(jnp.take(w, kys, axis=-4), kxs, axis=-3)
+            cols.append(conv(x, kern, ((ty - 1, pb), (tx - 1, pb))))
+        rows.append(jnp.stack(cols, axis=3))      # [B, H+pb, W+pb, 2 (px), O]
+    y = jnp.stack(rows, axis=2)                   # [B, H+pb, 2 (py), W+pb, 2 (px), O]
+    b, hp, _, wp, _, o = y.shape
+    return y.reshape(b, 2 * hp, 2 * wp, o)[:, :2 * h + k - 2, :2 * wd + k - 2]
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,21 +344,22 @@ def _conv_per_sample(x: Array, w: Array, mode: str, k: int, form: str) -> Array:
         return jnp.concatenate([_conv(x[j:j + 1], w[j], mode, k) for j in range(b)], axis=0)
     # grouped: samples become channel groups of one conv.
     xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
-    wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(k, k, i, b * o)
+
+    def grouped(xg, wb, stride, pad):
+        """wb: [B, kh, kw, I, O] -> [B, H', W', O] from one conv with B groups."""
+        kh, kw = wb.shape[1:3]
+        wg = jnp.transpose(wb, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
+        y = lax.conv_general_dilated(xg, wg, stride, pad, dimension_numbers=_NHWC,
+                                     feature_group_count=b)
+        _, ho, wo, _ = y.shape
+        return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
+
     if mode == "up":
-        wg = wg[::-1, ::-1]
-        y = lax.conv_general_dilated(xg, wg, (1, 1), ((k - 1, k - 1), (k - 1, k - 1)),
-                                     lhs_dilation=(2, 2), dimension_numbers=_NHWC,
-                                     feature_group_count=b)
-    elif mode == "down":
-        y = lax.conv_general_dilated(xg, wg, (2, 2), "VALID", dimension_numbers=_NHWC,
-                                     feature_group_count=b)
-    else:
-        p = k // 2
-        y = lax.conv_general_dilated(xg, wg, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
-                                     feature_group_count=b)
-    _, ho, wo, _ = y.shape
-    return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
+        return _conv_up(x, w, lambda _, wb, pad: grouped(xg, wb, (1, 1), pad))
+    if mode == "down":
+        return grouped(xg, w, (2, 2), "VALID")
+    p = k // 2
+    return grouped(xg, w, (1, 1), ((p, p), (p, p)))
 
 
 def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optional[Array] = None,
