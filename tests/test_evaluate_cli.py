@@ -166,25 +166,26 @@ def test_numeric_folders_plain_folder_and_usage_errors(tree, capsys, tmp_path):
     assert "unknown ['psnr']" in capsys.readouterr().err
 
 
-def test_official_fixture_pairs_lpips_msssim_l2(tmp_path, capsys):
-    """The fixture's 8-bit pairs as PNG files: the CLI reproduces the official per-pair numbers."""
+@pytest.fixture(scope="module")
+def fixture_pairs(tmp_path_factory):
+    """The fixture's 8-bit pairs as PNG files (pred = img_a, gt = img_b) and converted LPIPS."""
     from tools.convert_weights import main as convert
 
-    io = np.load(os.path.join(METRICS_DIR, "metrics_io.npz"))
+    root = tmp_path_factory.mktemp("pairs")
+    io = dict(np.load(os.path.join(METRICS_DIR, "metrics_io.npz")))
     for name, key in (("pred", "img_a256"), ("gt", "img_b256")):
         for i, img in enumerate(io[key]):
             u8 = np.round((np.transpose(img, (1, 2, 0)) + 1) * 127.5)
             assert np.abs(u8 / 127.5 - 1 - np.transpose(img, (1, 2, 0))).max() < 1e-6  # exactly 8-bit
-            save(str(tmp_path / name / f"pair{i}.png"), u8)
-    weights = str(tmp_path / "lpips")
+            save(str(root / name / f"pair{i}.png"), u8)
+    weights = str(root / "lpips")
     assert convert(["lpips", os.path.join(METRICS_DIR, "alexnet_features_random_torchvision.pt"),
                     os.path.join(METRICS_DIR, "lpips_v0.1_alex_lin_ORIGINAL.pth"), weights]) == 0
-    capsys.readouterr()
-    rc, stdout, _ = run(capsys, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
-                        "--metrics", "l2,lpips,msssim", "--lpips_weights", weights,
-                        "--out", str(tmp_path / "r.json"))
-    assert rc == 0 and "scored 4 images, skipped 0 files" in stdout
-    pi = json.load(open(tmp_path / "r.json"))["per_image"]["images"]
+    return str(root / "pred"), str(root / "gt"), weights, io
+
+
+def check_fixture_numbers(report, io):
+    pi = report["per_image"]["images"]
     got = lambda m: np.array([pi[f"pair{i}"][m] for i in range(4)])  # noqa: E731
     np.testing.assert_allclose(got("lpips"), io["lpips256_per_pair"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got("l2"), io["l2_256_per_pair"], rtol=1e-5)
@@ -192,17 +193,26 @@ def test_official_fixture_pairs_lpips_msssim_l2(tmp_path, capsys):
     np.testing.assert_allclose(got("msssim")[3], io["msssim256_pair3_unrelated"], atol=1e-5)
 
 
-def test_two_devices_sharded_and_padded(tree, tmp_path):
-    """A fresh process with 2 CPU devices: batch 3 -> 4 (a multiple of 2), 3 images per
-    iteration -> one padded batch; the numbers are unchanged."""
-    out, gt = tree
+def test_official_fixture_pairs_lpips_msssim_l2(fixture_pairs, tmp_path, capsys):
+    """The CLI reproduces the official per-pair LPIPS, MS-SSIM and L2 from PNG files."""
+    pred, gt, weights, io = fixture_pairs
+    capsys.readouterr()
+    rc, stdout, _ = run(capsys, "--pred", pred, "--gt", gt, "--metrics", "l2,lpips,msssim",
+                        "--lpips_weights", weights, "--out", str(tmp_path / "r.json"))
+    assert rc == 0 and "scored 4 images, skipped 0 files" in stdout
+    check_fixture_numbers(json.load(open(tmp_path / "r.json")), io)
+
+
+def test_two_devices_sharded_and_padded(fixture_pairs, tmp_path):
+    """A fresh process with 2 CPU devices: --batch_size 5 -> 6 (a multiple of 2), the 4 pairs
+    in one padded batch sharded over both devices; the official numbers are unchanged."""
+    pred, gt, weights, io = fixture_pairs
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-m", "hyperstyle_jax.evaluate", "--pred", os.path.join(out, "iterations", "1"),
-                          "--gt", gt, "--metrics", "l2", "--batch_size", "3", "--out", str(tmp_path / "d.json"),
-                          "--no_progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 1, res.stderr  # bad.png
+    res = subprocess.run([sys.executable, "-m", "hyperstyle_jax.evaluate", "--pred", pred, "--gt", gt,
+                          "--metrics", "l2,lpips,msssim", "--lpips_weights", weights, "--batch_size", "5",
+                          "--out", str(tmp_path / "d.json"), "--no_progress"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
     rep = json.load(open(tmp_path / "d.json"))
-    assert rep["devices"] == 2 and rep["batch_size"] == 4
-    pi = rep["per_image"]["images"]
-    np.testing.assert_allclose([pi["a"]["l2"], pi["b"]["l2"], pi["tex"]["l2"]],
-                               [l2_const(110, 100), l2_const(180, 200), 0.0], rtol=1e-5, atol=1e-12)
+    assert rep["devices"] == 2 and rep["batch_size"] == 6
+    check_fixture_numbers(rep, io)

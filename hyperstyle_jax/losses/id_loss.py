@@ -20,6 +20,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from hyperstyle_jax.losses.batching import deinterleave, interleave
 from hyperstyle_jax.models.irse import Backbone, get_blocks
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 
@@ -72,9 +73,8 @@ def id_embed(variables: Mapping, x: jnp.ndarray) -> jnp.ndarray:
 
 def id_similarity(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     """[B] cosine similarity <f(y_hat_i), f(y_i)> (one forward on the stacked batch)."""
-    b = y_hat.shape[0]
-    e = id_embed(variables, jnp.concatenate([y_hat, y], axis=0))
-    return jnp.sum(e[:b] * e[b:], axis=1)
+    e_hat, e_y = deinterleave(id_embed(variables, interleave(y_hat, y)), 2)
+    return jnp.sum(e_hat * e_y, axis=1)
 
 
 def id_loss_terms(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray,
@@ -86,11 +86,10 @@ def id_loss_terms(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray,
     `stop_gradient`. `x` (the encoder input) defaults to `y`, as in HyperStyle's datasets
     (source = target); then only y_hat and y are embedded.
     """
-    b = y_hat.shape[0]
     batch = [y_hat, y] if x is None else [y_hat, y, x]
-    e = id_embed(variables, jnp.concatenate(batch, axis=0))
-    f_hat, f_y = e[:b], jax.lax.stop_gradient(e[b:2 * b])
-    f_x = f_y if x is None else e[2 * b:]
+    e = deinterleave(id_embed(variables, interleave(*batch)), len(batch))
+    f_hat, f_y = e[0], jax.lax.stop_gradient(e[1])
+    f_x = f_y if x is None else e[2]
     diff_target = jnp.sum(f_hat * f_y, axis=1)
     diff_input = jnp.sum(f_hat * f_x, axis=1)
     diff_views = jnp.sum(f_y * f_x, axis=1)

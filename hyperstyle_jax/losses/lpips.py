@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hyperstyle_jax.losses.alexnet import ALEXNET_CHANNELS, AlexNetFeatures
+from hyperstyle_jax.losses.batching import deinterleave, interleave
 from hyperstyle_jax.losses.vgg import VGG16_CHANNELS, VGG16Features
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -45,13 +46,12 @@ class LPIPS(nn.Module):
             precision=self.precision, name="net")
         shift = jnp.asarray(LPIPS_SHIFT, jnp.float32)
         scale = jnp.asarray(LPIPS_SCALE, jnp.float32)
-        b = x.shape[0]
-        # One trunk pass over [x; y]: the same per-image computation as two calls.
-        feats = trunk((jnp.concatenate([x, y], axis=0) - shift) / scale)
+        # One trunk pass over x and y interleaved: the same per-image computation as two calls.
+        feats = trunk((interleave(x, y) - shift) / scale)
         per_layer = []
         for i, f in enumerate(feats):
-            f = normalize_activation(f)
-            diff = (f[:b] - f[b:]) ** 2
+            fx, fy = deinterleave(normalize_activation(f), 2)
+            diff = (fx - fy) ** 2
             d = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, name=f"lin_{i}")(diff)
             per_layer.append(jnp.mean(d, axis=(1, 2, 3)))
         return jnp.stack(per_layer, axis=1)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.losses.batching import deinterleave, interleave
 from hyperstyle_jax.models.resnet import ResNet50Trunk
 
 MOCO_INPUT = 224
@@ -62,11 +63,10 @@ def moco_embed(variables: Mapping, x: jnp.ndarray) -> jnp.ndarray:
 def moco_loss_terms(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray,
                     x: jnp.ndarray | None = None) -> dict:
     """The official `MocoLoss.forward(y_hat, y, x)` as arrays (same keys as `id_loss_terms`)."""
-    b = y_hat.shape[0]
     batch = [y_hat, y] if x is None else [y_hat, y, x]
-    e = moco_embed(variables, jnp.concatenate(batch, axis=0))
-    f_hat, f_y = e[:b], jax.lax.stop_gradient(e[b:2 * b])
-    f_x = f_y if x is None else e[2 * b:]
+    e = deinterleave(moco_embed(variables, interleave(*batch)), len(batch))
+    f_hat, f_y = e[0], jax.lax.stop_gradient(e[1])
+    f_x = f_y if x is None else e[2]
     diff_target = jnp.sum(f_hat * f_y, axis=1)
     diff_input = jnp.sum(f_hat * f_x, axis=1)
     diff_views = jnp.sum(f_y * f_x, axis=1)
