@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           conv_weight, linear_weight, load_torch_file,
+                                           conv_weight, load_torch_file,
                                            to_numpy_state_dict, unwrap_state_dict)
 
 LPIPS_KIND, ARCFACE_KIND, MOCO_KIND = "lpips", "arcface", "moco"
