@@ -16,14 +16,11 @@ resume, input, evaluation, loop. The step itself is `hyperstyle_jax.training.ste
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +28,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hyperstyle_jax.training import parallel
+from hyperstyle_jax.training import model_setup, parallel
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
+from hyperstyle_jax.training.model_setup import BuiltModel
 from hyperstyle_jax.training.optim import make_optimizer
-from hyperstyle_jax.training.step import ModelFns, TrainState, make_eval_step, make_train_step
+from hyperstyle_jax.training.step import TrainState, make_eval_step, make_train_step
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "tiny.py")
@@ -49,21 +47,8 @@ class TrainingError(RuntimeError):
 # =======================================================================================
 # Model and frozen networks
 # =======================================================================================
-@dataclasses.dataclass
-class BuiltModel:
-    fns: ModelFns
-    frozen_model: Any            # host tree: generator (+ W-encoder) variables
-    frozen_loss: Any             # host tree: loss-network variables
-    init_hyper: Callable         # rng -> {'params', 'batch_stats'} (jittable)
-    init_override: Any | None    # host {'params', 'batch_stats'} from init_from / resnet34
-    export: Callable             # (hyper_vars_host) -> (config dict, tree) for save_converted
-    description: list[str]
-
-
 def build_model(config) -> BuiltModel:
     """Generator, W-code source, hypernetwork and loss networks from the config."""
-    from hyperstyle_jax.training import model_setup
-
     return model_setup.build(config)
 
 
@@ -205,11 +190,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     n_iters = config.n_iters_per_batch
     frozen_sh = jax.tree.map(lambda _: repl, frozen)
-    train_step = jax.jit(make_train_step(built.fns, tx, n_iters, dtype),
+    train_step = jax.jit(make_train_step(built.fns, tx, n_iters, dtype,
+                                         config.unroll_iterations),
                          in_shardings=(state_shardings, frozen_sh, batch_sh),
                          out_shardings=(state_shardings, repl), donate_argnums=(0,))
     eval_steps = {
-        images: jax.jit(make_eval_step(built.fns, n_iters, with_images=images),
+        images: jax.jit(make_eval_step(built.fns, n_iters, images,
+                                               config.unroll_iterations),
                         in_shardings=(state_shardings, frozen_sh, batch_sh),
                         out_shardings=repl if not images else None)
         for images in (False, True)}
@@ -401,6 +388,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required (where checkpoints and logs go)")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)

@@ -22,7 +22,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.n_iters_per_batch = 5         # --n_iters_per_batch
     c.total_steps = 500_000         # --max_steps
     c.log_every_steps = 50          # --board_interval
-    c.image_every_steps = 0         # train image grids; 0 = only at validation
     c.val_every_steps = 5_000       # --val_interval (also validates at the end)
     c.max_val_batches = 150         # --max_val_batches (0 = the whole eval split)
     c.ckpt_every_steps = 10_000     # --save_interval (also saves at the end and on SIGTERM)
@@ -47,11 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
         layers_to_tune=DEFAULT_LAYERS_TO_TUNE,
         feedback_hw=(256, 256),     # hypernet input size ((192, 256) for cars)
         cars_crop=False,            # crop the 512x512 cars output to 384 rows
+        per_sample="auto",          # generator per-sample conv form: auto|grouped|map|loop
         hypernet=ml_collections.ConfigDict(),  # HyperNetConfig overrides (widths); {} = official
     ))
     # Where the initial W code comes from: 'encoder' (the frozen W-encoder, official) or
     # 'true_latent' (synthetic data only: the latent each image was rendered from).
     c.w_code = "encoder"
+    c.unroll_iterations = True      # unroll the n iterations in the step (faster on CPU,
+                                    # longer compiles); False: one lax.scan body
     c.compute_dtype = "float32"     # or 'bfloat16': hypernet forward in bf16, fp32 master
                                     # weights, generator (and its demodulation) in fp32
 
@@ -92,7 +94,7 @@ def check_config(c) -> None:
     for key in ("batch_size", "eval_batch_size", "n_iters_per_batch", "total_steps",
                 "log_every_steps", "val_every_steps", "ckpt_every_steps", "keep_last_checkpoints"):
         positive(key)
-    for key in ("image_every_steps", "max_val_batches", "keep_best_checkpoints",
+    for key in ("max_val_batches", "keep_best_checkpoints",
                 "num_grid_images", "seed"):
         positive(key, allow_zero=True)
     if c.compute_dtype not in COMPUTE_DTYPES:
@@ -116,7 +118,7 @@ def check_config(c) -> None:
         raise ValueError("config.w_code='true_latent' needs config.data.source='synthetic' "
                          f"(got {c.data.source!r}): real images have no true latent")
     needed = []
-    if not c.checkpoints.generator and not synthetic:
+    if not c.checkpoints.generator and not synthetic and not c.init_from:
         needed.append(("generator", "stylegan2"))
     if c.w_code == "encoder":
         needed.append(("w_encoder", "w_encoder"))

@@ -68,13 +68,15 @@ def zero_deltas(iterate: Callable, frozen, hyper_vars, x, y_hat, codes) -> Any:
 
 
 def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, n_iters: int,
-                    compute_dtype=jnp.float32) -> Callable:
+                    compute_dtype=jnp.float32, unroll: bool = True) -> Callable:
     """train_step(state, frozen, batch) -> (new_state, metrics); jit it with shardings.
 
     `frozen = {'model': ..., 'loss': ...}`; `batch['image']` is x (= the target y).
     metrics: `loss` (sum over iterations), each loss term per iteration as
     `<term>/iter_<t>` (t = 1..n) and averaged over iterations as `<term>`, the initial
     inversion's L2 `loss_l2/iter_0`, `grad_norm`, `param_norm`, `finite` (1 or 0).
+    unroll: unroll the iteration scan (measured 4x faster on CPU for the tiny config, where
+    XLA's while loop blocks fusion; compiles n copies of the body). False keeps one copy.
     """
     if n_iters < 1:
         raise ValueError(f"n_iters_per_batch={n_iters}: must be >= 1")
@@ -111,7 +113,8 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, n_iters: in
                               x_in, y0.astype(compute_dtype), codes)
         grads0 = jax.tree.map(jnp.zeros_like, state.params)
         (grads, batch_stats, _, _), (totals, terms) = jax.lax.scan(
-            body, (grads0, state.batch_stats, y0, deltas0), None, length=n_iters)
+            body, (grads0, state.batch_stats, y0, deltas0), None, length=n_iters,
+            unroll=n_iters if unroll else 1)
 
         loss = jnp.sum(totals)
         grad_norm = optax.global_norm(grads)
@@ -138,7 +141,8 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, n_iters: in
     return train_step
 
 
-def make_eval_step(fns: ModelFns, n_iters: int, with_images: bool = False) -> Callable:
+def make_eval_step(fns: ModelFns, n_iters: int, with_images: bool = False,
+                   unroll: bool = True) -> Callable:
     """eval_step(state, frozen, batch) -> sums over the real (unmasked) examples.
 
     Hypernetwork BatchNorm in eval mode (running stats). Returns `count`, per-image terms
@@ -160,7 +164,8 @@ def make_eval_step(fns: ModelFns, n_iters: int, with_images: bool = False) -> Ca
             return (y_t, d_t), y_t
 
         deltas0 = zero_deltas(fns.iterate, frozen["model"], hv, x, y0, codes)
-        _, ys = jax.lax.scan(body, (y0, deltas0), None, length=n_iters)
+        _, ys = jax.lax.scan(body, (y0, deltas0), None, length=n_iters,
+                             unroll=n_iters if unroll else 1)
         out = {"count": jnp.sum(mask)}
         val_loss = jnp.zeros((), jnp.float32)
         for t in range(n_iters + 1):
