@@ -257,3 +257,10 @@ def test_up_conv_equals_torch_conv_transpose(k):
     for form in ops.PER_SAMPLE_FORMS:
         got = nchw(ops._conv_per_sample(nhwc(x), w_hwio, "up", k, form))
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=form)
+
+
+def test_upfirdn2d_traced_kernel(npz):
+    """A kernel that is a traced value (no separability check possible) gives the same result."""
+    f = jax.jit(lambda x, k: ops.upfirdn2d(x, k, up=2, down=2, pad=(1, 2)))
+    got = nchw(f(nhwc(npz["x_odd"]), jnp.asarray(npz["K_raw"])))
+    np.testing.assert_allclose(got, npz["out__raw_up2_down2_pad12"], atol=ATOL, rtol=0)
