@@ -325,29 +325,29 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
         if bar is not None:
             bar.close()
         stopper.restore()
-        ckpt.close()  # waits for the last asynchronous save
+        ckpt.wait()  # the last asynchronous save lands even if the loop raised
         train_iter.close()
 
     final_step = int(parallel.to_host(state.step))
     if status == "done" and last_val is None:
         last_val = evaluate(final_step, log_images=False)
     writer.close()
+    best_step, best_loss = ckpt.best()
+    ckpt.close()
     if status == "done" and is_main:
+        print(format_eval(last_val, n_iters, config.w_code), flush=True)
+        print(f"checkpoints: {ckpt.directory} (best val_loss {best_loss} at step {best_step})",
+              flush=True)
+    if status == "done" and jax.process_count() == 1:
+        # orbax writes collectively; one process alone can write the inference folder.
         export_dir = os.path.join(workdir, "export")
         _export(built, state, export_dir)
-        print(format_eval(last_val, n_iters, config.w_code), flush=True)
-        best_step, best_loss = _best(workdir)
-        print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (best val_loss "
-              f"{best_loss} at step {best_step}); inference folder: {export_dir}", flush=True)
+        print(f"inference folder (converted HyperStyle format): {export_dir}", flush=True)
+    elif status == "done" and is_main:
+        print("multi-process run: no export/ folder; write it by running the same command "
+              "once in a single process (it resumes at the last step and only exports)",
+              flush=True)
     return {"status": status, "step": final_step, "eval": last_val}
-
-
-def _best(workdir: str):
-    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        return ck.best()
-    finally:
-        ck.close()
 
 
 def _export(built: BuiltModel, state: TrainState, out_dir: str) -> None:
