@@ -282,8 +282,7 @@ def _conv(x: Array, w: Array, mode: str, k: int) -> Array:
         p = k // 2
         return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC)
     if mode == "up":
-        return _conv_up(x, w, lambda xx, ww, pad: lax.conv_general_dilated(
-            xx, ww, (1, 1), pad, dimension_numbers=_NHWC))
+        return _conv_up(x, w, lambda xx, ww, pad: conv_s1(xx, ww, pad))
     if mode == "down":
         return lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_NHWC)
     raise ValueError(mode)
@@ -322,44 +321,109 @@ def _conv_up(x: Array, w: Array, conv: Callable) -> Array:
     return y.reshape(b, 2 * hp, 2 * wp, o)[:, :2 * h + k - 2, :2 * wd + k - 2]
 
 
+# ----------------------------------------------------------------------------- per-sample convs
+
+
+def _conv_s1_impl(x: Array, w: Array, pad: tuple, form: str) -> Array:
+    """Stride-1 conv. x: [B, H, W, I]; w: [kh, kw, I, O] shared or [B, kh, kw, I, O] per
+    sample (run in `form`); pad: ((top, bottom), (left, right)). -> [B, H', W', O]."""
+    if w.ndim == 4:
+        return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_NHWC)
+    b, h, wd, i = x.shape
+    kh, kw, _, o = w.shape[1:]
+    if kh == 1 and kw == 1 and pad == ((0, 0), (0, 0)):
+        return jnp.einsum("bhwi,bio->bhwo", x, w[:, 0, 0])  # 1x1 (toRGB): a batched matmul
+    if form == "map":
+        return lax.map(_single_sample_conv(pad), (x, w))
+    if form == "loop":
+        return jnp.concatenate([_conv_s1_impl(x[j:j + 1], w[j], pad, form) for j in range(b)], 0)
+    # grouped: samples become channel groups of one conv.
+    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
+    wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
+    y = lax.conv_general_dilated(xg, wg, (1, 1), pad, dimension_numbers=_NHWC,
+                                 feature_group_count=b)
+    _, ho, wo, _ = y.shape
+    return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
+
+
 @functools.lru_cache(maxsize=None)
-def _single_sample_conv(mode: str, k: int) -> Callable:
-    """(x [H, W, I], w [k, k, I, O]) -> [H', W', O]; one stable function per (mode, k) so
+def _single_sample_conv(pad: tuple) -> Callable:
+    """(x [H, W, I], w [kh, kw, I, O]) -> [H', W', O]; one stable function per padding so
     that repeated eager calls of lax.map hit JAX's trace cache."""
     def f(xw):
-        return _conv(xw[0][None], xw[1], mode, k)[0]
+        return lax.conv_general_dilated(xw[0][None], xw[1], (1, 1), pad,
+                                        dimension_numbers=_NHWC)[0]
     return f
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_s1(x: Array, w: Array, pad: tuple, form: str = "map") -> Array:
+    """Stride-1 conv with a hand-written backward pass (see `_conv_s1_impl` for shapes).
+
+    XLA's own weight gradient is pathological on CPU in the two places HyperStyle needs it:
+    inside `lax.map` (per-sample weights) and for the small asymmetric-padded kernels of
+    the polyphase up-conv, both ~100x slower than the forward conv (9.8 s and 13.7 s vs
+    0.1 s at [2, 64, 64, 256]). Here dW is kh*kw GEMMs over pixels (input patch x output
+    gradient) and dx is the same kind of conv as the forward, with the flipped kernel.
+    Reverse mode only (no jvp), which is all the trainer needs.
+    """
+    return _conv_s1_impl(x, w, pad, form)
+
+
+def _conv_s1_fwd(x, w, pad, form):
+    return _conv_s1_impl(x, w, pad, form), (x, w)
+
+
+def _conv_s1_bwd(pad, form, res, g):
+    x, w = res
+    kh, kw = w.shape[-4], w.shape[-3]
+    (pt, pb), (pl, pr) = pad
+    ho, wo = g.shape[1], g.shape[2]
+    # dx: full correlation of g with the flipped, in/out-swapped kernel (negative pads crop).
+    gp = lax.pad(g, jnp.zeros((), g.dtype),
+                 [(0, 0, 0), (kh - 1 - pt, kh - 1 - pb, 0), (kw - 1 - pl, kw - 1 - pr, 0), (0, 0, 0)])
+    wt = jnp.swapaxes(jnp.flip(w, axis=(-4, -3)), -1, -2)
+    gx = _conv_s1_impl(gp, wt, ((0, 0), (0, 0)), form)
+    # dW[ky, kx] = sum over pixels of (padded input shifted by (ky, kx)) x g.
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
+    spec = "bhwi,bhwo->bio" if w.ndim == 5 else "bhwi,bhwo->io"
+    gw = jnp.stack([jnp.stack([jnp.einsum(spec, xp[:, ky:ky + ho, kx:kx + wo], g)
+                               for kx in range(kw)], axis=-3) for ky in range(kh)], axis=-4)
+    return gx, gw.astype(w.dtype)
+
+
+conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
 def _conv_per_sample(x: Array, w: Array, mode: str, k: int, form: str) -> Array:
     """A different kernel per sample. x: [B, H, W, I], w: [B, k, k, I, O] -> [B, H', W', O]."""
-    b, h, wd, i = x.shape
-    o = w.shape[-1]
-    if k == 1 and mode == "same":
-        # 1x1 (toRGB): a batched matmul is already optimal in every form.
-        return jnp.einsum("bhwi,bio->bhwo", x, w[:, 0, 0])
-    if form == "map":
-        return lax.map(_single_sample_conv(mode, k), (x, w))
-    if form == "loop":
-        return jnp.concatenate([_conv(x[j:j + 1], w[j], mode, k) for j in range(b)], axis=0)
-    # grouped: samples become channel groups of one conv.
-    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
-
-    def grouped(xg, wb, stride, pad):
-        """wb: [B, kh, kw, I, O] -> [B, H', W', O] from one conv with B groups."""
-        kh, kw = wb.shape[1:3]
-        wg = jnp.transpose(wb, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
-        y = lax.conv_general_dilated(xg, wg, stride, pad, dimension_numbers=_NHWC,
-                                     feature_group_count=b)
-        _, ho, wo, _ = y.shape
-        return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
-
+    if mode == "same":
+        p = k // 2
+        return conv_s1(x, w, ((p, p), (p, p)), form)
     if mode == "up":
-        return _conv_up(x, w, lambda _, wb, pad: grouped(xg, wb, (1, 1), pad))
-    if mode == "down":
-        return grouped(xg, w, (2, 2), "VALID")
-    p = k // 2
-    return grouped(xg, w, (1, 1), ((p, p), (p, p)))
+        return _conv_up(x, w, lambda xx, ww, pad: conv_s1(xx, ww, pad, form))
+    if mode == "down":  # not used by the generator; XLA's own gradient
+        return _conv_down_per_sample(x, w, form)
+    raise ValueError(mode)
+
+
+def _conv_down_per_sample(x: Array, w: Array, form: str) -> Array:
+    """Stride-2 VALID conv with per-sample w [B, k, k, I, O]."""
+    def one(xw):
+        return lax.conv_general_dilated(xw[0][None], xw[1], (2, 2), "VALID",
+                                        dimension_numbers=_NHWC)[0]
+    if form == "map":
+        return lax.map(one, (x, w))
+    if form == "loop":
+        return jnp.stack([one((x[j], w[j])) for j in range(x.shape[0])])
+    b, h, wd, i = x.shape
+    kh, kw, _, o = w.shape[1:]
+    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
+    wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
+    y = lax.conv_general_dilated(xg, wg, (2, 2), "VALID", dimension_numbers=_NHWC,
+                                 feature_group_count=b)
+    _, ho, wo, _ = y.shape
+    return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
 
 
 def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optional[Array] = None,
