@@ -176,3 +176,20 @@ def test_sigkill_then_resume_is_bit_identical(micro):
     meta = [json.load(open(d / "checkpoints" / str(steps) / "data" / "metadata"))
             for d in (micro / "uninterrupted", victim_dir)]
     assert meta[0]["iterator"]["step"] == meta[1]["iterator"]["step"] == steps
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro):
+    steps, every = 400, 4
+    workdir = micro / "sigterm"
+    proc = _spawn(micro, workdir, steps, every, 2)
+    first = workdir / "checkpoints" / str(every)
+    deadline = time.time() + 240
+    while not first.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out = _finish(proc)  # exit status 0
+    assert "SIGTERM: saved a checkpoint at step" in out, out[-2000:]
+    stopped = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
+    assert every <= stopped < steps
+    assert (workdir / "checkpoints" / str(stopped)).is_dir()
+    assert f"RESULT stopped {stopped}" in out
