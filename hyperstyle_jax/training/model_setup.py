@@ -1,11 +1,10 @@
 """Build what the trainer needs from a config: frozen networks, the hypernetwork, ModelFns.
 
-The HyperStyle forward (SPEC §0, §3.1) as the step uses it:
+The forward is `models.hyperstyle.HyperStyle` (SPEC §0, §3.1):
   initial:  codes = W-encoder(x) + latent_avg (eval mode), or the synthetic data's true
             latent (`w_code='true_latent'`, no encoder); y0 = pool(G(codes)).
   iterate:  Δ_t = hypernet(cat[x, y_{t-1}]); D_t = D_{t-1} + Δ_t; y_t = pool(G(codes, D_t)).
-`pool` is the official feedback resize: the cars crop (rows [size/8, 7 size/8)), then
-`AdaptiveAvgPool2d(feedback_hw)`. The generator always uses its fixed noise buffers.
+Only the pooled (feedback-size) outputs are used by the losses, as the official coach.
 """
 from __future__ import annotations
 
@@ -51,9 +50,8 @@ def build(config):
     from hyperstyle_jax.losses import (LossNets, LossWeights, compute_losses, l2_per_image,
                                        lpips_distance)
     from hyperstyle_jax.models import loading
-    from hyperstyle_jax.models.hypernetwork import HyperNetwork
-    from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
-    from hyperstyle_jax.models.stylegan2 import Generator, load_generator_with_latent_avg
+    from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig
+    from hyperstyle_jax.models.stylegan2 import load_generator_with_latent_avg
 
     lines = []
     ck = config.checkpoints
@@ -100,59 +98,37 @@ def build(config):
     if tuple(config.data.image_hw) != fb_hw:
         raise ValueError(f"config.data.image_hw={tuple(config.data.image_hw)} must equal "
                          f"config.model.feedback_hw={fb_hw}: the hypernet sees cat[x, y_hat]")
-    generator = Generator(gcfg, per_sample=config.model.per_sample)
-    hypernet = HyperNetwork(hcfg)
-    size = gcfg.size
-
-    def pool(img):
-        if config.model.cars_crop:
-            img = img[:, size // 8: size - size // 8]
-        return adaptive_avg_pool2d(img, fb_hw)
-
-    def render(gen_vars, codes, deltas):
-        img, _ = generator.apply(gen_vars, codes, input_space="w+", randomize_noise=False,
-                                 weights_deltas=deltas)
-        return pool(img)
-
-    # ---- W code
+    # ---- W code and the model
     frozen_model = {"generator": {"params": gvars["params"], "noises": gvars["noises"]},
                     "latent_avg": latent_avg}
+    wcfg = None
     if config.w_code == "encoder":
         wcfg, wvars = loading.load_w_encoder(ck.w_encoder)
-        w_encoder = loading.build_w_encoder(wcfg)
         if wcfg["n_styles"] != gcfg.n_latent or wcfg["style_dim"] != gcfg.style_dim:
             raise ValueError(f"config.checkpoints.w_encoder={ck.w_encoder!r} gives "
                              f"{wcfg['n_styles']} x {wcfg['style_dim']} codes; the generator "
                              f"needs {gcfg.n_latent} x {gcfg.style_dim}")
         frozen_model["w_encoder"] = wvars
         lines.append(f"W code: the frozen W-encoder {ck.w_encoder}")
-
-        def codes_of(frozen, batch):
-            return w_encoder.apply(frozen["w_encoder"], batch["image"], False) + frozen["latent_avg"]
     else:
         lines.append("W code: the TRUE LATENTS of the synthetic images (no W-encoder in this "
                      "run); the hypernetwork learns to undo the per-image weight offsets")
-
-        def codes_of(frozen, batch):
-            w = batch["latent"]
-            return jnp.broadcast_to(w[:, None, :], (w.shape[0], gcfg.n_latent, gcfg.style_dim))
+    model = HyperStyle(HyperStyleConfig(generator=gcfg, hypernet=hcfg, w_encoder=wcfg,
+                                        feedback_hw=fb_hw, cars_crop=config.model.cars_crop),
+                       per_sample=config.model.per_sample)
 
     def initial(frozen, batch):
-        codes = codes_of(frozen, batch)
-        return codes, render(frozen["generator"], codes, None)
+        codes = None
+        if config.w_code == "true_latent":
+            w = batch["latent"]
+            codes = jnp.broadcast_to(w[:, None, :], (w.shape[0], gcfg.n_latent, gcfg.style_dim))
+        codes, _, y0 = model.initial_inversion(frozen, batch["image"], codes)
+        return codes, y0
 
     def iterate(frozen, hyper_vars, x, y_hat, codes, deltas, train_mode):
-        inp = jnp.concatenate([x, y_hat.astype(x.dtype)], axis=-1)
-        if train_mode:
-            out, upd = hypernet.apply(hyper_vars, inp, True, mutable=["batch_stats"])
-            batch_stats = upd["batch_stats"]
-        else:
-            out = hypernet.apply(hyper_vars, inp, False)
-            batch_stats = hyper_vars["batch_stats"]
-        prev = deltas if deltas is not None else [None] * len(out)
-        new = [None if o is None else (o if d is None else d + o.astype(d.dtype))
-               for o, d in zip(out, prev)]
-        return render(frozen["generator"], codes, new), new, batch_stats
+        _, y, new, stats = model.iteration(frozen, hyper_vars, x, y_hat, codes, deltas,
+                                           train_mode)
+        return y, new, (stats if train_mode else hyper_vars["batch_stats"])
 
     # ---- losses
     weights = LossWeights.from_config(config.loss)
@@ -172,7 +148,7 @@ def build(config):
 
     # ---- hypernetwork init
     def init_hyper(rng):
-        v = hypernet.init(rng, jnp.zeros((1, *fb_hw, hcfg.input_nc), jnp.float32), False)
+        v = model.hypernet.init(rng, jnp.zeros((1, *fb_hw, hcfg.input_nc), jnp.float32), False)
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     init_override = None
