@@ -9,6 +9,7 @@ Rows: 'none' = no offsets (the cheap modulated conv: scale the input, one shared
 demodulate the output; the per-sample form does not matter there), then one row per
 per-sample form ('grouped', 'map', 'loop'; see hyperstyle_jax/models/ops.py) with offsets
 [B, out, in, k, k] on every conv and toRGB (what HyperStyle does with all layers tuned).
+--grad times forward + backward to the deltas instead (what the trainer runs).
 Each configuration is jitted once (compile time shown separately); the time is the median
 of --repeats calls after one warm-up call. Random weights at the official channel widths
 (divided by --width_div); W+ input; constant noise. Prints a markdown table.
@@ -37,8 +38,9 @@ def make_config(size: int, width_div: int) -> GeneratorConfig:
     return GeneratorConfig(size=size, channels=chans)
 
 
-def time_one(config, variables, batch, form, repeats, seed=0):
-    """(compile_s, median seconds per call) for one configuration."""
+def time_one(config, variables, batch, form, repeats, seed=0, grad=False):
+    """(compile_s, median seconds per call) for one configuration; with grad, the call is
+    forward + backward to the deltas (what the trainer runs), else forward only."""
     gen = Generator(config, per_sample="map" if form == "none" else form)
     rng = np.random.RandomState(seed)
     w = jnp.asarray(rng.randn(batch, config.n_latent, config.style_dim).astype(np.float32))
@@ -47,18 +49,22 @@ def time_one(config, variables, batch, form, repeats, seed=0):
         deltas = [jnp.asarray((0.05 * rng.randn(batch, *s)).astype(np.float32))
                   for s in config.delta_shapes()]
 
-    @jax.jit
-    def render(v, w, d):
+    def forward(d, v, w):
         return gen.apply(v, w, input_space="w+", weights_deltas=d)[0]
 
+    if grad:
+        fn = jax.jit(jax.grad(lambda d, v, w: jnp.mean(forward(d, v, w) ** 2)))
+    else:
+        fn = jax.jit(forward)
+
     t0 = time.perf_counter()
-    render.lower(variables, w, deltas).compile()
+    fn.lower(deltas, variables, w).compile()
     compile_s = time.perf_counter() - t0
-    render(variables, w, deltas).block_until_ready()  # warm-up (allocations, caches)
+    jax.block_until_ready(fn(deltas, variables, w))  # warm-up (allocations, caches)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        render(variables, w, deltas).block_until_ready()
+        jax.block_until_ready(fn(deltas, variables, w))
         times.append(time.perf_counter() - t0)
     return compile_s, statistics.median(times)
 
@@ -75,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--width_div", type=int, default=1, help="divide every channel width")
     p.add_argument("--skip", nargs="*", default=[], metavar="SIZExBATCH:FORM",
                    help="rows to skip, e.g. 1024x8:grouped (too slow to be worth it)")
+    p.add_argument("--grad", action="store_true",
+                   help="time forward + backward to the deltas (rows with offsets only)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: size 256 at 1/4 width, one repeat")
     args = p.parse_args(argv)
@@ -83,7 +91,8 @@ def main(argv=None) -> int:
 
     print(f"# backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}; 'auto' here = "
-          f"{resolve_per_sample('auto')}; width / {args.width_div}", flush=True)
+          f"{resolve_per_sample('auto')}; width / {args.width_div}"
+          f"{'; forward + backward to the deltas' if args.grad else ''}", flush=True)
     print("| size | batch | offsets / form | ms per image | ms per batch | compile s |")
     print("|---:|---:|---|---:|---:|---:|", flush=True)
     for size in args.sizes:
@@ -95,7 +104,9 @@ def main(argv=None) -> int:
                 if f"{size}x{batch}:{form}" in args.skip:
                     print(f"| {size} | {batch} | {form} | skipped | | |", flush=True)
                     continue
-                c, t = time_one(config, variables, batch, form, reps)
+                if args.grad and form == "none":
+                    continue
+                c, t = time_one(config, variables, batch, form, reps, grad=args.grad)
                 label = "none" if form == "none" else f"every conv, {form}"
                 print(f"| {size} | {batch} | {label} | {1e3 * t / batch:.0f} | {1e3 * t:.0f} | "
                       f"{c:.1f} |", flush=True)
