@@ -55,7 +55,7 @@ def full256_config(tmp: str, batch_size: int):
     return c
 
 
-def run(config, steps: int) -> dict:
+def run(config, steps: int, optimizer: str = "ranger") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -68,7 +68,13 @@ def run(config, steps: int) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     built = model_setup.build(config)
-    tx = make_optimizer(config.optim)
+    if optimizer == "sgd":
+        import optax
+
+        tx = optax.sgd(config.optim.lr)
+    else:
+        config.optim.name = optimizer
+        tx = make_optimizer(config.optim)
     hyper = jax.jit(built.init_hyper)(jax.random.PRNGKey(0))
     state = jax.jit(lambda h: TrainState(jnp.zeros((), jnp.int32), h["params"], h["batch_stats"],
                                          tx.init(h["params"]), jax.random.PRNGKey(1)))(hyper)
@@ -105,6 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=None, help="override the batch size")
     p.add_argument("--n_iters", type=int, default=None, help="override n_iters_per_batch")
     p.add_argument("--bf16", action="store_true", help="compute_dtype=bfloat16")
+    p.add_argument("--optimizer", choices=("ranger", "adam", "sgd"), default="ranger",
+                   help="'sgd' keeps no optimizer state: the full-width config with Ranger "
+                        "(params + m + v + slow weights, twice over without buffer donation "
+                        "on CPU) needs > 14 GB and was OOM-killed on this 23 GB machine")
     args = p.parse_args(argv)
     import jax
 
@@ -119,10 +129,11 @@ def main(argv=None) -> int:
             c.n_iters_per_batch = args.n_iters
         if args.bf16:
             c.compute_dtype = "bfloat16"
-        r = run(c, args.steps)
+        r = run(c, args.steps, args.optimizer)
     dev = jax.devices()[0]
     print(f"| {args.which} | {dev.platform} x{jax.device_count()} | batch {c.batch_size} | "
-          f"{c.n_iters_per_batch} iters | {c.compute_dtype} | {r['params']:,} params | "
+          f"{c.n_iters_per_batch} iters | {args.optimizer} | {c.compute_dtype} | "
+          f"{r['params']:,} params | "
           f"compile {r['compile_s']:.1f} s | step {r['step_s'] * 1000:.0f} ms | "
           f"{r['images_per_s']:.2f} img/s |", flush=True)
     return 0 if r["finite"] == 1.0 else 1

@@ -11,8 +11,8 @@ checkpoint resumes from it by itself. Multi-host: `--coordinator_address`,
 JAX_PROCESS_ID); automatic on a TPU pod slice. See docs/training.md.
 
 The loop reads top to bottom in sections, as big_vision's train.py: distributed and mesh,
-model and frozen networks, optimizer, train state (created sharded), steps, checkpoint and
-resume, input, evaluation, loop. The step itself is `hyperstyle_jax.training.step`.
+model and frozen networks, optimizer, train state (created sharded), steps, input,
+checkpoint and resume, evaluation, loop. The step itself is `hyperstyle_jax.training.step`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
 from hyperstyle_jax.training import model_setup, parallel
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
@@ -147,8 +148,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     # ---------------------------------------------------------------- mesh
     mesh = parallel.make_mesh()
     parallel.log_topology(mesh)
-    local_batch = parallel.check_batch_size(config.batch_size, mesh, "batch_size")
-    local_eval_batch = parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     repl = parallel.replicated(mesh)
     batch_sh = parallel.batch_sharded(mesh)
 
@@ -194,23 +195,22 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                                          config.unroll_iterations),
                          in_shardings=(state_shardings, frozen_sh, batch_sh),
                          out_shardings=(state_shardings, repl), donate_argnums=(0,))
-    eval_steps = {
-        images: jax.jit(make_eval_step(built.fns, n_iters, images,
-                                               config.unroll_iterations),
+    eval_steps = {  # with_images -> jitted eval step (images stay batch-sharded)
+        images: jax.jit(make_eval_step(built.fns, n_iters, images, config.unroll_iterations),
                         in_shardings=(state_shardings, frozen_sh, batch_sh),
                         out_shardings=repl if not images else None)
         for images in (False, True)}
+
+    # ---------------------------------------------------------------- input
+    # Each process reads only its block of every global batch; the state is the global step.
+    train_iter = make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), seed=config.seed)
 
     # ---------------------------------------------------------------- checkpoint, resume
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                         keep_last=config.keep_last_checkpoints,
                         keep_best=config.keep_best_checkpoints)
-    train_iter = None
-    from hyperstyle_jax.data import make_train_iterator, make_eval_iterator  # noqa: E402
-
-    train_iter = make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(), seed=config.seed)
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:
