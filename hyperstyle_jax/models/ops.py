@@ -1,7 +1,8 @@
 """StyleGAN2 building blocks (rosinality / HyperStyle semantics), NHWC and HWIO.
 
 Functions: `make_kernel`, `upfirdn2d`, `blur`, `upsample`, `downsample`,
-`fused_leaky_relu`, `pixel_norm`, `modulated_conv2d`.
+`fused_leaky_relu`, `pixel_norm`, `modulated_conv2d`, `conv_s1` (stride-1 conv, shared or
+per-sample kernels, with a fast hand-written backward pass).
 Modules: `EqualLinear`, `EqualConv2d`, `ModulatedConv2d`.
 
 The weights are stored raw, as in PyTorch; the equalized-learning-rate scales
