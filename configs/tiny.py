@@ -24,7 +24,7 @@ def get_config():
     c.log_every_steps = 20
     c.val_every_steps = 1000
     c.max_val_batches = 0             # the whole held-out split (64 images)
-    c.ckpt_every_steps = 500
+    c.ckpt_every_steps = 1000         # with each validation: orbax records val_loss
     c.optim.lr = 1e-3
     c.loss.l2_lambda, c.loss.lpips_lambda = 1.0, 0.0
     c.w_code = "true_latent"
