@@ -312,6 +312,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
             if (step % config.ckpt_every_steps == 0 or step == config.total_steps
                     or val_loss is not None):
                 save(step, val_loss)
+            if val_loss is not None:  # keep validation time out of the images/s window
+                t_window, n_window = time.perf_counter(), 0
             if stopper.should_stop(step):
                 save(step)
                 status = "stopped"

@@ -216,3 +216,22 @@ def test_config_checks_name_the_key():
     c.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype='float16'"):
         check_config(c)
+
+
+def test_metrics_writer_jsonl_tensorboard_and_grid(tmp_path):
+    import json
+
+    from hyperstyle_jax.training.metrics_log import MetricsWriter
+    from hyperstyle_jax.utils.images import make_grid
+
+    w = MetricsWriter(str(tmp_path))
+    w.scalars(3, {"loss": np.float32(0.5), "loss_l2/iter_1": 0.25})
+    grid = make_grid([[np.zeros((4, 4, 3), np.float32), np.ones((4, 4, 3), np.float32)]])
+    w.image(3, "val/input|initial|iterations", grid)
+    w.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows[0]["step"] == 3 and rows[0]["loss"] == 0.5 and rows[0]["loss_l2/iter_1"] == 0.25
+    assert rows[1]["split"] == "image" and os.path.isfile(rows[1]["path"])
+    assert os.listdir(tmp_path / "tensorboard")
+    assert not MetricsWriter(str(tmp_path / "other"), enabled=False).enabled
+    assert not (tmp_path / "other").exists()  # processes other than 0 write nothing

@@ -1,8 +1,10 @@
 """Scalars and image grids to TensorBoard (tensorboardX) and `<workdir>/metrics.jsonl`.
 
 Only process 0 writes; on other processes every call is a no-op. One JSON object a line:
-`{"step": s, "split": "train"|"val", "<name>": value, ...}`. A resumed run appends, so
-lines past the resume step may repeat (read the last one per step).
+`{"step": s, "split": "train"|"val", "<name>": value, ...}`; an image grid is also saved
+as `<workdir>/images/<name>_<step>.png` with a line `{"step", "split": "image", "name",
+"path"}`. A resumed run appends, so lines past the resume step may repeat (read the last
+one per step).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
+        self.workdir = workdir
         self._tb = None
         self._jsonl = None
         if enabled:
@@ -39,7 +42,15 @@ class MetricsWriter:
         """grid: uint8 [H, W, 3] (e.g. from `utils.images.make_grid`)."""
         if not self.enabled:
             return
-        self._tb.add_image(name, np.asarray(grid_uint8), step, dataformats="HWC")
+        from hyperstyle_jax.utils.images import save_image
+
+        grid = np.asarray(grid_uint8)
+        self._tb.add_image(name, grid, step, dataformats="HWC")
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        path = os.path.join(self.workdir, "images", f"{safe}_{int(step)}.png")
+        save_image(path, grid)
+        row = {"step": int(step), "split": "image", "name": name, "path": path}
+        self._jsonl.write(json.dumps(row) + "\n")
 
     def text(self, step: int, name: str, text: str) -> None:
         if self.enabled:
