@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from hyperstyle_jax.convert.common import ConversionError, SourceDict, check_tree_matches
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 # ----------------------------------------------------------------------------- generic mapping
 
@@ -66,20 +67,6 @@ def _to_ours(leaf: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _leaves(tree: Any, path: tuple = ()) -> Iterable[tuple[tuple, Any]]:
-    if isinstance(tree, Mapping):
-        for k in tree:
-            yield from _leaves(tree[k], path + (str(k),))
-    else:
-        yield path, tree
-
-
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Callable] | None = None
                     ) -> dict:
     """Fill the model's variable tree `expected` (e.g. `jax.eval_shape(model.init, …)`) from `src`.
@@ -93,14 +80,14 @@ def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Cal
     custom = dict(custom or {})
     out: dict = {}
     for collection, tree in expected.items():
-        for path, leaf in _leaves(tree):
+        for path, leaf in leaves_with_paths(tree):
             key = torch_key(path)
             joined = "/".join((collection,) + path)
             if joined in custom:
                 arr = custom.pop(joined)(src, key, tuple(leaf.shape))
             else:
                 arr = _to_ours(path[-1], src.take(key, _torch_shape(path[-1], tuple(leaf.shape))))
-            _set(out.setdefault(collection, {}), path, np.asarray(arr, dtype=np.float32))
+            set_path(out.setdefault(collection, {}), path, np.asarray(arr, dtype=np.float32))
             if path[-1] == "running_mean":
                 src.skip(key[: -len("running_mean")] + "num_batches_tracked")
     if custom:
@@ -543,7 +530,7 @@ def _read(path: str) -> tuple[dict, dict]:
 
 
 def _n_params(tree: Any) -> int:
-    return sum(int(np.prod(leaf.shape)) for _, leaf in _leaves(tree))
+    return sum(int(np.prod(leaf.shape)) for _, leaf in leaves_with_paths(tree))
 
 
 def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:

@@ -20,7 +20,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from hyperstyle_jax.losses.batching import deinterleave, interleave
+from hyperstyle_jax.losses.batching import deinterleave, interleave, similarity_terms
 from hyperstyle_jax.models.irse import Backbone, get_blocks
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 
@@ -86,16 +86,7 @@ def id_loss_terms(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray,
     `stop_gradient`. `x` (the encoder input) defaults to `y`, as in HyperStyle's datasets
     (source = target); then only y_hat and y are embedded.
     """
-    batch = [y_hat, y] if x is None else [y_hat, y, x]
-    e = deinterleave(id_embed(variables, interleave(*batch)), len(batch))
-    f_hat, f_y = e[0], jax.lax.stop_gradient(e[1])
-    f_x = f_y if x is None else e[2]
-    diff_target = jnp.sum(f_hat * f_y, axis=1)
-    diff_input = jnp.sum(f_hat * f_x, axis=1)
-    diff_views = jnp.sum(f_y * f_x, axis=1)
-    return {"loss": jnp.mean(1.0 - diff_target),
-            "improve": jax.lax.stop_gradient(jnp.mean(diff_target - diff_views)),
-            "diff_target": diff_target, "diff_input": diff_input, "diff_views": diff_views}
+    return similarity_terms(id_embed, variables, y_hat, y, x)
 
 
 def id_loss(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperstyle_jax.losses.batching import deinterleave, interleave
+from hyperstyle_jax.losses.batching import similarity_terms
 from hyperstyle_jax.models.resnet import ResNet50Trunk
 
 MOCO_INPUT = 224
@@ -63,16 +63,7 @@ def moco_embed(variables: Mapping, x: jnp.ndarray) -> jnp.ndarray:
 def moco_loss_terms(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray,
                     x: jnp.ndarray | None = None) -> dict:
     """The official `MocoLoss.forward(y_hat, y, x)` as arrays (same keys as `id_loss_terms`)."""
-    batch = [y_hat, y] if x is None else [y_hat, y, x]
-    e = deinterleave(moco_embed(variables, interleave(*batch)), len(batch))
-    f_hat, f_y = e[0], jax.lax.stop_gradient(e[1])
-    f_x = f_y if x is None else e[2]
-    diff_target = jnp.sum(f_hat * f_y, axis=1)
-    diff_input = jnp.sum(f_hat * f_x, axis=1)
-    diff_views = jnp.sum(f_y * f_x, axis=1)
-    return {"loss": jnp.mean(1.0 - diff_target),
-            "improve": jax.lax.stop_gradient(jnp.mean(diff_target - diff_views)),
-            "diff_target": diff_target, "diff_input": diff_input, "diff_views": diff_views}
+    return similarity_terms(moco_embed, variables, y_hat, y, x)
 
 
 def moco_loss(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

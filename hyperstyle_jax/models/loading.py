@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from hyperstyle_jax.utils.checkpoints import CheckpointError, load_converted
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 KIND_HYPERSTYLE = "hyperstyle"
 KIND_W_ENCODER = "w_encoder"
@@ -91,20 +92,6 @@ def load_hypernet_backbone_init(path: str) -> tuple[dict, dict]:
     return load_converted(path, KIND_BACKBONE_INIT)
 
 
-def _leaves(tree: Any, path: tuple = ()):
-    if isinstance(tree, Mapping):
-        for k in tree:
-            yield from _leaves(tree[k], path + (str(k),))
-    else:
-        yield path, tree
-
-
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "resnet34 init") -> dict:
     """Copy a `resnet34` folder's tree into fresh HyperNetwork variables, strictly.
 
@@ -116,7 +103,7 @@ def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "r
     out = jax.tree_util.tree_map(lambda x: x, dict(variables))
     bad = []
     for collection, tree in init_tree.items():
-        for path, leaf in _leaves(tree):
+        for path, leaf in leaves_with_paths(tree):
             node = out.get(collection, {})
             for p in path[:-1]:
                 node = node.get(p, {}) if isinstance(node, Mapping) else {}
@@ -126,7 +113,7 @@ def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "r
                 bad.append(f"{collection}/{'/'.join(path)}: shape {tuple(leaf.shape)} vs "
                            f"{tuple(node[path[-1]].shape)} in the hypernetwork")
             else:
-                _set(out[collection], path, leaf)
+                set_path(out[collection], path, leaf)
     if bad:
         raise CheckpointError(f"{origin}: cannot merge into the hypernetwork: " + "; ".join(bad))
     return out
