@@ -117,7 +117,7 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, n_iters: in
             unroll=n_iters if unroll else 1)
 
         loss = jnp.sum(totals)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -128,7 +128,7 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, n_iters: in
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
 
         metrics = {"loss": loss, "grad_norm": grad_norm,
-                   "param_norm": optax.global_norm(params), "finite": finite.astype(jnp.float32),
+                   "param_norm": optax.tree.norm(params), "finite": finite.astype(jnp.float32),
                    "loss_l2/iter_0": jnp.mean(jnp.square(y0 - x))}
         for k, v in terms.items():
             if k == "loss":
