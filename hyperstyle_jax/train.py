@@ -1,4 +1,4 @@
-"""Train HyperStyle's hypernetwork: data-parallel over every device of every host.
+r"""Train HyperStyle's hypernetwork: data-parallel over every device of every host.
 
     python -m hyperstyle_jax.train --config configs/tiny.py --workdir /tmp/hyperstyle_tiny
     python -m hyperstyle_jax.train --config configs/ffhq.py --workdir /ckpt/ffhq \
