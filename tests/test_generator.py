@@ -1,5 +1,6 @@
 """Generator parity with the official code (tests/fixtures/01_generator, made by the
 official HyperStyle generator) through our converter, plus invariants and input errors."""
+import functools
 import os
 
 import jax
@@ -61,14 +62,19 @@ def test_config_inferred_from_fixture(gen_setup):
         e["module"].replace("_", ".") for e in want["weights_deltas_order"]]
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(cfg, static_items):
+    static = dict(static_items)
+    return jax.jit(lambda v, s, arrays: Generator(cfg).apply(v, s, return_latents=True,
+                                                             **static, **arrays))
+
+
 def jit_apply(cfg, v, styles, **kw):
-    """Generator.apply under jit (one compile per case is cheaper than eager dispatch here):
-    arrays travel as arguments, everything else is closed over."""
+    """Generator.apply under jit (one compile per case is cheaper than eager dispatch here;
+    calls with the same options share it): arrays travel as arguments."""
     arrays = {k: a for k, a in kw.items() if k in ("truncation_latent", "noise", "weights_deltas")}
-    static = {k: a for k, a in kw.items() if k not in arrays}
-    fn = jax.jit(lambda v, s, arrays: Generator(cfg).apply(v, s, return_latents=True,
-                                                           **static, **arrays))
-    return fn(v, jnp.asarray(styles), arrays)
+    static = tuple(sorted((k, a) for k, a in kw.items() if k not in arrays))
+    return _jitted(cfg, static)(v, jnp.asarray(styles), arrays)
 
 
 @pytest.mark.parametrize("case", list("abcdfgh"))  # e: with its intermediates below
@@ -109,11 +115,11 @@ def test_case_e_intermediates(gen_setup):
 
 def test_zero_offsets_equal_no_offsets(gen_setup):
     cfg, v, f = gen_setup
-    g = Generator(cfg)
     w = jnp.asarray(f["wplus"])
-    ref, _ = jit_apply(cfg, v, w)
+    ref, _ = jit_apply(cfg, v, w, input_space="w+")  # shares case d's compile
     # Per-sample zeros take the per-sample path; equal up to float rounding.
-    img, _ = jit_apply(cfg, v, w, weights_deltas=[jnp.zeros((3,) + s) for s in cfg.delta_shapes()])
+    img, _ = jit_apply(cfg, v, w, input_space="w+",
+                       weights_deltas=[jnp.zeros((3,) + s) for s in cfg.delta_shapes()])
     np.testing.assert_allclose(np.asarray(img), np.asarray(ref), atol=2e-5, rtol=0)
 
 

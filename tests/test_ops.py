@@ -224,24 +224,6 @@ def test_delta_shape_errors_name_the_shape(npz):
         ops.resolve_per_sample("vmapp")
 
 
-def test_per_sample_differentiable_under_jit(npz):
-    """Gradients w.r.t. per-sample deltas: jitted 'map' (the CPU default) equals eager
-    'grouped' (the trainer differentiates into the deltas)."""
-    form = "map"
-    v = _modconv_vars(npz, "modconv_up")
-    x, s = nhwc(npz["modconv_input"]), jnp.asarray(npz["modconv_style"])
-    d0 = jnp.asarray(npz["modconv_up__weights_delta"])
-
-    def loss(d, f):
-        m = ops.ModulatedConv2d(5, 7, 3, 6, upsample=True, per_sample=f)
-        return jnp.sum(jnp.sin(m.apply(v, x, s, d)))
-
-    g = jax.jit(jax.grad(loss), static_argnums=1)(d0, form)
-    g_ref = jax.grad(loss)(d0, "grouped")
-    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
-    np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-4)
-
-
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_up_conv_equals_torch_conv_transpose(k):
     """The polyphase stride-2 transposed conv against torch.nn.functional.conv_transpose2d."""
