@@ -3,7 +3,9 @@
   python tools/convert_weights.py stylegan2 stylegan2-ffhq-config-f.pt ckpt/stylegan2_ffhq
 
 Input: `{'g_ema': state_dict, 'latent_avg': (512,)}` (rosinality's convert_weight.py),
-a training checkpoint's `'g'`, or a bare generator state dict. Size, style_dim, n_mlp and
+a checkpoint's `'g'` (--which g), or a bare generator state dict. rosinality's train.py
+checkpoints also pickle `args` (an argparse.Namespace), which safe loading refuses:
+re-save `{'g_ema': ckpt['g_ema']}` in a trusted environment first. Size, style_dim, n_mlp and
 the channel table are read off the shapes. Every key goes through the one table in
 `generator_from_state_dict`; the conversion fails listing every missing, misshaped or
 unexpected key. Output: `save_converted` folder of kind 'stylegan2' holding
