@@ -247,7 +247,7 @@ class ShardedScorer:
 
 
 def load_nets(metrics: tuple[str, ...], lpips_weights: str | None, id_weights: str | None) -> dict:
-    from hyperstyle_jax.utils.checkpoints import CheckpointError, load_converted
+    from hyperstyle_jax.checkpoints import CheckpointError, load_converted
 
     nets = {}
     for metric, flag, path, kind, cmd in (

@@ -141,9 +141,8 @@ def run(args) -> int:
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from hyperstyle_jax.models.stylegan2 import (Generator, load_generator_with_latent_avg,
-                                                 random_init)
-    from hyperstyle_jax.utils.checkpoints import CheckpointError
+    from hyperstyle_jax.checkpoints import CheckpointError, load_generator_with_latent_avg
+    from hyperstyle_jax.models.stylegan2 import Generator, random_init
     from hyperstyle_jax.utils.images import make_grid, parse_index_ranges, save_image, to_uint8
 
     if args.batch_size < 1:

@@ -90,8 +90,8 @@ def main(argv=None) -> int:
 
     # Imported here so that --help stays fast.
     import jax
-    from hyperstyle_jax.models.hyperstyle import load_inverter
-    from hyperstyle_jax.utils.checkpoints import CheckpointError
+    from hyperstyle_jax.inference import load_inverter
+    from hyperstyle_jax.checkpoints import CheckpointError
 
     try:
         inverter = load_inverter(args.checkpoint, args.w_encoder)

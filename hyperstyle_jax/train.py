@@ -29,7 +29,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
-from hyperstyle_jax.training import model_setup, parallel
+from hyperstyle_jax import parallel
+from hyperstyle_jax.training import model_setup
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
@@ -356,7 +357,7 @@ def _export(built: BuiltModel, state: TrainState, out_dir: str) -> None:
     """Write the trained hypernetwork as a converted HyperStyle folder (for inference)."""
     import shutil
 
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     hyper = parallel.to_host({"params": state.params, "batch_stats": state.batch_stats})
     cfg, tree = built.export(hyper)

@@ -19,7 +19,8 @@ import pytest
 from hyperstyle_jax.convert import hyperstyle as H
 from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
                                            load_torch_file, to_numpy_state_dict)
-from hyperstyle_jax.models import loading
+from hyperstyle_jax import checkpoints
+from hyperstyle_jax.models import stylegan2
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, init_shapes
 from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.irse import Backbone, WEncoder, get_blocks
@@ -68,7 +69,7 @@ def test_hyperstyle_listing(name, size, encoder_type):
     assert HyperNetConfig.from_dict(config["hypernet"]) == official
     assert GeneratorConfig.from_dict(config["generator"]) == GeneratorConfig.official(size)
     check_tree_matches(tree["hypernet"], init_shapes(official), name, "hypernet")
-    check_tree_matches(tree["generator"], H.generator_shapes(GeneratorConfig.official(size)), name)
+    check_tree_matches(tree["generator"], stylegan2.init_shapes(GeneratorConfig.official(size)), name)
     assert tree["latent_avg"].shape == (n_styles, 512)
     if size == 1024 and "default" in name:
         n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(
@@ -123,12 +124,12 @@ def test_resnet34_init_merges_into_fresh_hypernet():
                                                "resnet34.json")
     cfg = HyperNetConfig.for_generator(GeneratorConfig.official(256))
     fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), init_shapes(cfg))
-    merged = loading.merge_backbone_init(fresh, init_tree)
+    merged = checkpoints.merge_backbone_init(fresh, init_tree)
     assert np.all(merged["params"]["body_15"]["conv2"]["kernel"] == 1)
     assert np.all(merged["params"]["relu"]["weight"] == 0)  # kept from the fresh init
     bad = {"params": {"body_99": {"conv1": {"kernel": np.zeros((3, 3, 1, 1))}}}}
     with pytest.raises(Exception, match="body_99/conv1/kernel: not in the hypernetwork"):
-        loading.merge_backbone_init(fresh, bad)
+        checkpoints.merge_backbone_init(fresh, bad)
 
 
 def test_arcface_listing_and_flatten_order():
@@ -236,7 +237,7 @@ def converted(tmp_path_factory):
 
 
 def test_cli_hyperstyle_roundtrip(converted, e2e_default):
-    configs, tree = loading.load_hyperstyle(str(converted / "hs_default"))
+    configs, tree = checkpoints.load_hyperstyle(str(converted / "hs_default"))
     assert configs["hypernet"].encoder_type == "SharedWeightsHyperNetResNet"
     assert configs["opts"]["n_iters_per_batch"] == 3 and configs["generator"].size == 128
     sd, top = e2e_default
@@ -245,20 +246,20 @@ def test_cli_hyperstyle_roundtrip(converted, e2e_default):
                                   sd["hypernet.shared_weight_hypernet.w2"])
     np.testing.assert_array_equal(tree["hypernet"]["params"]["conv1"]["kernel"],
                                   np.transpose(sd["hypernet.conv1.weight"], (2, 3, 1, 0)))
-    sep, _ = loading.load_hyperstyle(str(converted / "hs_separable"))
+    sep, _ = checkpoints.load_hyperstyle(str(converted / "hs_separable"))
     assert sep["hypernet"].encoder_type == "SharedWeightsHyperNetResNetSeparable"
     assert sep["hypernet"].tuned_layers == tuple(range(17))
     assert [sep["hypernet"].block_kind(j) for j in (1, 13, 14, 16)] == ["separable"] * 4
 
 
 def test_cli_w_encoder_matches_official(converted):
-    config, variables = loading.load_w_encoder(str(converted / "wenc"))
+    config, variables = checkpoints.load_w_encoder(str(converted / "wenc"))
     assert config["n_styles"] == 12 and config["style_dim"] == 64 and config["input_width"] == 16
     io = np.load(os.path.join(E2E, "e2e_default_io.npz"))
-    model = loading.build_w_encoder(config)
+    model = WEncoder.from_config(config)
     w = jax.jit(model.apply)(variables, jnp.asarray(np.transpose(io["x"], (0, 2, 3, 1))))
     np.testing.assert_allclose(np.asarray(w), io["w_encoder_out"], atol=1e-5)
-    _, tree = loading.load_hyperstyle(str(converted / "hs_default"))
+    _, tree = checkpoints.load_hyperstyle(str(converted / "hs_default"))
     np.testing.assert_allclose(np.asarray(w) + tree["latent_avg"], io["codes"], atol=1e-5)
 
 
@@ -278,7 +279,7 @@ def test_cli_bad_file_one_line(tmp_path, capsys):
 
 
 def test_loader_rejects_wrong_kind(converted):
-    from hyperstyle_jax.utils.checkpoints import CheckpointError
+    from hyperstyle_jax.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="expected 'hyperstyle'"):
-        loading.load_hyperstyle(str(converted / "wenc"))
+        checkpoints.load_hyperstyle(str(converted / "wenc"))

@@ -18,7 +18,7 @@ from hyperstyle_jax.convert.losses import (arcface_from_state_dict, lpips_expect
 from hyperstyle_jax.losses import LossNets
 from hyperstyle_jax.losses.id_loss import arcface_config_from_variables, arcface_eval_shape
 from hyperstyle_jax.losses.moco import moco_eval_shape
-from hyperstyle_jax.utils.checkpoints import load_converted
+from hyperstyle_jax.checkpoints import load_converted
 from tests.conftest import FIXTURES
 
 LISTINGS = os.path.join(FIXTURES, "07_key_listings")

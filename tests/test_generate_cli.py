@@ -56,7 +56,7 @@ def test_latents_reproduce_official_images(ckpt, cases, tmp_path, case, key, spa
 
 
 def _latent_avg(ckpt):
-    from hyperstyle_jax.models.stylegan2 import load_generator_with_latent_avg
+    from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
     return load_generator_with_latent_avg(ckpt)[2]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
-from hyperstyle_jax.models.hyperstyle import load_inverter
+from hyperstyle_jax.inference import load_inverter
 
 E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
 N_ITERS = 3  # the fixture's n_iters_per_batch

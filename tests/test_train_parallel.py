@@ -62,7 +62,7 @@ CHILD = MICRO_CONFIG + textwrap.dedent('''
     if int(nproc) > 1:
         jax.distributed.initialize(addr, int(nproc), int(pid))
     from hyperstyle_jax.train import train_and_evaluate
-    from hyperstyle_jax.training import parallel
+    from hyperstyle_jax import parallel
     result = train_and_evaluate(micro_config(cache_dir, int(steps), int(ckpt_every)), workdir,
                                 progress=False)
     print("RESULT", result["status"], result["step"], flush=True)

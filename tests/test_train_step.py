@@ -26,7 +26,7 @@ N_ITERS = 2
 def _config(tmp):
     from hyperstyle_jax.losses.lpips import init_lpips
     from hyperstyle_jax.training.config import base_config
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     lpips_dir = os.path.join(tmp, "lpips")
     save_converted(lpips_dir, init_lpips("alex", 32, seed=3), {"net": "alex"}, kind="lpips")
@@ -177,7 +177,7 @@ def test_non_finite_batch_leaves_the_state_unchanged(setup):
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-    from hyperstyle_jax.training.parallel import check_batch_size
+    from hyperstyle_jax.parallel import check_batch_size
 
     class FakeMesh:
         class devices:

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hyperstyle_jax.convert import FAMILIES  # noqa: E402
 from hyperstyle_jax.convert.common import ConversionError  # noqa: E402
-from hyperstyle_jax.utils.checkpoints import CheckpointError  # noqa: E402
+from hyperstyle_jax.checkpoints import CheckpointError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (tests use it)
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 
 class ConversionError(ValueError):
@@ -146,36 +150,11 @@ class SourceDict:
             raise ConversionError(f"{self.origin}: cannot convert {what}: " + " | ".join(lines))
 
 
-def tree_paths(tree: Any) -> dict[str, tuple]:
-    """{'a/b/c': shape} for every leaf of a nested dict (arrays or ShapeDtypeStructs)."""
-    out = {}
-
-    def rec(node, path):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                rec(v, f"{path}/{k}" if path else str(k))
-        else:
-            out[path] = tuple(node.shape)
-
-    rec(tree, "")
-    return out
-
-
 def check_tree_matches(got: Any, expected: Any, origin: str, what: str = "parameters") -> None:
     """Fail naming every path that is missing, unexpected or of the wrong shape."""
-    g, e = tree_paths(got), tree_paths(expected)
-    missing = sorted(set(e) - set(g))
-    extra = sorted(set(g) - set(e))
-    bad = sorted(f"{p}: {g[p]} vs expected {e[p]}" for p in set(g) & set(e) if g[p] != e[p])
-    lines = []
-    if missing:
-        lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
-    if extra:
-        lines.append(f"unexpected ({len(extra)}): " + ", ".join(extra))
-    if bad:
-        lines.append(f"misshaped ({len(bad)}): " + "; ".join(bad))
-    if lines:
-        raise ConversionError(f"{origin}: converted {what} do not match the model: " + " | ".join(lines))
+    problem = tree_mismatch(got, expected)
+    if problem:
+        raise ConversionError(f"{origin}: converted {what} do not match the model: {problem}")
 
 
 def unwrap_state_dict(obj: Any, path: str, candidates: Iterable[str]) -> tuple[dict, dict]:
@@ -195,3 +174,107 @@ def unwrap_state_dict(obj: Any, path: str, candidates: Iterable[str]) -> tuple[d
     raise ConversionError(
         f"{path}: no state dict found: expected one of the top-level keys "
         f"{list(candidates)} or a bare state dict; found keys {sorted(obj)[:20]}")
+
+
+# ----------------------------------------------------------------------------- the rule engine
+
+_INDEX = re.compile(r"_(\d+)$")
+
+
+def torch_key(path: Sequence[str]) -> str:
+    """Our variable path -> the official state-dict key.
+
+    `body_3/downsample_0/kernel` -> `body.3.downsample.0.weight`: a trailing `_N` on a module
+    name is PyTorch's Sequential/ModuleList index; Flax's `kernel` is PyTorch's `weight`.
+    """
+    parts = [_INDEX.sub(r".\1", p) for p in path[:-1]]
+    leaf = "weight" if path[-1] == "kernel" else path[-1]
+    return ".".join(parts + [leaf])
+
+
+def _torch_shape(leaf: str, shape: tuple) -> tuple:
+    """Shape of the official tensor for one of our leaves (inverse of the layout change)."""
+    if leaf == "kernel" and len(shape) == 4:          # conv HWIO <- OIHW
+        return (shape[3], shape[2], shape[0], shape[1])
+    if leaf in ("kernel", "weight") and len(shape) == 2:  # Dense / EqualLinear [in,out] <- [out,in]
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def _to_ours(leaf: str, arr: np.ndarray) -> np.ndarray:
+    """OIHW -> HWIO, [out, in] -> [in, out]; transposed views (no copy of large tensors)."""
+    if leaf == "kernel" and arr.ndim == 4:
+        return np.transpose(arr, (2, 3, 1, 0))
+    if leaf in ("kernel", "weight") and arr.ndim == 2:
+        return np.transpose(arr)
+    return arr
+
+
+def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Callable] | None = None
+                    ) -> dict:
+    """Fill the model's variable tree `expected` (e.g. `jax.eval_shape(model.init, …)`) from `src`.
+
+    Every leaf is read from `torch_key(path)` with the shape the model needs (so a missing or
+    misshaped key is reported by its official name), converted to our layout and cast to
+    float32. `num_batches_tracked` next to each BatchNorm's running stats is consumed and
+    dropped. `custom` maps a '/'-joined path (collection first) to `f(src, key, shape) -> array`
+    for the few leaves that need more than a rename. Call `src.finish()` afterwards.
+    """
+    custom = dict(custom or {})
+    out: dict = {}
+    for collection, tree in expected.items():
+        for path, leaf in leaves_with_paths(tree):
+            key = torch_key(path)
+            joined = "/".join((collection,) + path)
+            if joined in custom:
+                arr = custom.pop(joined)(src, key, tuple(leaf.shape))
+            else:
+                arr = _to_ours(path[-1], src.take(key, _torch_shape(path[-1], tuple(leaf.shape))))
+            set_path(out.setdefault(collection, {}), path, np.asarray(arr, dtype=np.float32))
+            if path[-1] == "running_mean":
+                src.skip(key[: -len("running_mean")] + "num_batches_tracked")
+    if custom:
+        raise ConversionError(f"internal: custom rules for unknown paths {sorted(custom)}")
+    return out
+
+
+def eval_shape_init(model, *inputs) -> dict:
+    """The model's variable shapes without computing anything: `jax.eval_shape(model.init, …)`."""
+    import jax
+
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
+
+
+def _f32(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _shape(src: SourceDict, key: str, ndim: int, what: str) -> tuple:
+    """Shape of `src.prefix + key`, for inferring the architecture; fails naming the key."""
+    full = src.prefix + key
+    if full not in src.sd:
+        raise ConversionError(f"{src.origin}: cannot infer the {what}: key {full!r} is missing")
+    s = tuple(int(v) for v in src.sd[full].shape)
+    if len(s) != ndim:
+        raise ConversionError(f"{src.origin}: cannot infer the {what}: {full} has shape {s}, "
+                              f"expected {ndim} dimensions")
+    return s
+
+
+def _consume_prefix(src: SourceDict, prefix: str) -> int:
+    """Mark every key starting with `prefix` (absolute, ignoring src.prefix) as used."""
+    keys = [k for k in src.sd if k.startswith(prefix)]
+    src.used.update(keys)
+    return len(keys)
+
+
+def _json_safe(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    return str(v)

@@ -25,117 +25,14 @@ HWIO; Linear `weight` [out,in] -> Dense `kernel` [in,out]; EqualLinear `weight` 
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import ConversionError, SourceDict, check_tree_matches
-from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
-
-# ----------------------------------------------------------------------------- generic mapping
-
-_INDEX = re.compile(r"_(\d+)$")
-
-
-def torch_key(path: Sequence[str]) -> str:
-    """Our variable path -> the official state-dict key.
-
-    `body_3/downsample_0/kernel` -> `body.3.downsample.0.weight`: a trailing `_N` on a module
-    name is PyTorch's Sequential/ModuleList index; Flax's `kernel` is PyTorch's `weight`.
-    """
-    parts = [_INDEX.sub(r".\1", p) for p in path[:-1]]
-    leaf = "weight" if path[-1] == "kernel" else path[-1]
-    return ".".join(parts + [leaf])
-
-
-def _torch_shape(leaf: str, shape: tuple) -> tuple:
-    """Shape of the official tensor for one of our leaves (inverse of the layout change)."""
-    if leaf == "kernel" and len(shape) == 4:          # conv HWIO <- OIHW
-        return (shape[3], shape[2], shape[0], shape[1])
-    if leaf in ("kernel", "weight") and len(shape) == 2:  # Dense / EqualLinear [in,out] <- [out,in]
-        return (shape[1], shape[0])
-    return tuple(shape)
-
-
-def _to_ours(leaf: str, arr: np.ndarray) -> np.ndarray:
-    """OIHW -> HWIO, [out, in] -> [in, out]; transposed views (no copy of large tensors)."""
-    if leaf == "kernel" and arr.ndim == 4:
-        return np.transpose(arr, (2, 3, 1, 0))
-    if leaf in ("kernel", "weight") and arr.ndim == 2:
-        return np.transpose(arr)
-    return arr
-
-
-def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Callable] | None = None
-                    ) -> dict:
-    """Fill the model's variable tree `expected` (e.g. `jax.eval_shape(model.init, …)`) from `src`.
-
-    Every leaf is read from `torch_key(path)` with the shape the model needs (so a missing or
-    misshaped key is reported by its official name), converted to our layout and cast to
-    float32. `num_batches_tracked` next to each BatchNorm's running stats is consumed and
-    dropped. `custom` maps a '/'-joined path (collection first) to `f(src, key, shape) -> array`
-    for the few leaves that need more than a rename. Call `src.finish()` afterwards.
-    """
-    custom = dict(custom or {})
-    out: dict = {}
-    for collection, tree in expected.items():
-        for path, leaf in leaves_with_paths(tree):
-            key = torch_key(path)
-            joined = "/".join((collection,) + path)
-            if joined in custom:
-                arr = custom.pop(joined)(src, key, tuple(leaf.shape))
-            else:
-                arr = _to_ours(path[-1], src.take(key, _torch_shape(path[-1], tuple(leaf.shape))))
-            set_path(out.setdefault(collection, {}), path, np.asarray(arr, dtype=np.float32))
-            if path[-1] == "running_mean":
-                src.skip(key[: -len("running_mean")] + "num_batches_tracked")
-    if custom:
-        raise ConversionError(f"internal: custom rules for unknown paths {sorted(custom)}")
-    return out
-
-
-def eval_shape_init(model, *inputs) -> dict:
-    """The model's variable shapes without computing anything: `jax.eval_shape(model.init, …)`."""
-    import jax
-
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
-
-
-def _f32(a: Any) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
-
-
-def _shape(src: SourceDict, key: str, ndim: int, what: str) -> tuple:
-    """Shape of `src.prefix + key`, for inferring the architecture; fails naming the key."""
-    full = src.prefix + key
-    if full not in src.sd:
-        raise ConversionError(f"{src.origin}: cannot infer the {what}: key {full!r} is missing")
-    s = tuple(int(v) for v in src.sd[full].shape)
-    if len(s) != ndim:
-        raise ConversionError(f"{src.origin}: cannot infer the {what}: {full} has shape {s}, "
-                              f"expected {ndim} dimensions")
-    return s
-
-
-def _consume_prefix(src: SourceDict, prefix: str) -> int:
-    """Mark every key starting with `prefix` (absolute, ignoring src.prefix) as used."""
-    keys = [k for k in src.sd if k.startswith(prefix)]
-    src.used.update(keys)
-    return len(keys)
-
-
-def _json_safe(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        return v.item()
-    return str(v)
-
+from hyperstyle_jax.convert.common import (ConversionError, SourceDict, _consume_prefix, _f32,
+                                           _json_safe, _shape, check_tree_matches,
+                                           eval_shape_init, from_state_dict)
+from hyperstyle_jax.utils.trees import leaves_with_paths
 
 # ----------------------------------------------------------------------------- ResNet-50 (MoCo)
 
@@ -382,17 +279,6 @@ def hypernet_from_state_dict(src: SourceDict, config) -> dict:
     return variables
 
 
-def generator_shapes(config) -> dict:
-    """Generator variable shapes, mapping network included (initialised through input 'z')."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import Generator
-
-    z = jnp.zeros((1, config.style_dim), jnp.float32)
-    return jax.eval_shape(lambda: Generator(config).init(jax.random.PRNGKey(0), z, input_space="z"))
-
-
 def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origin: str
                                ) -> tuple[dict, dict]:
     """Official HyperStyle checkpoint contents -> (config, tree) in our folder layout.
@@ -404,6 +290,7 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
      'latent_avg': [n_styles, style_dim]}.
     """
     from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
+    from hyperstyle_jax.models import stylegan2
 
     opts = top.get("opts")
     if not isinstance(opts, Mapping):
@@ -419,7 +306,7 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
         raise ConversionError(f"{origin}: no decoder.* keys: not a HyperStyle checkpoint")
     gen_config, gen_vars = generator_from_state_dict(gsrc)
     gsrc.finish("decoder")
-    check_tree_matches(gen_vars, generator_shapes(gen_config), origin, "decoder variables")
+    check_tree_matches(gen_vars, stylegan2.init_shapes(gen_config), origin, "decoder variables")
     size = opts.get("output_size")
     if size is not None and size != gen_config.size:
         raise ConversionError(f"{origin}: opts['output_size'] = {size} but the decoder is "
@@ -469,7 +356,7 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
     layer2 -> 3-6, layer3 -> 7-12, layer4 -> 13-15), which the official computes but then
     does not return; we do map it. `fc.*` (the classifier) is unused and dropped.
     The PReLU slopes (`relu`) and all refinement blocks are not in ResNet-34: they keep
-    their fresh initialisation (see `models.loading.merge_backbone_init`).
+    their fresh initialisation (see `checkpoints.merge_backbone_init`).
     Returns (config, {'params', 'batch_stats'}) with paths conv1, bn1, body_N.
     """
     import jax.numpy as jnp
@@ -515,8 +402,8 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
 
 # ----------------------------------------------------------------------------- files and CLI
 
-from hyperstyle_jax.models.loading import (KIND_BACKBONE_INIT as KIND_RESNET34,  # noqa: E402
-                                           KIND_HYPERSTYLE, KIND_W_ENCODER)
+from hyperstyle_jax.checkpoints import (KIND_BACKBONE_INIT as KIND_RESNET34,  # noqa: E402
+                                        KIND_HYPERSTYLE, KIND_W_ENCODER)
 
 
 def _read(path: str) -> tuple[dict, dict]:
@@ -534,7 +421,7 @@ def _n_params(tree: Any) -> int:
 
 
 def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     sd, top = _read(src_path)
     config, tree = hyperstyle_from_state_dict(sd, top, src_path)
@@ -548,7 +435,7 @@ def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
 
 
 def convert_w_encoder(src_path: str, out_dir: str, n_styles: int | None = None, log=print) -> dict:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     sd, top = _read(src_path)
     config, variables = w_encoder_from_state_dict(sd, top, src_path, n_styles)
@@ -560,7 +447,7 @@ def convert_w_encoder(src_path: str, out_dir: str, n_styles: int | None = None, 
 
 
 def convert_resnet34(src_path: str, out_dir: str, extra_channels: str = "half", log=print) -> dict:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     sd, _ = _read(src_path)
     config, variables = resnet34_to_hypernet_init(sd, src_path, extra_channels=extra_channels)

@@ -208,7 +208,7 @@ def _read_state_dict(path: str, candidates=("state_dict",)) -> dict[str, np.ndar
 
 
 def _run_lpips(args) -> None:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     feats = _read_state_dict(args.features)
     same = args.lin == args.features
@@ -220,7 +220,7 @@ def _run_lpips(args) -> None:
 
 
 def _run_arcface(args) -> None:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     sd = _read_state_dict(args.src)
     variables, config = arcface_from_state_dict(sd, args.src)
@@ -229,7 +229,7 @@ def _run_arcface(args) -> None:
 
 
 def _run_moco(args) -> None:
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     sd = _read_state_dict(args.src)
     variables, config = moco_from_state_dict(sd, args.src)

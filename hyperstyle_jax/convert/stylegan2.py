@@ -153,7 +153,7 @@ def latent_avg_from(top: dict, config, origin: str):
 def convert_stylegan2(src_path: str, out_dir: str, which: str | None = None, log=print):
     """Read a rosinality .pt, convert, check against the model, write `out_dir`."""
     from hyperstyle_jax.models.stylegan2 import init_shapes
-    from hyperstyle_jax.utils.checkpoints import save_converted
+    from hyperstyle_jax.checkpoints import save_converted
 
     obj = load_torch_file(src_path)
     candidates = (which,) if which else ("g_ema", "g")

@@ -208,7 +208,8 @@ def _render(data_config) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig, load_generator_with_latent_avg
+    from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
+    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
 
     seed = int(data_config.seed)
     gdir = data_config.get("generator_dir", "")

@@ -196,8 +196,10 @@ class HyperNetwork(nn.Module):
         return deltas
 
 
-def init_shapes(config: HyperNetConfig, image_hw: Sequence[int] = (256, 256)) -> dict:
-    """`jax.eval_shape` of `HyperNetwork(config).init` for inputs [1, H, W, input_nc]."""
+def init_shapes(config: HyperNetConfig, image_hw: Optional[Sequence[int]] = None) -> dict:
+    """`jax.eval_shape` of `HyperNetwork(config).init` for inputs [1, H, W, input_nc]
+    (default: the size whose features are `spatial` x `spatial`)."""
+    image_hw = feature_input_hw(config) if image_hw is None else image_hw
     x = jax.ShapeDtypeStruct((1, *image_hw, config.input_nc), jnp.float32)
     return jax.eval_shape(lambda: HyperNetwork(config).init(jax.random.PRNGKey(0),
                                                             jnp.zeros(x.shape, x.dtype)))

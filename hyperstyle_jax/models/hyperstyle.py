@@ -12,20 +12,20 @@ Everything here is a pure function of explicit variables:
     frozen     = {'generator': {'params', 'noises'}, 'w_encoder': {'params', 'batch_stats'},
                   'latent_avg': [n_styles, style_dim]}
     hyper_vars = {'params', 'batch_stats'} of the HyperNetwork.
-`HyperStyle.invert` runs the whole n-iteration loop as one `lax.scan`; `load_inverter`
-turns two converted folders into a batched, compiled, device-parallel inverter.
+`HyperStyle.invert` runs the whole n-iteration loop as one `lax.scan`;
+`hyperstyle_jax.inference.load_inverter` turns converted folders into a batched, compiled,
+device-parallel inverter.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, HyperNetwork, feature_input_hw
+from hyperstyle_jax.models.irse import WEncoder
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
@@ -67,9 +67,7 @@ class HyperStyle:
         self.hypernet = HyperNetwork(config.hypernet)
         self.w_encoder = None
         if config.w_encoder is not None:
-            from hyperstyle_jax.models.loading import build_w_encoder
-
-            self.w_encoder = build_w_encoder(config.w_encoder)
+            self.w_encoder = WEncoder.from_config(config.w_encoder)
 
     # ---- pieces
 
@@ -159,79 +157,3 @@ def accumulate(deltas: Optional[Deltas], new: Deltas) -> list:
     if deltas is None:
         return list(new)
     return [n if d is None else d if n is None else d + n for d, n in zip(deltas, new)]
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-@dataclasses.dataclass
-class Inverter:
-    """A converted HyperStyle + W-encoder, ready to invert batches of images."""
-    model: HyperStyle
-    frozen: Any
-    hyper_vars: Any
-    opts: dict
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return self.model.config.feedback_hw
-
-    def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
-        """Compile (ahead of time) the inversion of fixed-size batches; returns a function
-        numpy x [n <= batch_size, h, w, 3] -> dict of numpy arrays for those n images.
-
-        The batch is split over all local devices when they divide it (variables are
-        replicated); otherwise it runs on one device.
-        """
-        devices = jax.local_devices()
-        n_dev = len(devices) if batch_size % len(devices) == 0 else 1
-        mesh = jax.sharding.Mesh(np.asarray(devices[:n_dev]), ("data",))
-        batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        frozen = jax.device_put(self.frozen, repl)
-        hyper = jax.device_put(self.hyper_vars, repl)
-        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
-                                       resize_outputs=resize_outputs),
-                     in_shardings=(repl, repl, batch_sh))
-        h, w = self.input_hw
-        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch_sh)
-        compiled = fn.lower(frozen, hyper, x_spec).compile()
-
-        def run(x: np.ndarray) -> dict:
-            n = x.shape[0]
-            if n > batch_size:
-                raise ValueError(f"batch of {n} images exceeds batch_size {batch_size}")
-            pad = np.zeros((batch_size - n,) + x.shape[1:], np.float32)
-            xb = jax.device_put(np.concatenate([x.astype(np.float32), pad]), batch_sh)
-            out = jax.device_get(compiled(frozen, hyper, xb))
-            return {"codes": out["codes"][:n], "init": out["init"][:n],
-                    "images": out["images"][:, :n], "pooled_final": out["pooled_final"][:n],
-                    "deltas": [None if d is None else d[:n] for d in out["deltas"]]}
-
-        return run
-
-
-def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
-                  feedback_hw: Optional[Sequence[int]] = None) -> Inverter:
-    """Two converted folders (`hyperstyle`, `w_encoder`) -> an `Inverter`.
-
-    feedback_hw: override the feedback size (default: from the checkpoint's opts).
-    """
-    from hyperstyle_jax.models import loading
-    from hyperstyle_jax.utils.checkpoints import CheckpointError
-
-    cfgs, tree = loading.load_hyperstyle(checkpoint)
-    wcfg, wvars = loading.load_w_encoder(w_encoder)
-    gen, hyper, opts = cfgs["generator"], cfgs["hypernet"], cfgs.get("opts", {})
-    if (wcfg["n_styles"], wcfg["style_dim"]) != (gen.n_latent, gen.style_dim):
-        raise CheckpointError(
-            f"{w_encoder}: the W-encoder gives {wcfg['n_styles']} x {wcfg['style_dim']} codes, "
-            f"but the generator in {checkpoint} needs {gen.n_latent} x {gen.style_dim}")
-    fb, crop = default_feedback(hyper, opts)
-    if feedback_hw is not None:
-        fb = tuple(int(v) for v in feedback_hw)
-    config = HyperStyleConfig(generator=gen, hypernet=hyper, w_encoder=wcfg, feedback_hw=fb,
-                              cars_crop=crop)
-    frozen = {"generator": tree["generator"], "w_encoder": wvars,
-              "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
-    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)

@@ -162,6 +162,19 @@ class WEncoder(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.head(self.features(x, train))
 
+    @classmethod
+    def from_config(cls, config: dict) -> "WEncoder":
+        """The module described by a converted `w_encoder` folder's config.json."""
+        return cls(n_styles=int(config["n_styles"]), style_dim=int(config["style_dim"]),
+                   units=tuple(tuple(int(v) for v in u) for u in config["units"]),
+                   input_width=int(config["input_width"]), mode=config.get("mode", "ir_se"))
+
+
+def w_encoder_init_shapes(config: dict) -> dict:
+    """`jax.eval_shape` of `WEncoder.from_config(config).init` (any input size works)."""
+    model = WEncoder.from_config(config)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+
 
 class Backbone(nn.Module):
     """TreB1eN ArcFace `Backbone(input_size, num_layers, mode, drop_ratio, affine)` (ID loss).

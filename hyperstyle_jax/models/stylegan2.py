@@ -19,7 +19,6 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hyperstyle_jax.models import ops
 
@@ -380,7 +379,7 @@ class Generator(nn.Module):
         return out
 
 
-# ----------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- variables
 
 
 def init_shapes(config: GeneratorConfig) -> dict:
@@ -395,38 +394,3 @@ def random_init(config: GeneratorConfig, seed: int = 0) -> dict:
     gen = Generator(config)
     z = jnp.zeros((1, config.style_dim), jnp.float32)
     return jax.jit(gen.init)(jax.random.key(seed), z)
-
-
-def load_generator_with_latent_avg(path: str):
-    """Read a folder from `tools/convert_weights.py stylegan2`.
-
-    Returns (GeneratorConfig, variables {'params', 'noises'}, latent_avg) where latent_avg
-    is a numpy array [style_dim] (or [n_latent, style_dim]) or None if the checkpoint had
-    none. Raises CheckpointError naming the folder when it is not a generator checkpoint.
-    """
-    from hyperstyle_jax.convert.common import check_tree_matches, ConversionError
-    from hyperstyle_jax.utils.checkpoints import CheckpointError, load_converted
-
-    cfg_dict, tree = load_converted(path, kind="stylegan2")
-    try:
-        config = GeneratorConfig.from_dict(cfg_dict)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad generator config.json: {e}") from None
-    variables = {"params": tree.get("params", {}), "noises": tree.get("noises", {})}
-    try:
-        check_tree_matches(variables, init_shapes(config), origin=path, what="generator variables")
-    except ConversionError as e:
-        raise CheckpointError(str(e)) from None
-    latent_avg = tree.get("latent_avg")
-    variables = jax.tree_util.tree_map(jnp.asarray, variables)
-    return config, variables, (None if latent_avg is None else np.asarray(latent_avg))
-
-
-def load_generator(path: str):
-    """(GeneratorConfig, variables {'params', 'noises'}) from a converted folder.
-
-    `variables` goes straight into `Generator(config).apply`. For the checkpoint's
-    latent_avg use `load_generator_with_latent_avg`.
-    """
-    config, variables, _ = load_generator_with_latent_avg(path)
-    return config, variables

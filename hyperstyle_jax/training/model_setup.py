@@ -49,9 +49,9 @@ def build(config):
     """-> BuiltModel for `config` (already checked by `check_config`)."""
     from hyperstyle_jax.losses import (LossNets, LossWeights, compute_losses, l2_per_image,
                                        lpips_distance)
-    from hyperstyle_jax.models import loading
+    from hyperstyle_jax import checkpoints as loading
+    from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
     from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig
-    from hyperstyle_jax.models.stylegan2 import load_generator_with_latent_avg
 
     lines = []
     ck = config.checkpoints

@@ -1,4 +1,4 @@
-"""One mesh over every device of every process; the batch is sharded on its `data` axis.
+"""Devices: the one place that builds a `Mesh`. The batch is sharded on its `data` axis.
 
 Nothing here uses pmap: the step is a `jax.jit` over global arrays with `NamedSharding`s.
 Parameters and optimizer state are replicated (P()); batches are split on dim 0 (P('data')).
@@ -71,6 +71,24 @@ def make_mesh(devices: list | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     devices.sort(key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def local_mesh(batch_size: int) -> Mesh:
+    """Inference mesh of this process: every local device when they divide `batch_size`,
+    else one device (a fixed-size batch is never split unevenly)."""
+    devices = jax.local_devices()
+    n = len(devices) if batch_size % len(devices) == 0 else 1
+    return make_mesh(devices[:n])
+
+
+def pad_batch(x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Zero-pad a last partial batch [n <= batch_size, ...] to [batch_size, ...]."""
+    n = x.shape[0]
+    if n > batch_size:
+        raise ValueError(f"batch of {n} exceeds batch_size {batch_size}")
+    if n == batch_size:
+        return x
+    return np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

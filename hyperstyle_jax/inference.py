@@ -1,0 +1,135 @@
+"""The inference layer: converted folders -> compiled, batched, device-parallel functions.
+
+    inv = load_inverter("ckpt/hyperstyle_ffhq", "ckpt/w_encoder_faces")
+    run = inv.batched_inverter(batch_size=4, n_iters=5)       # compiled once
+    out = run(x)            # x float32 [n <= 4, h, w, 3] in [-1, 1] -> dict of numpy
+    render = inv.batched_renderer(batch_size=4)                # codes + deltas -> images
+    img = render(out["codes"], out["deltas"])                  # [n, size, size, 3]
+
+The model (`models.hyperstyle.HyperStyle`) is pure; this layer owns the variables, places
+them on the mesh of `hyperstyle_jax.parallel`, pads a last partial batch and compiles
+ahead of time, so no call after the first retraces. Editing, the page and the CLIs call it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperstyle_jax import parallel
+from hyperstyle_jax.checkpoints import CheckpointError, load_hyperstyle, load_w_encoder
+from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig, default_feedback
+
+
+@dataclasses.dataclass
+class Inverter:
+    """A converted HyperStyle + W-encoder, ready to invert batches of images."""
+    model: HyperStyle
+    frozen: Any
+    hyper_vars: Any
+    opts: dict
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Size of the images the model takes (and of the fed-back reconstructions)."""
+        return self.model.config.feedback_hw
+
+    @property
+    def generator_config(self):
+        return self.model.config.generator
+
+    def _placed(self, batch_size: int):
+        mesh = parallel.local_mesh(batch_size)
+        repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        return repl, batch, jax.device_put(self.frozen, repl)
+
+    def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
+        """Compile the inversion of fixed-size batches; returns numpy x [n <= batch_size,
+        h, w, 3] -> {'codes', 'init', 'images' [n_iters, n, ...], 'pooled_final', 'deltas'}
+        (numpy, padding removed). `resize_outputs`: images at the feedback size."""
+        repl, batch, frozen = self._placed(batch_size)
+        hyper = jax.device_put(self.hyper_vars, repl)
+        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
+                                       resize_outputs=resize_outputs),
+                     in_shardings=(repl, repl, batch))
+        h, w = self.input_hw
+        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch)
+        compiled = fn.lower(frozen, hyper, x_spec).compile()
+
+        def run(x: np.ndarray) -> dict:
+            n = x.shape[0]
+            xb = jax.device_put(parallel.pad_batch(x.astype(np.float32), batch_size), batch)
+            out = jax.device_get(compiled(frozen, hyper, xb))
+            return {"codes": out["codes"][:n], "init": out["init"][:n],
+                    "images": out["images"][:, :n], "pooled_final": out["pooled_final"][:n],
+                    "deltas": [None if d is None else d[:n] for d in out["deltas"]]}
+
+        return run
+
+    def batched_renderer(self, batch_size: int, crop: bool = False):
+        """Compile G(codes, deltas) for fixed-size batches with the checkpoint's noise.
+
+        Returns render(codes [n, n_styles, D], deltas: list (None at untuned layers) of
+        [n, out, in, k, k]) -> numpy [n, size, size, 3] (un-clipped; the cars crop applied
+        when `crop`). One compiled function serves every edit of that batch size.
+        """
+        repl, batch, frozen = self._placed(batch_size)
+        shapes = self.model.tuned_delta_shapes()
+
+        def fn(frozen, codes, deltas):
+            img, _ = self.model.generator.apply(frozen["generator"], codes, input_space="w+",
+                                                randomize_noise=False, weights_deltas=deltas)
+            return self.model.crop(img) if crop else img
+
+        g = self.generator_config
+        specs = (jax.ShapeDtypeStruct((batch_size, g.n_latent, g.style_dim), jnp.float32,
+                                      sharding=batch),
+                 [None if s is None else jax.ShapeDtypeStruct((batch_size,) + s, jnp.float32,
+                                                              sharding=batch) for s in shapes])
+        compiled = jax.jit(fn, in_shardings=(repl, batch, batch)).lower(frozen, *specs).compile()
+
+        def render(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+            n = codes.shape[0]
+            if len(deltas) != len(shapes):
+                raise ValueError(f"deltas has {len(deltas)} entries, the generator has "
+                                 f"{len(shapes)} layers")
+            ds = []
+            for j, (d, s) in enumerate(zip(deltas, shapes)):
+                if s is None:
+                    ds.append(None)
+                    continue
+                d = np.zeros((n,) + s, np.float32) if d is None else np.asarray(d, np.float32)
+                if d.shape != (n,) + s:
+                    raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {(n,) + s}")
+                ds.append(jax.device_put(parallel.pad_batch(d, batch_size), batch))
+            c = jax.device_put(parallel.pad_batch(np.asarray(codes, np.float32), batch_size), batch)
+            return np.asarray(jax.device_get(compiled(frozen, c, ds)))[:n]
+
+        return render
+
+
+def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
+                  feedback_hw: Optional[Sequence[int]] = None) -> Inverter:
+    """Two converted folders (`hyperstyle`, `w_encoder`) -> an `Inverter`.
+
+    feedback_hw: override the feedback size (default: from the checkpoint's opts).
+    """
+    cfgs, tree = load_hyperstyle(checkpoint)
+    wcfg, wvars = load_w_encoder(w_encoder)
+    gen, hyper, opts = cfgs["generator"], cfgs["hypernet"], cfgs.get("opts", {})
+    if (wcfg["n_styles"], wcfg["style_dim"]) != (gen.n_latent, gen.style_dim):
+        raise CheckpointError(
+            f"{w_encoder}: the W-encoder gives {wcfg['n_styles']} x {wcfg['style_dim']} codes, "
+            f"but the generator in {checkpoint} needs {gen.n_latent} x {gen.style_dim}")
+    fb, crop = default_feedback(hyper, opts)
+    if feedback_hw is not None:
+        fb = tuple(int(v) for v in feedback_hw)
+    config = HyperStyleConfig(generator=gen, hypernet=hyper, w_encoder=wcfg, feedback_hw=fb,
+                              cars_crop=crop)
+    frozen = {"generator": tree["generator"], "w_encoder": wvars,
+              "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
+    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
