@@ -238,3 +238,37 @@ def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "r
     if bad:
         raise CheckpointError(f"{origin}: cannot merge into the hypernetwork: " + "; ".join(bad))
     return out
+
+
+# ----------------------------------------------------------------------------- ReStyle-e4e
+
+KIND_RESTYLE_E4E = "restyle_e4e"
+
+
+def load_restyle_e4e(path: str) -> tuple[dict, dict]:
+    """A `restyle_e4e` folder (domain adaptation) -> (configs, variables).
+
+    configs   = {'encoder': ProgressiveBackboneEncoder config dict,
+                 'generator': GeneratorConfig (the checkpoint's own decoder), 'opts': dict}
+    variables = {'encoder': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
+                 'latent_avg': [n_styles, style_dim]}
+    """
+    from hyperstyle_jax.models import e4e, stylegan2
+
+    config, tree = load_converted(path, KIND_RESTYLE_E4E)
+    try:
+        gen = stylegan2.GeneratorConfig.from_dict(config["generator"])
+        enc_shapes = e4e.init_shapes(config["encoder"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config.json has no valid encoder/generator config: "
+                              f"{type(e).__name__}: {e}") from None
+    for key in ("encoder", "generator", "latent_avg"):
+        if key not in tree:
+            raise CheckpointError(f"{path}: arrays hold no {key!r} (found {sorted(tree)})")
+    check_loaded(tree["encoder"], enc_shapes, path, "ReStyle-e4e encoder variables")
+    check_loaded(tree["generator"], stylegan2.init_shapes(gen), path, "decoder variables")
+    n, d = int(config["encoder"]["n_styles"]), int(config["encoder"]["style_dim"])
+    if tuple(tree["latent_avg"].shape) != (n, d):
+        raise CheckpointError(f"{path}: latent_avg has shape {tuple(tree['latent_avg'].shape)}, "
+                              f"expected {(n, d)}")
+    return {"encoder": config["encoder"], "generator": gen, "opts": config.get("opts", {})}, tree

@@ -8,4 +8,5 @@ FAMILIES = (
     "hyperstyle_jax.convert.stylegan2",   # stylegan2
     "hyperstyle_jax.convert.hyperstyle",  # hyperstyle, w_encoder, resnet34
     "hyperstyle_jax.convert.losses",      # lpips, arcface, moco
+    "hyperstyle_jax.convert.restyle",     # restyle_e4e
 )
