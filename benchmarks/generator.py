@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hyperstyle_jax.models.ops import PER_SAMPLE_FORMS, resolve_per_sample  # noqa: E402
+from hyperstyle_jax.models.conv import PER_SAMPLE_FORMS, resolve_per_sample  # noqa: E402
 from hyperstyle_jax.models.stylegan2 import (Generator, GeneratorConfig,  # noqa: E402
                                              official_channels, random_init)
 

@@ -76,16 +76,17 @@ def run(config, steps: int, optimizer: str = "ranger") -> dict:
     else:
         config.optim.name = optimizer
         tx = make_optimizer(config.optim)
-    hyper = jax.jit(built.init_hyper)(jax.random.PRNGKey(0))
+    hyper = jax.jit(built.model.init_hypernet)(jax.random.PRNGKey(0))
     state = jax.jit(lambda h: TrainState(jnp.zeros((), jnp.int32), h["params"], h["batch_stats"],
-                                         tx.init(h["params"]), jax.random.PRNGKey(1)))(hyper)
+                                         tx.init(h["params"])))(hyper)
     frozen = jax.tree.map(jnp.asarray, {"model": built.frozen_model, "loss": built.frozen_loss})
     it = make_train_iterator(config.data, global_batch_size=config.batch_size)
     batch = parallel.global_batch(next(it), mesh)
     it.close()
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    step = jax.jit(make_train_step(built.fns, tx, config.n_iters_per_batch, dtype,
-                                   config.unroll_iterations), donate_argnums=(0,))
+    step = jax.jit(make_train_step(built.model, built.weights, tx, config.n_iters_per_batch,
+                                   true_latent=built.true_latent, compute_dtype=dtype,
+                                   unroll=config.unroll_iterations), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0

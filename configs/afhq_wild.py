@@ -26,7 +26,6 @@ def get_config():
     c.loss.l2_lambda, c.loss.lpips_lambda, c.loss.moco_lambda = 1.0, 0.8, 0.5
     c.data.source = "tfds"
     c.data.name, c.data.eval_name, c.data.eval_split = "afhq_wild", "", "test"
-    c.data.image_hw = (256, 256)
     c.checkpoints.generator = "ckpt/stylegan2_afhq_wild"
     c.checkpoints.w_encoder = "ckpt/afhq_wild_w_encoder"
     c.checkpoints.resnet34 = "ckpt/resnet34"

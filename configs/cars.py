@@ -27,7 +27,6 @@ def get_config():
     c.loss.l2_lambda, c.loss.lpips_lambda, c.loss.moco_lambda = 1.0, 0.8, 0.5
     c.data.source = "tfds"
     c.data.name, c.data.eval_name, c.data.eval_split = "stanford_cars", "", "test"
-    c.data.image_hw = (192, 256)
     c.model.feedback_hw = (192, 256)
     c.model.cars_crop = True
     c.checkpoints.generator = "ckpt/stylegan2_cars"

@@ -28,7 +28,6 @@ def get_config():
     c.loss.l2_lambda, c.loss.lpips_lambda, c.loss.id_lambda = 1.0, 0.8, 0.1
     c.data.source = "tfds"
     c.data.name, c.data.eval_name, c.data.eval_split = "ffhq", "celeba_hq", "test"
-    c.data.image_hw = (256, 256)
     c.checkpoints.generator = "ckpt/stylegan2_ffhq"
     c.checkpoints.w_encoder = "ckpt/faces_w_encoder"
     c.checkpoints.resnet34 = "ckpt/resnet34"

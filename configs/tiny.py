@@ -33,7 +33,6 @@ def get_config():
     c.data.generator = dict(size=16, style_dim=64, n_mlp=2,
                             channels=((4, 32), (8, 32), (16, 32)),
                             lr_mlp=0.01, blur_kernel=(1, 3, 3, 1))
-    c.data.image_hw = (16, 16)
     c.data.num_train = 1024
     c.data.num_eval = 64
     c.data.perturb_std = 0.2

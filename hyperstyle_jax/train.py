@@ -34,7 +34,6 @@ from hyperstyle_jax.training import model_setup
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
-from hyperstyle_jax.training.model_setup import BuiltModel
 from hyperstyle_jax.training.optim import make_optimizer
 from hyperstyle_jax.training.step import TrainState, make_eval_step, make_train_step
 
@@ -44,14 +43,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 class TrainingError(RuntimeError):
     """Training stopped on a condition the user must see (non-finite loss, bad resume)."""
-
-
-# =======================================================================================
-# Model and frozen networks
-# =======================================================================================
-def build_model(config) -> BuiltModel:
-    """Generator, W-code source, hypernetwork and loss networks from the config."""
-    return model_setup.build(config)
 
 
 # =======================================================================================
@@ -155,7 +146,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     batch_sh = parallel.batch_sharded(mesh)
 
     # ---------------------------------------------------------------- model, frozen networks
-    built = build_model(config)
+    built = model_setup.build(config)
     for line in built.description:
         logging.info("%s", line)
         if is_main:
@@ -166,25 +157,23 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     tx = make_optimizer(config.optim)
 
     # ---------------------------------------------------------------- train state (sharded)
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, state_rng = jax.random.split(rng)
+    init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
 
-    def make_state(hyper, key):
+    def make_state(hyper):
         return TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
                           batch_stats=hyper.get("batch_stats", {}),
-                          opt_state=tx.init(hyper["params"]), rng=key)
+                          opt_state=tx.init(hyper["params"]))
 
     if built.init_override is None:
-        init_fn = lambda r, k: make_state(built.init_hyper(r), k)  # noqa: E731
-        abstract = jax.eval_shape(init_fn, init_rng, state_rng)
+        init_fn = lambda r: make_state(built.model.init_hypernet(r))  # noqa: E731
+        abstract = jax.eval_shape(init_fn, init_rng)
         state_shardings = jax.tree.map(lambda _: repl, abstract)
-        create = jax.jit(init_fn, out_shardings=state_shardings)
-        state = create(init_rng, state_rng)
+        state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
     else:
         hyper = put_replicated(built.init_override, mesh)
-        abstract = jax.eval_shape(make_state, hyper, state_rng)
+        abstract = jax.eval_shape(make_state, hyper)
         state_shardings = jax.tree.map(lambda _: repl, abstract)
-        state = jax.jit(make_state, out_shardings=state_shardings)(hyper, state_rng)
+        state = jax.jit(make_state, out_shardings=state_shardings)(hyper)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("hypernetwork: %d trainable parameters", n_params)
 
@@ -192,12 +181,14 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     n_iters = config.n_iters_per_batch
     frozen_sh = jax.tree.map(lambda _: repl, frozen)
-    train_step = jax.jit(make_train_step(built.fns, tx, n_iters, dtype,
-                                         config.unroll_iterations),
+    common = dict(true_latent=built.true_latent, unroll=config.unroll_iterations)
+    train_step = jax.jit(make_train_step(built.model, built.weights, tx, n_iters,
+                                         compute_dtype=dtype, **common),
                          in_shardings=(state_shardings, frozen_sh, batch_sh),
                          out_shardings=(state_shardings, repl), donate_argnums=(0,))
     eval_steps = {  # with_images -> jitted eval step (images stay batch-sharded)
-        images: jax.jit(make_eval_step(built.fns, n_iters, images, config.unroll_iterations),
+        images: jax.jit(make_eval_step(built.model, built.weights, n_iters, with_images=images,
+                                       **common),
                         in_shardings=(state_shardings, frozen_sh, batch_sh),
                         out_shardings=repl if not images else None)
         for images in (False, True)}
@@ -225,7 +216,26 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
         if is_main:
             print(msg, flush=True)
 
+    # Finiteness is read at log steps and before every save, not every step (a host read
+    # per step would serialise the host's input work with the device's step).
+    unchecked = []   # (step, device scalar `finite`) since the last check
+
+    def check_finite() -> None:
+        if not unchecked:
+            return
+        flags = np.asarray(jax.device_get(jnp.stack([f for _, f in unchecked])))
+        bad = [s for (s, _), f in zip(unchecked, flags) if f != 1.0]
+        unchecked.clear()
+        if bad:
+            good = ckpt.latest_step()
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad[0]}; its update was not applied and "
+                f"training stopped at step {step}. Last good checkpoint: "
+                f"{'none' if good is None else f'step {good} in {ckpt.directory}'}. "
+                "Lower config.optim.lr or check the data.")
+
     def save(step: int, val_loss: float | None = None) -> None:
+        check_finite()
         ckpt.save(step, state, {"iterator": train_iter.get_state(), "step": step,
                                 "workdir": workdir}, val_loss)
 
@@ -280,18 +290,10 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
             local = next(train_iter)
             batch = parallel.global_batch(local, mesh)
             state, metrics = train_step(state, frozen, batch)
-            finite = float(parallel.to_host(metrics["finite"]))
+            unchecked.append((step, metrics["finite"]))
             n_window += 1
-            if finite != 1.0:
-                m = parallel.to_host(metrics)
-                good = ckpt.latest_step()
-                raise TrainingError(
-                    f"non-finite loss or gradient at step {step} (loss={float(m['loss'])}, "
-                    f"grad_norm={float(m['grad_norm'])}); the update was not applied and "
-                    f"training stopped. Last good checkpoint: "
-                    f"{'none' if good is None else f'step {good} in {ckpt.directory}'}. "
-                    "Lower config.optim.lr or check the data.")
             if step % config.log_every_steps == 0 or step == config.total_steps:
+                check_finite()
                 m = parallel.to_host(metrics)
                 dt = time.perf_counter() - t_window
                 ips = n_window * config.batch_size / max(dt, 1e-9)
@@ -344,7 +346,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     if status == "done" and jax.process_count() == 1:
         # orbax writes collectively; one process alone can write the inference folder.
         export_dir = os.path.join(workdir, "export")
-        _export(built, state, export_dir)
+        _export(built, config, state, export_dir)
         print(f"inference folder (converted HyperStyle format): {export_dir}", flush=True)
     elif status == "done" and is_main:
         print("multi-process run: no export/ folder; write it by running the same command "
@@ -353,14 +355,14 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     return {"status": status, "step": final_step, "eval": last_val}
 
 
-def _export(built: BuiltModel, state: TrainState, out_dir: str) -> None:
+def _export(built: model_setup.BuiltModel, config, state: TrainState, out_dir: str) -> None:
     """Write the trained hypernetwork as a converted HyperStyle folder (for inference)."""
     import shutil
 
     from hyperstyle_jax.checkpoints import save_converted
 
     hyper = parallel.to_host({"params": state.params, "batch_stats": state.batch_stats})
-    cfg, tree = built.export(hyper)
+    cfg, tree = model_setup.export_tree(built, config, hyper)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_converted(tmp, tree, cfg, kind="hyperstyle")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from hyperstyle_jax.models import ops
+from hyperstyle_jax.models import conv, ops
 
 ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
 
@@ -205,7 +205,7 @@ def test_delta_shape_errors_name_the_shape(npz):
     with pytest.raises(ValueError, match=r"\(7, 5, 3, 3\)"):
         mod.apply(v, x, s, jnp.zeros((2, 7, 4, 3, 3)))
     with pytest.raises(ValueError, match="per_sample"):
-        ops.resolve_per_sample("vmapp")
+        conv.resolve_per_sample("vmapp")
 
 
 @pytest.mark.parametrize("k", [1, 3, 4])
@@ -219,10 +219,10 @@ def test_up_conv_equals_torch_conv_transpose(k):
         torch.from_numpy(x[b:b + 1]), torch.from_numpy(w[b]), stride=2).numpy()[0] for b in range(2)])
     # torch's transposed weight [I, O, k, k] is our modconv weight [O, I, k, k] read as [in, out]:
     w_hwio = jnp.asarray(np.transpose(w, (0, 3, 4, 1, 2)))  # [B, k, k, I, O]
-    shared = nchw(ops._conv(nhwc(x[:1]), w_hwio[0], "up", k))
+    shared = nchw(conv.shared_conv(nhwc(x[:1]), w_hwio[0], "up", k))
     np.testing.assert_allclose(shared, want[:1], atol=1e-5, rtol=1e-5)
-    for form in ops.PER_SAMPLE_FORMS:
-        got = nchw(ops._conv_per_sample(nhwc(x), w_hwio, "up", k, form))
+    for form in conv.PER_SAMPLE_FORMS:
+        got = nchw(conv.per_sample_conv(nhwc(x), w_hwio, "up", k, form))
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=form)
 
 
@@ -234,7 +234,7 @@ def test_upfirdn2d_traced_kernel(npz):
 
 
 @pytest.mark.parametrize("form,kh,kw,pad", [
-    *[(f, 3, 3, ((1, 1), (1, 1))) for f in ops.PER_SAMPLE_FORMS],
+    *[(f, 3, 3, ((1, 1), (1, 1))) for f in conv.PER_SAMPLE_FORMS],
     # the polyphase up-conv's phase kernels, and the 1x1 toRGB
     ("map", 2, 1, ((1, 1), (0, 1))), ("map", 1, 2, ((0, 1), (1, 1))),
     ("map", 1, 1, ((0, 1), (0, 1))), ("map", 1, 1, ((0, 0), (0, 0)))])
@@ -253,7 +253,7 @@ def test_conv_s1_custom_vjp_matches_autodiff(form, kh, kw, pad):
         return jax.vmap(conv)(x, w) if w.ndim == 5 else jax.vmap(conv, (0, None))(x, w)
 
     for w in (w_ps, w_sh):
-        got_y, vjp = jax.vjp(lambda x, w: ops.conv_s1(x, w, pad, form), x, w)
+        got_y, vjp = jax.vjp(lambda x, w: conv.conv_s1(x, w, pad, form), x, w)
         want_y, vjp_ref = jax.vjp(ref, x, w)
         np.testing.assert_allclose(got_y, want_y, atol=1e-5, rtol=1e-5)
         for a, b in zip(vjp(g), vjp_ref(g)):

@@ -63,7 +63,7 @@ def setup(tmp_path_factory):
     batch = jax.tree.map(jnp.asarray, next(it))
     it.close()
     frozen = jax.tree.map(jnp.asarray, {"model": built.frozen_model, "loss": built.frozen_loss})
-    hyper = built.init_hyper(jax.random.PRNGKey(0))
+    hyper = built.model.init_hypernet(jax.random.PRNGKey(0))
     # Scale the refinement outputs down (SPEC §9.2: random blocks give |Δ| of 30-600).
     hyper = jax.tree_util.tree_map_with_path(
         lambda p, x: x * 1e-2 if "shared_weight_hypernet" in jax.tree_util.keystr(p) else x, hyper)
@@ -73,28 +73,38 @@ def setup(tmp_path_factory):
         lambda p: jax.tree.map(jnp.zeros_like, p), lambda g, s, p=None: (g, g))
     tx = optax.chain(capture, optax.sgd(1.0))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
-                       batch_stats=hyper["batch_stats"], opt_state=tx.init(hyper["params"]),
-                       rng=jax.random.PRNGKey(1))
+                       batch_stats=hyper["batch_stats"], opt_state=tx.init(hyper["params"]))
     before = jax.tree.map(np.asarray, state)
     frozen_before = jax.tree.map(np.asarray, frozen)
-    step = jax.jit(make_train_step(built.fns, tx, N_ITERS, unroll=False))
+    step = jax.jit(make_train_step(built.model, built.weights, tx, N_ITERS,
+                                   true_latent=built.true_latent, unroll=False))
     new_state, metrics = step(state, frozen, batch)
     return dict(c=c, built=built, batch=batch, frozen=frozen, before=before,
                 frozen_before=frozen_before, new=jax.tree.map(np.asarray, new_state),
                 metrics={k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def _initial(setup):
+    """Codes (the true latents, repeated) and y0 = pool(G(codes)) without offsets."""
+    model, batch = setup["built"].model, setup["batch"]
+    w = batch["latent"]
+    codes = jnp.broadcast_to(w[:, None], (w.shape[0], model.config.generator.n_latent, w.shape[1]))
+    codes, _, y0 = model.initial_inversion(setup["frozen"]["model"], batch["image"], codes)
+    return codes, y0
+
+
 @pytest.fixture(scope="module")
 def reference(setup):
     """The official loop, one backward per iteration, gradients accumulated on the host."""
-    fns, frozen, batch, before = setup["built"].fns, setup["frozen"], setup["batch"], setup["before"]
+    model, frozen, batch, before = (setup["built"].model, setup["frozen"], setup["batch"],
+                                    setup["before"])
     weights = LossWeights.from_config(setup["c"].loss)
     x = batch["image"]
-    codes, y_hat = fns.initial(frozen["model"], batch)
+    codes, y_hat = _initial(setup)
 
     def loss_fn(p, bs, y_hat, deltas):
-        y, d, new_bs = fns.iterate(frozen["model"], {"params": p, "batch_stats": bs}, x,
-                                   y_hat, codes, deltas, True)
+        _, y, d, new_bs = model.iteration(frozen["model"], {"params": p, "batch_stats": bs}, x,
+                                          y_hat, codes, deltas, train=True)
         total, terms = compute_losses(frozen["loss"], y, x, weights)
         return total, (y, d, new_bs, terms)
 
@@ -119,7 +129,7 @@ def test_loss_terms_equal_the_losses_module(setup, reference):
             np.testing.assert_allclose(m[f"{name}/iter_{t}"], ref[name], rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(m["loss"], sum(r["loss"] for r in terms), rtol=1e-5)
     # Iteration 0 is the initial inversion, no offsets: L2 of the plain render.
-    codes, y0 = setup["built"].fns.initial(setup["frozen"]["model"], setup["batch"])
+    codes, y0 = _initial(setup)
     np.testing.assert_allclose(m["loss_l2/iter_0"],
                                float(jnp.mean((y0 - setup["batch"]["image"]) ** 2)), rtol=1e-6)
     assert m["finite"] == 1.0
@@ -167,8 +177,8 @@ def test_non_finite_batch_leaves_the_state_unchanged(setup):
     bad = dict(setup["batch"])
     bad["image"] = bad["image"].at[0, 0, 0, 0].set(jnp.nan)
     new, metrics = setup["step"](TrainState(**{k: getattr(state, k) for k in
-                                               ("step", "params", "batch_stats", "opt_state",
-                                                "rng")}), setup["frozen"], bad)
+                                               ("step", "params", "batch_stats", "opt_state")}),
+                                 setup["frozen"], bad)
     assert float(metrics["finite"]) == 0.0
     for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(new.params)):
         np.testing.assert_array_equal(a, np.asarray(b))

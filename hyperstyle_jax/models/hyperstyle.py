@@ -53,6 +53,8 @@ class HyperStyleConfig:
 def default_feedback(hypernet: HyperNetConfig, opts: dict) -> tuple[tuple[int, int], bool]:
     """(feedback_hw, cars_crop) of an official checkpoint: cars datasets use 192x256 and the
     crop; otherwise the size whose hypernet features are `spatial` x `spatial` (256)."""
+    if "feedback_hw" in opts:  # written by our trainer's export
+        return tuple(int(v) for v in opts["feedback_hw"]), bool(opts.get("cars_crop", False))
     if "cars" in str(opts.get("dataset_type", "")):
         return (192, 256), True
     return tuple(feature_input_hw(hypernet)), False
@@ -122,18 +124,16 @@ class HyperStyle:
         return y_full, y_pooled, new, new_stats
 
     def invert(self, frozen: dict, hyper_vars: dict, x: jax.Array, n_iters: int,
-               resize_outputs: bool = False, codes: Optional[jax.Array] = None) -> dict:
+               resize_outputs: bool = False, codes: Optional[jax.Array] = None,
+               unroll: bool = False) -> dict:
         """The official `run_inversion` (eval mode) as one scan; jit it with n_iters static.
 
         Returns {'codes': [B, n_styles, D], 'init': y_0, 'images': [n_iters, B, H, W, 3]
         (full-resolution, or feedback-size with `resize_outputs`), 'pooled_final': y_n at
         the feedback size, 'deltas': the accumulated offsets (None at untuned layers)}.
+        `unroll` compiles n copies of the body (faster on CPU, same numbers).
         """
         codes, y0_full, y0_pooled = self.initial_inversion(frozen, x, codes)
-        b = x.shape[0]
-        # Zeros at tuned layers keep the scan carry's structure fixed; 0 + Δ is exact.
-        zero = [None if s is None else jnp.zeros((b,) + s, x.dtype)
-                for s in self.tuned_delta_shapes()]
 
         def body(carry, _):
             y_hat, deltas = carry
@@ -141,9 +141,23 @@ class HyperStyle:
                                                          deltas, train=False)
             return (y_pooled, deltas), (y_pooled if resize_outputs else y_full)
 
-        (y_last, deltas), images = jax.lax.scan(body, (y0_pooled, zero), None, length=n_iters)
+        (y_last, deltas), images = jax.lax.scan(
+            body, (y0_pooled, self.zero_deltas(x.shape[0], x.dtype)), None, length=n_iters,
+            unroll=n_iters if unroll else 1)
         return {"codes": codes, "init": y0_pooled if resize_outputs else y0_full,
                 "images": images, "pooled_final": y_last, "deltas": deltas}
+
+    def zero_deltas(self, batch: int, dtype=jnp.float32) -> list:
+        """Zero offsets at the tuned layers (None elsewhere): a scan carry of fixed
+        structure that starts like the official `None` (0 + Δ is exact)."""
+        return [None if s is None else jnp.zeros((batch,) + s, dtype)
+                for s in self.tuned_delta_shapes()]
+
+    def init_hypernet(self, rng: jax.Array) -> dict:
+        """Fresh hypernetwork variables {'params', 'batch_stats'} for feedback-size inputs."""
+        c = self.config
+        v = self.hypernet.init(rng, jnp.zeros((1, *c.feedback_hw, c.hypernet.input_nc)), False)
+        return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     def tuned_delta_shapes(self) -> list:
         """Per generator layer j: (out, in, k, k) if tuned, else None."""

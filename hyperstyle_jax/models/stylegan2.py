@@ -213,7 +213,7 @@ class Generator(nn.Module):
 
     Variables: 'params' (official names) and 'noises' (`noise_i` [1, H, W, 1], the
     checkpoint's fixed noise buffers). per_sample: how per-sample offsets are convolved
-    ('auto' picks by backend, see `ops.PER_SAMPLE_FORMS`).
+    ('auto' picks by backend, see `conv.PER_SAMPLE_FORMS`).
     """
     config: GeneratorConfig
     per_sample: str = "auto"

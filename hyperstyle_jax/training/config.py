@@ -7,9 +7,8 @@ wrong type (`--config.batch_size=abc`) is rejected by the locked ConfigDict.
 import ml_collections
 
 from hyperstyle_jax.data.config import default_data_config
-
-# Official default (train_options.py:83, README:191): every non-toRGB conv.
-DEFAULT_LAYERS_TO_TUNE = "0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24"
+from hyperstyle_jax.models.hypernetwork import DEFAULT_LAYERS_TO_TUNE
+from hyperstyle_jax.training.optim import ADAM_DEFAULTS, RANGER_DEFAULTS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,10 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- optimizer (official training/ranger.py defaults; --learning_rate 1e-4)
     c.optim = ml_collections.ConfigDict(dict(
-        name="ranger", lr=1e-4,
-        alpha=0.5, k=6, n_sma_threshold=5.0, beta1=0.95, beta2=0.999, eps=1e-5,
-        weight_decay=0.0, use_gc=True, gc_conv_only=False,
-        adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8))  # name='adam': torch defaults
+        name="ranger", lr=1e-4, **RANGER_DEFAULTS,
+        **{f"adam_{k}": v for k, v in ADAM_DEFAULTS.items()}))  # name='adam': torch defaults
 
     # --- losses (official lambdas; paper faces command: l2 1, lpips 0.8, id 0.1)
     c.loss = ml_collections.ConfigDict(dict(
@@ -69,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""                # a converted HyperStyle checkpoint: fine-tune from it
 
     c.data = default_data_config()
+    # One size, one name: the data are read at the hypernet's input size.
+    c.data.image_hw = c.model.get_ref("feedback_hw")
     return c
 
 
