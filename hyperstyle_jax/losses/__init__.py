@@ -90,7 +90,7 @@ class LossNets:
     def load(cls, lpips: str | None = None, id: str | None = None,  # noqa: A002 - official name
              moco: str | None = None) -> "LossNets":
         """Read the folders written by `tools/convert_weights.py` (None = not needed)."""
-        from hyperstyle_jax.utils.checkpoints import load_converted
+        from hyperstyle_jax.checkpoints import load_converted
 
         out = {}
         for name, path in (("lpips", lpips), ("id", id), ("moco", moco)):
