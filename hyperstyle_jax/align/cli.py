@@ -1,0 +1,209 @@
+"""Align the faces in a file, folder or glob into OUT, as the official FFHQ crop.
+
+    python -m hyperstyle_jax.align --images photos/ --out aligned/ [--size 1024]
+        [--face largest|last|all|K] [--workers N] [--save_landmarks]
+
+Writes OUT/<stem>.png per image (with --face all: OUT/<stem>_face<k>.png, k = dlib's
+detection index), OUT/<stem>.json with --save_landmarks (box, score, 68 landmarks and
+quad per aligned face, source-image pixels), and OUT/failures.txt (one line per failed
+file; empty when none failed). A file that cannot be read, has no face or lacks the
+requested face is reported in one line and skipped; the others are aligned; the exit
+status is 1 if any file failed. PNG, not the official's JPEG (quality 75), so the pixels
+are those of the alignment.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from hyperstyle_jax.align import api
+from hyperstyle_jax.align import detect as det
+from hyperstyle_jax.utils import images as imio
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, except the uninformative None/False of required args and flags."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _face_arg(value: str):
+    try:
+        return api.parse_face(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.align", description=__doc__,
+                                formatter_class=_Formatter)
+    p.add_argument("--images", required=True, help="an image file, a folder (recursive) or a glob")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--size", type=int, default=1024,
+                   help="output side in pixels (the official output_size constant)")
+    p.add_argument("--face", type=_face_arg, default="largest",
+                   help="which detection to align when there are several: 'largest' box; "
+                        "'last' in dlib's order (what the official script does, arbitrary); "
+                        "'all' (writes <stem>_face<k>.png); or an index K in dlib's order")
+    p.add_argument("--workers", type=int, default=1, help="processes (each loads the 100 MB predictor)")
+    p.add_argument("--save_landmarks", action="store_true",
+                   help="write <stem>.json: box, score, landmarks [68, 2] and quad per face")
+    p.add_argument("--detect_max_side", type=int, default=det.DETECT_MAX_SIDE,
+                   help="search for faces at a copy downscaled to this longer side when the "
+                        "image is larger (0: never); landmarks use the full image")
+    p.add_argument("--log_every", type=int, default=20,
+                   help="when stderr is not a terminal: a progress line every this many images")
+    args = p.parse_args(argv)
+    if args.size < 1:
+        p.error(f"--size must be >= 1, got {args.size}")
+    if args.workers < 1:
+        p.error(f"--workers must be >= 1, got {args.workers}")
+    if args.detect_max_side < 0:
+        p.error(f"--detect_max_side must be >= 0, got {args.detect_max_side}")
+    if args.log_every < 1:
+        p.error(f"--log_every must be >= 1, got {args.log_every}")
+    return args
+
+
+def _unique_stems(paths):
+    """File stems, with a counter where two inputs share one."""
+    seen, out = {}, []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
+
+
+def _save_png(path, arr):
+    """Write through a temporary name, so an interrupted run leaves no partial PNG."""
+    from PIL import Image
+
+    tmp = path + ".tmp"
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+_OPTS: dict = {}  # per process: set directly (1 worker) or by the pool initializer
+
+
+def _init_worker(opts):
+    _OPTS.update(opts)
+
+
+def _work(job):
+    """Align one file -> (path, written names, error line or None). Never raises."""
+    path, stem = job
+    o = _OPTS
+    try:
+        faces = api.align_faces(path, o["size"], o["face"], detect_max_side=o["detect_max_side"])
+        written, records = [], []
+        for f in faces:
+            name = f"{stem}_face{f.index}.png" if o["face"] == "all" else f"{stem}.png"
+            _save_png(os.path.join(o["out"], name), f.image)
+            written.append(name)
+            records.append({"output": name, "index": f.index, "box": list(f.box),
+                            "score": f.score, "landmarks": f.landmarks.tolist(),
+                            "quad": f.quad.tolist()})
+        if o["save_landmarks"]:
+            with open(os.path.join(o["out"], f"{stem}.json"), "w") as fh:
+                json.dump({"file": path, "size": o["size"], "faces": records}, fh, indent=1)
+        return path, written, None
+    except (api.AlignError, imio.ImageReadError) as e:
+        return path, [], str(e)
+    except Exception as e:  # one bad file must not stop the batch; say what it was
+        return path, [], f"{path}: {type(e).__name__}: {' '.join(str(e).split())}"
+
+
+class _Progress:
+    """tqdm on a terminal; otherwise a plain line every `every` images (logs, CI)."""
+
+    def __init__(self, total, every):
+        self.total, self.every, self.done, self.failed = total, every, 0, 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="align", dynamic_ncols=True)
+
+    def message(self, line):
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def step(self, ok):
+        self.done += 1
+        self.failed += not ok
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.done % self.every == 0 or self.done == self.total:
+            dt = time.perf_counter() - self.t0
+            print(f"align: {self.done}/{self.total} images, {self.failed} failed, "
+                  f"{dt / self.done:.2f} s/image", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        det.require()
+    except det.AlignUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = imio.list_images(args.images)
+    if not paths:
+        print(f"error: no images found at {args.images!r}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    opts = {"out": args.out, "size": args.size, "face": args.face,
+            "detect_max_side": args.detect_max_side, "save_landmarks": args.save_landmarks}
+    jobs = list(zip(paths, _unique_stems(paths)))
+    workers = min(args.workers, len(jobs))
+
+    progress = _Progress(len(jobs), args.log_every)
+    failures, n_faces = [], 0
+    pool = None
+    if workers == 1:
+        _init_worker(opts)
+        results = map(_work, jobs)
+    else:
+        import multiprocessing as mp
+
+        # spawn: a fresh interpreter per worker, safe whatever threads the caller runs.
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(opts,))
+        results = pool.imap_unordered(_work, jobs)
+    try:
+        for path, written, err in results:
+            n_faces += len(written)
+            if err is not None:
+                failures.append(err)
+                progress.message(f"failed: {err}")
+            progress.step(err is None)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    with open(os.path.join(args.out, "failures.txt"), "w") as fh:
+        fh.writelines(line + "\n" for line in failures)
+    n_ok = len(jobs) - len(failures)
+    print(f"aligned {n_faces} face(s) from {n_ok} of {len(jobs)} images into {args.out} "
+          f"({args.size}x{args.size} PNG)")
+    if failures:
+        print(f"{len(failures)} file(s) failed; listed in {os.path.join(args.out, 'failures.txt')}",
+              file=sys.stderr)
+        return 1
+    return 0
