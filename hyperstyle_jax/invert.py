@@ -17,6 +17,9 @@ Output layout (OUT/...):
 Images are read with PIL (any format; converted to RGB) and resized as the official
 transforms do. A file that cannot be read is reported in one line and skipped; the exit
 status is 1 if any file failed.
+With --align, each image is first aligned in memory as the official FFHQ crop (1024, the
+largest face; needs `pip install -e '.[align]'`), then resized; the grids show the aligned
+input, and a file with no face is reported and skipped like an unreadable one.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write arrays/<stem>.npz with float32 un-clipped images and codes")
     p.add_argument("--resize_outputs", action="store_true",
                    help="save outputs at the feedback size (256) instead of the generator's")
+    p.add_argument("--align", action="store_true",
+                   help="align faces first (official FFHQ crop, largest face; hyperstyle_jax.align)")
     args = p.parse_args(argv)
     if args.n_iters < 1:
         p.error(f"--n_iters must be >= 1, got {args.n_iters}")
@@ -58,14 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _read_batch(paths, hw):
-    """Read and resize; returns (ok_paths, uint8 [n, h, w, 3], [(path, reason)])."""
+def _read_batch(paths, hw, load=imio.read_image, errors=(imio.ImageReadError,)):
+    """Read (load: path -> uint8 [H, W, 3]) and resize; returns (ok_paths, uint8 [n, h, w, 3],
+    [(path, reason)]) where reason is the one-line message of one of `errors`."""
     ok, arrs, bad = [], [], []
     for path in paths:
         try:
-            arrs.append(imio.resize(imio.read_image(path), hw))
+            arrs.append(imio.resize(load(path), hw))
             ok.append(path)
-        except imio.ImageReadError as e:
+        except errors as e:
             bad.append((path, str(e)))
     return ok, arrs, bad
 
@@ -87,6 +93,17 @@ def main(argv=None) -> int:
     if not paths:
         print(f"error: no images found at {args.images!r}", file=sys.stderr)
         return 2
+    load, read_errors = imio.read_image, (imio.ImageReadError,)
+    if args.align:
+        from hyperstyle_jax import align
+
+        try:
+            align.require()
+        except align.AlignUnavailableError as e:
+            print(f"error: --align: {e}", file=sys.stderr)
+            return 2
+        load = lambda path: align.align_image(path, size=1024)[0]  # noqa: E731
+        read_errors = (imio.ImageReadError, align.AlignError)
 
     # Imported here so that --help stays fast.
     import jax
@@ -111,7 +128,8 @@ def main(argv=None) -> int:
     t_run, n_done = 0.0, 0
     bar = tqdm(total=len(paths), unit="img", desc="invert", dynamic_ncols=True)
     for start in range(0, len(paths), args.batch_size):
-        ok, arrs, bad = _read_batch(paths[start:start + args.batch_size], inverter.input_hw)
+        ok, arrs, bad = _read_batch(paths[start:start + args.batch_size], inverter.input_hw,
+                                    load, read_errors)
         for path, reason in bad:
             tqdm.write(f"skipped: {reason}", file=sys.stderr)
         failed += bad
