@@ -209,14 +209,15 @@ def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
 
 @functools.lru_cache(maxsize=8)
 def _sharded_metric_fn(metrics: tuple[str, ...], devices: tuple):
-    """(jitted metric fn, batch sharding, replicated sharding) on a 1-D 'batch' mesh.
+    """(jitted metric fn, batch sharding, replicated sharding) on the local devices' mesh.
 
     Cached so that repeated runs in one process (tests, notebooks) compile once."""
     import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    mesh = Mesh(np.array(devices), ("batch",))
-    batch, repl = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    from hyperstyle_jax import parallel
+
+    mesh = parallel.make_mesh(list(devices))
+    batch, repl = parallel.batch_sharded(mesh), parallel.replicated(mesh)
     fn = jax.jit(make_metric_fn(metrics), in_shardings=(repl, batch, batch), out_shardings=batch)
     return fn, batch, repl
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (tests use it)
+from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (re-exported)
 from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 
@@ -210,31 +210,45 @@ def _to_ours(leaf: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Callable] | None = None
-                    ) -> dict:
+Rule = Callable[[SourceDict, str, tuple], np.ndarray]   # (src, official key, our shape) -> array
+
+
+def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Rule] | None = None,
+                    rules: Sequence[tuple[str, Rule]] = ()) -> dict:
     """Fill the model's variable tree `expected` (e.g. `jax.eval_shape(model.init, …)`) from `src`.
 
     Every leaf is read from `torch_key(path)` with the shape the model needs (so a missing or
     misshaped key is reported by its official name), converted to our layout and cast to
     float32. `num_batches_tracked` next to each BatchNorm's running stats is consumed and
-    dropped. `custom` maps a '/'-joined path (collection first) to `f(src, key, shape) -> array`
-    for the few leaves that need more than a rename. Call `src.finish()` afterwards.
+    dropped. For the few leaves that need more than a rename: `custom` maps an exact
+    '/'-joined path (collection first) to a rule, and `rules` is a table of (pattern, rule)
+    tried in order with `re.fullmatch` (the family's legacy.py-style table). Every custom
+    path and every pattern must be used. Call `src.finish()` afterwards.
     """
     custom = dict(custom or {})
+    compiled = [(re.compile(p), p, f) for p, f in rules]
+    unused = {p for p, _ in rules}
     out: dict = {}
     for collection, tree in expected.items():
         for path, leaf in leaves_with_paths(tree):
             key = torch_key(path)
             joined = "/".join((collection,) + path)
-            if joined in custom:
-                arr = custom.pop(joined)(src, key, tuple(leaf.shape))
+            rule = custom.pop(joined, None)
+            for rx, pattern, f in ([] if rule else compiled):
+                if rx.fullmatch(joined):
+                    rule = f
+                    unused.discard(pattern)
+                    break
+            if rule is not None:
+                arr = rule(src, key, tuple(leaf.shape))
             else:
                 arr = _to_ours(path[-1], src.take(key, _torch_shape(path[-1], tuple(leaf.shape))))
             set_path(out.setdefault(collection, {}), path, np.asarray(arr, dtype=np.float32))
             if path[-1] == "running_mean":
                 src.skip(key[: -len("running_mean")] + "num_batches_tracked")
-    if custom:
-        raise ConversionError(f"internal: custom rules for unknown paths {sorted(custom)}")
+    if custom or unused:
+        raise ConversionError(f"internal: rules that matched no variable: "
+                              f"{sorted(custom) + sorted(unused)}")
     return out
 
 

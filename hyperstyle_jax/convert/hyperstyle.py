@@ -25,6 +25,7 @@ HWIO; Linear `weight` [out,in] -> Dense `kernel` [in,out]; EqualLinear `weight` 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -73,24 +74,43 @@ def infer_ir_units(src: SourceDict, prefix: str = "body.") -> tuple[tuple, str]:
     return tuple(units), ("ir_se" if ses[0] else "ir")
 
 
-def arcface_from_state_dict(src: SourceDict, input_size: int = 112) -> dict:
-    """TreB1eN `Backbone` state dict (`model_ir_se50.pth`, under `src.prefix`) ->
-    `irse.Backbone` variables; depth, mode and affinity come from the keys.
+def arcface_config_from_keys(sd: Mapping[str, np.ndarray], origin: str) -> dict:
+    """{'num_layers', 'mode', 'affine', 'input_size'} of an official `Backbone` state dict.
+
+    IR-SE-50 (`model_ir_se50.pth`: 24 units with SE, affine final BN) and IR-101
+    (`CurricularFace_Backbone.pth`: 49 units, no SE, `affine=False`) are both recognised.
+    """
+    from hyperstyle_jax.models.irse import get_blocks
+
+    units = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))}
+    if not units or "input_layer.0.weight" not in sd:
+        raise ConversionError(f"{origin}: not an ArcFace/CurricularFace Backbone state dict "
+                              f"(no input_layer.0.weight / body.N.* keys); found {sorted(sd)[:12]}")
+    n_units = max(units) + 1
+    by_units = {len(get_blocks(d)): d for d in (50, 100, 152)}
+    if n_units not in by_units:
+        raise ConversionError(
+            f"{origin}: {n_units} body units match no IR depth (known: "
+            + ", ".join(f"{d} layers = {n} units" for n, d in by_units.items()) + ")")
+    return {"num_layers": by_units[n_units],
+            "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
+            "affine": "output_layer.4.weight" in sd, "input_size": 112}
+
+
+def arcface_from_state_dict(src: SourceDict, config: Mapping | None = None) -> dict:
+    """TreB1eN `Backbone` state dict (`model_ir_se50.pth`) -> `irse.Backbone` variables;
+    `config` (depth, mode, affinity, input size) defaults to `arcface_config_from_keys`.
 
     `output_layer.3.weight` [512, C*H*W] flattens NCHW features in PyTorch; its columns are
     permuted to the NHWC flatten order (h, w, c) of our `Backbone`. Call `src.finish()`.
     """
     import jax.numpy as jnp
 
-    from hyperstyle_jax.models.irse import Backbone, get_blocks
+    from hyperstyle_jax.models.irse import Backbone
 
-    units, mode = infer_ir_units(src)
-    by_units = {len(get_blocks(d)): d for d in (50, 100, 152)}
-    if len(units) not in by_units:
-        raise ConversionError(f"{src.origin}: {len(units)} IR units match no depth "
-                              f"(50, 100, 152 have {sorted(by_units)} units)")
-    model = Backbone(input_size, by_units[len(units)], mode,
-                     affine=src.has("output_layer.4.weight"))
+    config = config or arcface_config_from_keys(src.sd, src.origin)
+    input_size = config["input_size"]
+    model = Backbone(input_size, config["num_layers"], config["mode"], affine=config["affine"])
     expected = eval_shape_init(model, jnp.zeros((1, input_size, input_size, 3)))
     hw = input_size // 16
 

@@ -26,7 +26,6 @@ also reorders `output_layer.3.weight` from NCHW- to NHWC-flatten order, and
 """
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import numpy as np
@@ -133,38 +132,15 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
 # ----------------------------------------------------------------------------- ArcFace
 
 
-def arcface_config_from_keys(sd: Mapping[str, np.ndarray], origin: str) -> dict:
-    """{'num_layers', 'mode', 'affine', 'input_size'} of an official `Backbone` state dict.
-
-    IR-SE-50 (`model_ir_se50.pth`: 24 units with SE, affine final BN) and IR-101
-    (`CurricularFace_Backbone.pth`: 49 units, no SE, `affine=False`) are both recognised.
-    """
-    from hyperstyle_jax.models import irse
-
-    units = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))}
-    if not units or "input_layer.0.weight" not in sd:
-        raise ConversionError(f"{origin}: not an ArcFace/CurricularFace Backbone state dict "
-                              f"(no input_layer.0.weight / body.N.* keys); found {sorted(sd)[:12]}")
-    n_units = max(units) + 1
-    by_units = {len(irse.get_blocks(d)): d for d in (50, 100, 152)}
-    if n_units not in by_units:
-        raise ConversionError(
-            f"{origin}: {n_units} body units match no IR depth (known: "
-            + ", ".join(f"{d} layers = {n} units" for n, d in by_units.items()) + ")")
-    return {"num_layers": by_units[n_units],
-            "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
-            "affine": "output_layer.4.weight" in sd, "input_size": 112}
-
-
 def arcface_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "arcface"
                             ) -> tuple[dict, dict]:
     """Official `Backbone` state dict -> (variables, config)."""
     from hyperstyle_jax.convert import hyperstyle as hs
     from hyperstyle_jax.losses.id_loss import arcface_eval_shape
 
-    config = arcface_config_from_keys(sd, origin)
+    config = hs.arcface_config_from_keys(sd, origin)
     src = SourceDict(sd, origin)
-    variables = hs.arcface_from_state_dict(src, config["input_size"])
+    variables = hs.arcface_from_state_dict(src, config)
     _skip_num_batches_tracked(src)
     src.finish(f"{config['mode']}-{config['num_layers']} backbone")
     check_tree_matches(variables, arcface_eval_shape(config), origin)

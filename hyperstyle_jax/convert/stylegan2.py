@@ -6,8 +6,8 @@ Input: `{'g_ema': state_dict, 'latent_avg': (512,)}` (rosinality's convert_weigh
 a checkpoint's `'g'` (--which g), or a bare generator state dict. rosinality's train.py
 checkpoints also pickle `args` (an argparse.Namespace), which safe loading refuses:
 re-save `{'g_ema': ckpt['g_ema']}` in a trusted environment first. Size, style_dim, n_mlp and
-the channel table are read off the shapes. Every key goes through the one table in
-`generator_from_state_dict`; the conversion fails listing every missing, misshaped or
+the channel table are read off the shapes. Every key goes through the shared engine and
+`GENERATOR_RULES`; the conversion fails listing every missing, misshaped or
 unexpected key. Output: `save_converted` folder of kind 'stylegan2' holding
 {'params', 'noises', 'latent_avg' (if present)} and the GeneratorConfig as config.json.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           conv_weight, linear_weight, load_torch_file,
+                                           conv_weight, from_state_dict, load_torch_file,
                                            to_numpy_state_dict, unwrap_state_dict)
 
 KIND = "stylegan2"
@@ -70,12 +70,39 @@ def _take_constant(src: SourceDict, key: str, expected: np.ndarray, what: str) -
                              "blur kernel is not supported")
 
 
+def _modconv_weight(src, key, shape):   # [1, O, I, k, k] -> [k, k, I, O]
+    k, _, i, o = shape
+    return conv_weight(src.take(key, (1, o, i, k, k))[0])
+
+
+def _nchw_constant(src, key, shape):    # input.input [1, C, 4, 4] -> [1, 4, 4, C]
+    return np.transpose(src.take(key, (shape[0], shape[3], shape[1], shape[2])), (0, 2, 3, 1))
+
+
+def _rgb_bias(src, key, shape):         # [1, 3, 1, 1] -> [3]
+    return src.take(key, (1, 3, 1, 1)).reshape(3)
+
+
+def _noise(src, key, shape):            # noises.noise_i [1, 1, H, W] -> [1, H, W, 1]
+    return np.transpose(src.take(f"noises.{key}", (1, 1, shape[1], shape[2])), (0, 2, 3, 1))
+
+
+# Leaves that need more than the engine's rename (`a_N/b` <-> `a.N.b`, EqualLinear [in, out]).
+GENERATOR_RULES = (
+    (r"params/[^/]+/conv/weight", _modconv_weight),
+    (r"params/input/input", _nchw_constant),
+    (r"params/to_rgb(1|s_\d+)/bias", _rgb_bias),
+    (r"noises/noise_\d+", _noise),
+)
+
+
 def generator_from_state_dict(src: SourceDict):
     """Map a rosinality generator state dict (under `src.prefix`) to Flax variables.
 
-    Returns (GeneratorConfig, {'params': ..., 'noises': ...}) of numpy arrays. Every key is
-    read with `src.take`, so the caller's `src.finish()` reports anything missing, misshaped
-    or left over. The table, official key -> our path:
+    Returns (GeneratorConfig, {'params': ..., 'noises': ...}) of numpy arrays. The model's
+    `init_shapes` tree drives the shared engine with `GENERATOR_RULES`, so every key is
+    read with `src.take` and the caller's `src.finish()` reports anything missing,
+    misshaped or left over. Official key -> our path:
 
       style.{i}.weight [D, D]              -> params/style_{i}/weight     (transposed)
       style.{i}.bias                       -> params/style_{i}/bias
@@ -90,47 +117,16 @@ def generator_from_state_dict(src: SourceDict):
     with L in conv1, to_rgb1, convs_{n}, to_rgbs_{b} (dots become underscores).
     """
     from hyperstyle_jax.models.ops import make_kernel
+    from hyperstyle_jax.models.stylegan2 import init_shapes
 
     config = _infer_config(src)
-    d = config.style_dim
-    params: dict = {}
-    for i in range(1, config.n_mlp + 1):
-        params[f"style_{i}"] = {"weight": linear_weight(src.take(f"style.{i}.weight", (d, d))),
-                                "bias": src.take(f"style.{i}.bias", (d,))}
-    c4 = config.channel(4)
-    params["input"] = {"input": np.transpose(src.take("input.input", (1, c4, 4, 4)), (0, 2, 3, 1))}
-
-    def modconv(key, out_c, in_c, k):
-        return {"weight": conv_weight(src.take(f"{key}.weight", (1, out_c, in_c, k, k))[0]),
-                "modulation": {"weight": linear_weight(src.take(f"{key}.modulation.weight", (in_c, d))),
-                               "bias": src.take(f"{key}.modulation.bias", (in_c,))}}
-
-    def styled(key, out_c, in_c):
-        return {"conv": modconv(f"{key}.conv", out_c, in_c, 3),
-                "noise": {"weight": src.take(f"{key}.noise.weight", (1,))},
-                "activate": {"bias": src.take(f"{key}.activate.bias", (out_c,))}}
-
-    def to_rgb(key, in_c):
-        return {"conv": modconv(f"{key}.conv", 3, in_c, 1),
-                "bias": src.take(f"{key}.bias", (1, 3, 1, 1)).reshape(3)}
-
+    variables = from_state_dict(src, init_shapes(config), rules=GENERATOR_RULES)
     blur = make_kernel(config.blur_kernel) * 4
     blur_what = f"make_kernel({list(config.blur_kernel)}) * 4"
-    params["conv1"] = styled("conv1", c4, c4)
-    params["to_rgb1"] = to_rgb("to_rgb1", c4)
-    prev = c4
     for b in range(config.log_size - 2):
-        c = config.channel(2 ** (b + 3))
-        params[f"convs_{2 * b}"] = styled(f"convs.{2 * b}", c, prev)
         _take_constant(src, f"convs.{2 * b}.conv.blur.kernel", blur, blur_what)
-        params[f"convs_{2 * b + 1}"] = styled(f"convs.{2 * b + 1}", c, c)
-        params[f"to_rgbs_{b}"] = to_rgb(f"to_rgbs.{b}", c)
         _take_constant(src, f"to_rgbs.{b}.upsample.kernel", blur, blur_what)
-        prev = c
-    noises = {}
-    for i, (_, h, w, _) in enumerate(config.noise_shapes()):
-        noises[f"noise_{i}"] = np.transpose(src.take(f"noises.noise_{i}", (1, 1, h, w)), (0, 2, 3, 1))
-    return config, {"params": params, "noises": noises}
+    return config, variables
 
 
 def latent_avg_from(top: dict, config, origin: str):
