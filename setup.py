@@ -6,6 +6,8 @@ setup(
     version="0.1.0",
     description="HyperStyle StyleGAN2 inversion with a hypernetwork, in JAX/Flax",
     packages=find_packages(include=["hyperstyle_jax", "hyperstyle_jax.*"]),
+    # CLIP's BPE merges (from clip-anytorch 2.6.0, MIT) and StyleCLIP's templates, with their licence.
+    package_data={"hyperstyle_jax.clip": ["bpe_simple_vocab_16e6.txt.gz", "templates.txt", "LICENSE"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",

@@ -9,4 +9,5 @@ FAMILIES = (
     "hyperstyle_jax.convert.hyperstyle",  # hyperstyle, w_encoder, resnet34
     "hyperstyle_jax.convert.losses",      # lpips, arcface, moco
     "hyperstyle_jax.convert.restyle",     # restyle_e4e
+    "hyperstyle_jax.convert.clip",        # clip
 )
