@@ -111,6 +111,64 @@ class Inverter:
 
         return render
 
+    # ---- editing support (issue 11: hyperstyle_jax/editing, hyperstyle_jax/edit.py)
+
+    def shared_delta_renderer(self, batch_size: int):
+        """Compile G(codes, deltas) for a batch of codes that share ONE image's deltas.
+
+        The official editors render every edit of image i as one batch with the unbatched
+        d[i] broadcast over it. A shared delta also lets the generator take its cheap
+        shared-kernel path (one W·(1+Δ) per layer, no per-sample convolution).
+        Returns render(codes [n <= batch_size, n_styles, D], deltas: list (None at untuned
+        layers) of [out, in, k, k]) -> numpy [n, size, size, 3], un-clipped, uncropped.
+        """
+        repl, batch, frozen = self._placed(batch_size)
+        shapes = self.model.tuned_delta_shapes()
+
+        def fn(frozen, codes, deltas):
+            img, _ = self.model.generator.apply(frozen["generator"], codes, input_space="w+",
+                                                randomize_noise=False, weights_deltas=deltas)
+            return img
+
+        g = self.generator_config
+        specs = (jax.ShapeDtypeStruct((batch_size, g.n_latent, g.style_dim), jnp.float32,
+                                      sharding=batch),
+                 [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32, sharding=repl)
+                  for s in shapes])
+        compiled = jax.jit(fn, in_shardings=(repl, batch, repl)).lower(frozen, *specs).compile()
+
+        def render(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+            n = codes.shape[0]
+            if len(deltas) != len(shapes):
+                raise ValueError(f"deltas has {len(deltas)} entries, the generator has "
+                                 f"{len(shapes)} layers")
+            ds = []
+            for j, (d, s) in enumerate(zip(deltas, shapes)):
+                if s is None:
+                    ds.append(None)
+                    continue
+                d = np.zeros(s, np.float32) if d is None else np.asarray(d, np.float32)
+                if d.shape != s:
+                    raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {s}")
+                ds.append(jax.device_put(d, repl))
+            c = jax.device_put(parallel.pad_batch(np.asarray(codes, np.float32), batch_size), batch)
+            return np.asarray(jax.device_get(compiled(frozen, c, ds)))[:n]
+
+        return render
+
+
+def load_renderer(checkpoint: str, per_sample: str = "auto") -> Inverter:
+    """A converted `hyperstyle` folder alone -> an `Inverter` that can render but not
+    invert (no W-encoder): for editing saved inversions (codes + deltas)."""
+    cfgs, tree = load_hyperstyle(checkpoint)
+    gen, hyper, opts = cfgs["generator"], cfgs["hypernet"], cfgs.get("opts", {})
+    fb, crop = default_feedback(hyper, opts)
+    config = HyperStyleConfig(generator=gen, hypernet=hyper, w_encoder=None, feedback_hw=fb,
+                              cars_crop=crop)
+    frozen = {"generator": tree["generator"],
+              "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
+    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
+
 
 def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
                   feedback_hw: Optional[Sequence[int]] = None) -> Inverter:

@@ -100,24 +100,56 @@ def save_image(path: str, x: np.ndarray) -> None:
 
 
 def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
-              cell_hw: tuple[int, int] | None = None) -> np.ndarray:
+              cell_hw: tuple[int, int] | None = None,
+              labels: Sequence[Sequence[str]] | None = None) -> np.ndarray:
     """Tile rows of images (float [-1, 1] or uint8, [H, W, 3]) into one uint8 grid.
 
     Cells are resized to `cell_hw` (default: the first image's size); short rows are
-    padded with white.
+    padded with white; a None cell stays white. `labels` (same shape as `rows`, '' for
+    none) are written in black on a white band above each row's cells.
     """
     rows = [list(r) for r in rows]
-    first = rows[0][0]
+    first = next(im for r in rows for im in r if im is not None)
     ch, cw = cell_hw or first.shape[:2]
     ncol = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (ch + pad) + pad, ncol * (cw + pad) + pad, 3), 255, np.uint8)
+    band, font = 0, None
+    if labels is not None and any(t for r in labels for t in r):
+        font = _label_font(max(10, min(32, cw // 12)))
+        band = font.getbbox("Ag-0.9")[3] + 6
+    rh = band + ch + pad
+    grid = np.full((len(rows) * rh + pad, ncol * (cw + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, im in enumerate(row):
+            if im is None:
+                continue
             im = im if im.dtype == np.uint8 else to_uint8(im)
             im = resize(im, (ch, cw))
-            y, x = pad + i * (ch + pad), pad + j * (cw + pad)
+            y, x = pad + i * rh + band, pad + j * (cw + pad)
             grid[y:y + ch, x:x + cw] = im
+    if font is not None:
+        from PIL import ImageDraw
+
+        pil = Image.fromarray(grid)
+        draw = ImageDraw.Draw(pil)
+        for i, row in enumerate(labels):
+            for j, text in enumerate(row):
+                if text:
+                    # Centred over the cell; a too-long label is clipped by the next cell's band.
+                    x = pad + j * (cw + pad) + cw // 2
+                    draw.text((x, pad + i * rh + band // 2), str(text), fill=(0, 0, 0),
+                              font=font, anchor="mm")
+        grid = np.asarray(pil, dtype=np.uint8).copy()
     return grid
+
+
+def _label_font(size: int):
+    """PIL's bundled font at `size` px (needs FreeType), else its fixed bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default()
 
 
 def list_images(spec: str) -> list[str]:

@@ -1,0 +1,447 @@
+"""The shared half of `python -m hyperstyle_jax.edit`: inputs, outputs, progress, errors.
+
+Subcommand contract (a module listed in `hyperstyle_jax.edit.SUBCOMMANDS`):
+
+    def register(subparsers) -> None
+        p = subparsers.add_parser("<name>", parents=[cli.common_parser()],
+                                  formatter_class=cli.HelpFormatter, help=..., description=...)
+        p.add_argument(...)              # the edit's own options
+        p.set_defaults(run=run)
+    def run(args: argparse.Namespace, ctx: cli.EditContext) -> None
+
+`run` validates its own options and files against the generator first (ctx.n_styles,
+ctx.style_dim, ctx.inverter are ready before any image is inverted), then reads
+`ctx.items` (the first access inverts `--images`, or reads `--inversion DIR`), edits each
+item with pure functions, renders with `ctx.render(codes, deltas)` and writes with
+`ctx.write_standard(...)` (or the lower-level `write_edit` / `write_grid` /
+`write_arrays`), looping over `ctx.progress(items, name)`. Errors: raise `EditError`
+with a one-line message; `main` prints `error: <message>` and exits 1, and everything
+already written stays (each file is complete when it appears). Images are float32
+[H, W, 3] in [-1, 1], un-clipped.
+
+Output layout under --out:
+    edits/<key>/<stem>.png     one per edit (key e.g. age_-3, pose_ii, alpha_0.25)
+    grids/<stem>.png           labelled rows: input | reconstruction | one column per edit
+    arrays/<stem>.npz          with --save_npy: float32 [H, W, 3] per key + 'reconstruction'
+    latents.npy, deltas/       with --save_inversion (and --images): the `invert` format,
+                               so later edits can use --inversion OUT
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.utils import images as imio
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps description layout; appends '(default: ...)' to options that have one."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in h:
+            h += " (default: %(default)s)"
+        return h
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every edit subcommand shares (use as `parents=[common_parser()]`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("input (one of --images / --inversion)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="image file, folder or glob: inverted first")
+    src.add_argument("--inversion",
+                     help="an `invert` output folder written with --save_latents --save_deltas")
+    g.add_argument("--checkpoint", required=True,
+                   help="converted HyperStyle folder (its generator renders the edits)")
+    g.add_argument("--w_encoder", help="converted W-encoder folder (needed with --images)")
+    g.add_argument("--n_iters", type=int, default=5, help="hypernetwork iterations for --images")
+    g.add_argument("--batch_size", type=int, default=4,
+                   help="images per inversion batch and codes per render batch")
+    g.add_argument("--align", action="store_true",
+                   help="with --images: align faces first (official FFHQ crop, largest face, "
+                        "1024; hyperstyle_jax.align, needs the align extra)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", required=True, help="output folder (created)")
+    o.add_argument("--save_npy", action="store_true",
+                   help="write arrays/<stem>.npz: float32 un-clipped images per edit")
+    o.add_argument("--save_inversion", action="store_true",
+                   help="with --images: also write latents.npy and deltas/ (the invert format)")
+    return p
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """tqdm on a terminal; plain periodic lines (every 10 % or 10 s) when stderr is not one."""
+
+    def __init__(self, total: int, desc: str, file=None, every_s: float = 10.0):
+        self.file = file or sys.stderr
+        self.total, self.desc, self.done = total, desc, 0
+        self.t0 = self._last = time.perf_counter()
+        self.every_s = every_s
+        self.step = max(1, total // 10)
+        self.bar = None
+        if getattr(self.file, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", file=self.file, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.done >= self.total or self.done % self.step == 0 or now - self._last >= self.every_s:
+            self._last = now
+            rate = (now - self.t0) / max(self.done, 1)
+            print(f"{self.desc}: {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)"
+                  f", {rate:.2f} s/item", file=self.file, flush=True)
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=self.file)
+        else:
+            print(msg, file=self.file, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def iterate(items: Sequence, desc: str) -> Iterable:
+    bar = Progress(len(items), desc)
+    try:
+        for it in items:
+            yield it
+            bar.update()
+    finally:
+        bar.close()
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass
+class Item:
+    """One inverted image: codes [n_styles, D]; deltas: per layer None or [out, in, k, k];
+    image: the input as uint8 [h, w, 3] (None when unknown)."""
+    stem: str
+    codes: np.ndarray
+    deltas: list
+    image: Optional[np.ndarray] = None
+
+
+def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int,
+                   style_dim: int) -> list:
+    """An `invert --save_latents --save_deltas` folder -> [Item], in latents.npy order."""
+    path = os.path.join(folder, "latents.npy")
+    if not os.path.isfile(path):
+        raise EditError(f"{folder}: no latents.npy (write the inversion with invert "
+                        f"--save_latents --save_deltas)")
+    try:
+        latents = np.load(path, allow_pickle=True).item()
+    except (OSError, ValueError, AttributeError) as e:
+        raise EditError(f"{path}: not a latents dict ({e})") from None
+    if not isinstance(latents, dict) or not latents:
+        raise EditError(f"{path}: expected a non-empty dict {{stem: codes}}")
+    tuned = {j for j, s in enumerate(shapes) if s is not None}
+    items = []
+    for stem, codes in latents.items():
+        codes = np.asarray(codes, np.float32)
+        if codes.shape != (n_styles, style_dim):
+            raise EditError(f"{path}: codes of {stem!r} have shape {codes.shape}, this "
+                            f"generator needs ({n_styles}, {style_dim})")
+        dpath = os.path.join(folder, "deltas", f"{stem}.npz")
+        if not os.path.isfile(dpath):
+            raise EditError(f"{folder}: missing deltas/{stem}.npz (write the inversion with "
+                            f"invert --save_deltas)")
+        with np.load(dpath) as f:
+            got = {int(k.split("_")[1]): np.asarray(f[k], np.float32) for k in f.files
+                   if k.startswith("layer_")}
+        if set(got) != tuned:
+            raise EditError(f"{dpath}: offsets for layers {sorted(got)}, but this checkpoint "
+                            f"tunes layers {sorted(tuned)}")
+        deltas = [None] * len(shapes)
+        for j, d in got.items():
+            if d.shape != shapes[j]:
+                raise EditError(f"{dpath}: layer_{j} has shape {d.shape}, this checkpoint "
+                                f"needs {shapes[j]}")
+            deltas[j] = d
+        items.append(Item(str(stem), codes, deltas, _input_from_invert_grid(folder, stem)))
+    return items
+
+
+def _input_from_invert_grid(folder: str, stem: str) -> Optional[np.ndarray]:
+    """The input panel of invert's grids/<stem>.png: its first cell (pad 2, cells the
+    size of final/<stem>.png); None when either file is missing."""
+    grid, final = (os.path.join(folder, d, f"{stem}.png") for d in ("grids", "final"))
+    if not (os.path.isfile(grid) and os.path.isfile(final)):
+        return None
+    try:
+        g = imio.read_image(grid)
+        h, w = imio.read_image(final).shape[:2]
+    except imio.ImageReadError:
+        return None
+    cell = g[2:2 + h, 2:2 + w]
+    return cell if cell.shape[:2] == (h, w) else None
+
+
+def unique_stems(paths: Sequence[str]) -> list:
+    seen, out = {}, []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
+
+
+def image_loader(align: bool = False) -> tuple:
+    """(path -> uint8 [H, W, 3], the exceptions that mean 'skip this file').
+
+    With align: the official FFHQ crop of the largest face at 1024 (`hyperstyle_jax.align`,
+    as `invert --align`); a file with no face is skipped like an unreadable one."""
+    if not align:
+        return imio.read_image, (imio.ImageReadError,)
+    from hyperstyle_jax import align as al
+
+    try:
+        al.require()
+    except al.AlignUnavailableError as e:
+        raise EditError(f"--align: {e}") from None
+    return (lambda path: al.align_image(path, size=1024)[0]), (imio.ImageReadError, al.AlignError)
+
+
+def invert_images(inverter, paths: Sequence[str], n_iters: int, batch_size: int,
+                  align: bool = False) -> tuple:
+    """Invert image files -> ([Item] with unbatched final deltas, [(path, reason)] skipped)."""
+    load, skip_errors = image_loader(align)
+    run = inverter.batched_inverter(batch_size, n_iters)
+    stems = dict(zip(paths, unique_stems(paths)))
+    items, bad = [], []
+    bar = Progress(len(paths), "invert")
+    try:
+        for s in range(0, len(paths), batch_size):
+            ok, arrs = [], []
+            for p in paths[s:s + batch_size]:
+                try:
+                    arrs.append(imio.resize(load(p), inverter.input_hw))
+                    ok.append(p)
+                except skip_errors as e:
+                    bad.append((p, str(e)))
+                    bar.write(f"skipped: {e}")
+                    bar.update()
+            if not ok:
+                continue
+            res = run(imio.to_float(np.stack(arrs)))
+            for i, p in enumerate(ok):
+                deltas = [None if d is None else np.asarray(d[i]) for d in res["deltas"]]
+                items.append(Item(stems[p], np.asarray(res["codes"][i]), deltas, arrs[i]))
+                bar.update()
+    finally:
+        bar.close()
+    return items, bad
+
+
+def write_inversion(out: str, items: Sequence[Item]) -> None:
+    """latents.npy + deltas/<stem>.npz in the `invert` format."""
+    os.makedirs(os.path.join(out, "deltas"), exist_ok=True)
+    for it in items:
+        _atomic_npz(os.path.join(out, "deltas", f"{it.stem}.npz"),
+                    {f"layer_{j}": d for j, d in enumerate(it.deltas) if d is not None})
+    np.save(os.path.join(out, "latents.npy"), {it.stem: it.codes for it in items},
+            allow_pickle=True)
+
+
+# ----------------------------------------------------------------------------- context
+
+
+class EditContext:
+    """What a subcommand's `run(args, ctx)` gets: the model, the items, a renderer, writers.
+
+    inverter     `hyperstyle_jax.inference.Inverter` (render-only with --inversion)
+    n_styles, style_dim, size, cars_crop   the generator's code shape / output size
+    items        [Item]; first access inverts --images or reads --inversion
+    item(stem)   one Item by stem (EditError listing the stems when absent)
+    render(codes [K, n_styles, D], deltas) -> float32 [K, H, W, 3]  (editing.render)
+    progress(seq, desc)   iterate with the progress bar
+    failed       [(path, reason)] of unreadable inputs (exit status 1 at the end)
+    """
+
+    def __init__(self, args: argparse.Namespace, inverter):
+        from hyperstyle_jax.editing.render import EditRenderer
+
+        self.args = args
+        self.out = args.out
+        self.inverter = inverter
+        g = inverter.generator_config
+        self.n_styles, self.style_dim, self.size = g.n_latent, g.style_dim, g.size
+        self.cars_crop = bool(inverter.model.config.cars_crop)
+        self.renderer = EditRenderer(inverter, args.batch_size)
+        self.failed: list = []
+        self._items = None
+        os.makedirs(self.out, exist_ok=True)
+
+    # inputs
+
+    @property
+    def items(self) -> list:
+        if self._items is None:
+            self._items = self._load_items()
+        return self._items
+
+    def _load_items(self) -> list:
+        a = self.args
+        if a.inversion:
+            return read_inversion(a.inversion, self.inverter.model.tuned_delta_shapes(),
+                                  self.n_styles, self.style_dim)
+        paths = imio.list_images(a.images)
+        if not paths:
+            raise EditError(f"no images found at {a.images!r}")
+        items, self.failed = invert_images(self.inverter, paths, a.n_iters, a.batch_size,
+                                           align=getattr(a, "align", False))
+        if a.save_inversion and items:
+            write_inversion(self.out, items)
+        if not items:
+            raise EditError(f"none of the {len(paths)} input files could be read")
+        return items
+
+    def item(self, stem: str) -> Item:
+        for it in self.items:
+            if it.stem == stem:
+                return it
+        raise EditError(f"no image {stem!r} in the input (have: "
+                        + ", ".join(it.stem for it in self.items[:20]) + ")")
+
+    def render(self, codes: np.ndarray, deltas) -> np.ndarray:
+        return self.renderer(codes, deltas)
+
+    def progress(self, seq: Sequence, desc: str) -> Iterable:
+        return iterate(seq, desc)
+
+    # outputs; each file is written under a temporary name and renamed, so a file that
+    # exists is complete even if the run is killed.
+
+    def write_edit(self, key: str, stem: str, image: np.ndarray) -> None:
+        _atomic_png(os.path.join(self.out, "edits", key, f"{stem}.png"), image)
+
+    def write_grid(self, stem: str, rows: Sequence[Sequence[tuple]]) -> None:
+        """rows of (label, image or None) cells; cells take the first image's size."""
+        cells = [[im for _, im in r] for r in rows]
+        labels = [[lab for lab, _ in r] for r in rows]
+        first = next(im for r in cells for im in r if im is not None)
+        grid = imio.make_grid(cells, cell_hw=first.shape[:2], labels=labels)
+        _atomic_png(os.path.join(self.out, "grids", f"{stem}.png"), grid)
+
+    def write_arrays(self, stem: str, arrays: dict) -> None:
+        if self.args.save_npy:
+            _atomic_npz(os.path.join(self.out, "arrays", f"{stem}.npz"),
+                        {k: np.asarray(v, np.float32) for k, v in arrays.items()})
+
+    def write_standard(self, item: Item, reconstruction: np.ndarray,
+                       rows: Sequence[Sequence[tuple]]) -> None:
+        """The usual outputs of one image. rows: per grid row, (key, label, image) edits;
+        each row is drawn as input | reconstruction | edits."""
+        arrays = {"reconstruction": reconstruction}
+        grid = []
+        for row in rows:
+            for key, _, im in row:
+                self.write_edit(key, item.stem, im)
+                arrays[key] = im
+            grid.append([("input", item.image), ("reconstruction", reconstruction)]
+                        + [(label, im) for _, label, im in row])
+        self.write_grid(item.stem, grid)
+        self.write_arrays(item.stem, arrays)
+
+
+def _tmp(path: str) -> str:
+    d, b = os.path.split(path)
+    return os.path.join(d, f".tmp-{os.getpid()}-{b}")
+
+
+def _atomic_png(path: str, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp(path)
+    arr = image if image.dtype == np.uint8 else imio.to_uint8(image)
+    from PIL import Image
+
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: str, arrays: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def parse_numbers(spec: str, option: str) -> list:
+    try:
+        vals = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise EditError(f"{option} {spec!r}: expected comma-separated numbers") from None
+    if not vals:
+        raise EditError(f"{option} {spec!r}: no values")
+    return vals
+
+
+def number_label(v: float) -> str:
+    """3.0 -> '3', -0.5 -> '-0.5' (keys and labels)."""
+    return f"{float(v):g}"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def load_model(args: argparse.Namespace):
+    """--checkpoint (+ --w_encoder with --images) -> Inverter."""
+    from hyperstyle_jax.inference import load_inverter, load_renderer
+
+    if args.align and not args.images:
+        raise EditError("--align applies to --images (an --inversion folder is already aligned)")
+    if args.images:
+        image_loader(args.align)  # fail before loading the model if the extra is missing
+        if not args.w_encoder:
+            raise EditError("--images needs --w_encoder (or pass --inversion DIR from invert)")
+        return load_inverter(args.checkpoint, args.w_encoder)
+    return load_renderer(args.checkpoint)
+
+
+def run_subcommand(args: argparse.Namespace) -> int:
+    """Load the model, call the subcommand, turn errors into one line and an exit status."""
+    from hyperstyle_jax.checkpoints import CheckpointError  # noqa: F401 (documented above)
+
+    if args.n_iters < 1 or args.batch_size < 1:
+        print(f"error: --n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
+              f"{args.batch_size})", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        ctx = EditContext(args, load_model(args))
+        args.run(args, ctx)
+    except (EditError, CheckpointError, ValueError) as e:  # CheckpointError is a ValueError
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+    n = len(ctx._items or [])
+    print(f"{args.command}: {n} input(s) edited into {args.out} in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    if ctx.failed:
+        print(f"{len(ctx.failed)} file(s) failed: " + ", ".join(p for p, _ in ctx.failed),
+              file=sys.stderr)
+        return 1
+    return 0
