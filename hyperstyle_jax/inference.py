@@ -191,3 +191,74 @@ def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
     frozen = {"generator": tree["generator"], "w_encoder": wvars,
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
     return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
+
+
+# ----------------------------------------------------------------------------- ReStyle-e4e
+# (issue 14: domain adaptation; the W+ encoder of `models.e4e`, see editing/domain.py)
+
+
+@dataclasses.dataclass
+class ReStyleRunner:
+    """A converted ReStyle-e4e (encoder + its own decoder + latent_avg), ready to run."""
+    model: Any          # models.e4e.ReStyleE4E
+    variables: Any      # {'encoder', 'generator', 'latent_avg'}
+    opts: dict
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Size of the images the encoder takes (and of the fed-back reconstructions)."""
+        return self.model.config.feedback_hw
+
+    @property
+    def generator_config(self):
+        """The ReStyle checkpoint's own decoder (what the iterations render with)."""
+        return self.model.config.generator
+
+    def batched_runner(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
+        """Compile `run_on_batch` for fixed-size batches; returns numpy x [n <= batch_size,
+        h, w, 3] -> {'avg_image' [h, w, 3], 'encoder_out', 'codes' [n_iters, n, n_styles, D],
+        'images' [n_iters, n, H, W, 3], 'pooled' [n_iters, n, h, w, 3], 'latent'
+        [n, n_styles, D] (the final W+ codes)} (padding removed)."""
+        mesh = parallel.local_mesh(batch_size)
+        repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        variables = jax.device_put(self.variables, repl)
+        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
+                                       resize_outputs=resize_outputs),
+                     in_shardings=(repl, batch))
+        h, w = self.input_hw
+        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch)
+        compiled = fn.lower(variables, x_spec).compile()
+
+        def run(x: np.ndarray) -> dict:
+            n = x.shape[0]
+            xb = jax.device_put(parallel.pad_batch(np.asarray(x, np.float32), batch_size), batch)
+            out = jax.device_get(compiled(variables, xb))
+            return {"avg_image": out["avg_image"], "encoder_out": out["encoder_out"][:, :n],
+                    "codes": out["codes"][:, :n], "images": out["images"][:, :n],
+                    "pooled": out["pooled"][:, :n], "latent": out["latent"][:n]}
+
+        return run
+
+
+def load_restyle(path: str, per_sample: str = "auto",
+                 feedback_hw: Optional[Sequence[int]] = None) -> ReStyleRunner:
+    """A converted `restyle_e4e` folder -> a `ReStyleRunner`.
+
+    feedback_hw: override the input / feedback size (default: 256x256, 192x256 for cars,
+    i.e. the size whose encoder features match its style heads).
+    """
+    from hyperstyle_jax.checkpoints import load_restyle_e4e
+    from hyperstyle_jax.models.e4e import ReStyleConfig, ReStyleE4E, default_restyle_feedback
+
+    cfgs, tree = load_restyle_e4e(path)
+    fb, crop = default_restyle_feedback(cfgs["encoder"], cfgs["opts"])
+    if feedback_hw is not None:
+        fb = tuple(int(v) for v in feedback_hw)
+    try:
+        config = ReStyleConfig(encoder=cfgs["encoder"], generator=cfgs["generator"],
+                               feedback_hw=fb, cars_crop=crop)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    variables = {"encoder": tree["encoder"], "generator": tree["generator"],
+                 "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
+    return ReStyleRunner(ReStyleE4E(config, per_sample=per_sample), variables, cfgs["opts"])
