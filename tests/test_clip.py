@@ -12,7 +12,9 @@ compares against a direct torch.nn.functional implementation of OpenAI's text to
 import hashlib
 import json
 import os
+import pickle
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -321,9 +323,73 @@ def test_cli_bad_keys_and_torchscript_are_one_line_errors(tmp_path, capsys):
     assert "transformer.resblocks.1.mlp.c_fc.weight: shape (128, 31), expected (128, 32)" in err
     assert "unexpected keys (1): extra.weight" in err
 
-    scripted = str(tmp_path / "ViT-B-32.pt")  # a TorchScript archive, like the released file
+    scripted = str(tmp_path / "linear.pt")  # TorchScript, readable, but not a CLIP
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
     assert _cli(["clip", scripted, str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "TorchScript" in err and "state_dict()" in err
+    assert len(err.splitlines()) == 1 and "not a CLIP checkpoint" in err
     assert not os.path.exists(tmp_path / "o1") and not os.path.exists(tmp_path / "o2")
+
+
+def _traced_archive(sd, path):
+    """A TorchScript archive laid out as the released ViT-B-32.pt: a traced module whose
+    attribute tree is the OpenAI state dict (fp16 where `convert_weights` makes it fp16, the
+    integer entries as buffers). Built from plain nn.Modules, traced with a trivial forward."""
+    import torch
+
+    class Node(torch.nn.Module):
+        def forward(self, x):
+            return self.logit_scale * x
+
+    root = Node()
+    for key, v in sd.items():
+        *mods, leaf = key.split(".")
+        m = root
+        for name in mods:
+            if name not in m._modules:
+                m.add_module(name, torch.nn.Module())
+            m = m._modules[name]
+        t = torch.as_tensor(np.asarray(v))
+        if t.is_floating_point():
+            m.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+        else:
+            m.register_buffer(leaf, t)
+    torch.jit.save(torch.jit.trace(root, torch.zeros(1)), path)
+
+
+def test_torchscript_archive_tensors_read_without_running_it(state_dict, tmp_path, capsys):
+    # dtypes as the released file after clip's convert_weights (the listing's record; the
+    # narrow model's blocks 0-1 have the same names as ViT-B/32's)
+    fp16 = {k for k, t in _listing()["dtypes_after_build_model_convert_weights"].items()
+            if t == "float16"}
+    sd = {k: (v.astype(np.float16) if k in fp16 else v) for k, v in state_dict.items()}
+    assert sum(v.dtype == np.float16 for v in sd.values()) == 35  # 8 per block x 4, conv1, 2 proj
+    path = str(tmp_path / "ViT-B-32.pt")
+    _traced_archive(sd, path)
+    got = cc.read_clip_file(path)
+    assert sorted(got) == sorted(sd)
+    for k in sd:
+        assert got[k].dtype == sd[k].dtype and got[k].shape == sd[k].shape, k
+        np.testing.assert_array_equal(got[k], sd[k], err_msg=k)
+    config, variables, _ = cc.convert_file(path, text_heads=2)
+    c2, v2, _ = cc.convert_state_dict({k: np.asarray(v, v.dtype if v.dtype.kind != "f" else np.float32)
+                                       for k, v in sd.items()}, "fp16-rounded", text_heads=2)
+    assert config == c2
+    _assert_same_tree(variables, v2)
+
+    # a pickle that would run code is refused, and nothing runs
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = str(tmp_path / "evil.pt")
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps(Evil(), protocol=2))
+        z.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("evil/code/__torch__.py", "")
+    assert _cli(["clip", evil, str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused global" in err and "state_dict()" in err
+    assert not marker.exists()

@@ -8,8 +8,9 @@ Subcommand of `tools/convert_weights.py`:
       `context_length`, `vocab_size` are checked and dropped, as `build_model` does);
     * a Hugging Face `openai/clip-vit-base-patch32` `model.safetensors` (read with the
       `safetensors` package, no torch; a `config.json` next to it supplies the head counts).
-    The released `ViT-B-32.pt` is a TorchScript archive, which is refused: loading it runs
-    its code. Export its state dict once, in an environment you trust:
+    * the released `ViT-B-32.pt`, a TorchScript archive: never `torch.jit.load`ed (that runs
+      its code); `read_torchscript_tensors` reads only its tensors, with a restricted
+      unpickler. If that fails, export the state dict once where you trust the file:
       python -c "import torch; torch.save(torch.jit.load('ViT-B-32.pt', map_location='cpu').state_dict(), 'ViT-B-32-state_dict.pt')"
 
 Key table (ours `a/b_N/c` <- OpenAI `a.b.N.c`; Linear [out,in] and the patch conv OIHW are
@@ -27,6 +28,7 @@ width-32 text tower has 2 heads), and a width below 64 without a flag is an erro
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -253,6 +255,95 @@ def _is_torchscript(path: str) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
+                   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+                   "BFloat16Storage": "bfloat16"}
+
+
+class _ScriptModule:
+    """Stand-in for a TorchScript `__torch__.*` class: it only keeps the pickled attributes."""
+
+    def __setstate__(self, state):
+        self.__dict__["_state"] = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_rest):
+    arr, item = storage
+    view = np.lib.stride_tricks.as_strided(arr[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride))
+    return np.array(view)
+
+
+def read_torchscript_tensors(path: str) -> dict[str, np.ndarray]:
+    """name -> array of a TorchScript archive (the released `ViT-B-32.pt`), without running it.
+
+    `data.pkl` is read by a restricted unpickler that resolves only tensor rebuilding, typed
+    storages and OrderedDict to our own functions and every `__torch__.*` class to an inert
+    attribute holder; any other global is refused, as torch's weights_only loader does. The
+    archive's code (`code/`) is never read. Keys are attribute paths, as `state_dict()` gives
+    for a traced module (a scripted module's extra tensor attributes, e.g. `attn_mask`, would
+    surface as unexpected keys).
+    """
+    import pickle
+
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise ConversionError(f"{path}: TorchScript archive without a single top-level data.pkl")
+        root = pkl[0][: -len("data.pkl")]
+        cache: dict = {}
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module.startswith("__torch__"):
+                    return _ScriptModule
+                if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                    return _rebuild_tensor
+                if (module, name) == ("collections", "OrderedDict"):
+                    return dict
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return name
+                raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+            def persistent_load(self, pid):
+                if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+                    raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+                if pid[2] in cache:  # several tensors may view one storage
+                    return cache[pid[2]]
+                dtype = _STORAGE_DTYPES[pid[1]]
+                raw = z.read(f"{root}data/{pid[2]}")
+                if dtype == "bfloat16":  # top 16 bits of a float32
+                    arr = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+                else:
+                    arr = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<"))
+                cache[pid[2]] = (arr, arr.itemsize)
+                return cache[pid[2]]
+
+        try:
+            obj = Restricted(io.BytesIO(z.read(pkl[0]))).load()
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+            raise ConversionError(
+                f"{path}: cannot read this TorchScript archive's tensors safely ({_oneline(e)}); "
+                f"export its state dict where you trust the file: {EXPORT_HINT}") from None
+    out: dict[str, np.ndarray] = {}
+
+    def walk(node, prefix):
+        for k, v in getattr(node, "_state", {}).items():
+            if isinstance(v, np.ndarray):
+                out[prefix + k] = v
+            elif isinstance(v, _ScriptModule):
+                walk(v, f"{prefix}{k}.")
+
+    walk(obj, "")
+    return out
+
+
+def _oneline(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         from safetensors.numpy import load_file
@@ -287,10 +378,7 @@ def read_clip_file(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
     if os.path.isfile(path) and _is_torchscript(path):
-        raise ConversionError(
-            f"{path}: a TorchScript archive (as the released ViT-B-32.pt); it is not loaded because "
-            f"torch.jit.load runs its code. Export its state dict once where you trust the file: "
-            f"{EXPORT_HINT}")
+        return read_torchscript_tensors(path)
     obj = load_torch_file(path)
     sd, _ = unwrap_state_dict(obj, path, ("state_dict", "model"))
     ints = {k: np.asarray(v) for k, v in sd.items() if isinstance(v, int) and not isinstance(v, bool)}
