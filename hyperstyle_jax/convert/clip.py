@@ -124,7 +124,7 @@ def openai_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
     """OpenAI `CLIP.state_dict()` (name -> array) -> (CLIPConfig, variables {'params'})."""
     from hyperstyle_jax.models.clip import init_shapes
 
-    if not any(k.startswith("visual.") for k in sd) or "visual.conv1.weight" not in sd:
+    if "visual.conv1.weight" not in sd:
         hint = (" (a ResNet CLIP: only the ViT branch is supported)"
                 if "visual.layer1.0.conv1.weight" in sd else "")
         raise ConversionError(f"{origin}: not an OpenAI CLIP ViT state dict: no "
@@ -380,7 +380,11 @@ def read_clip_file(path: str) -> dict[str, np.ndarray]:
     if os.path.isfile(path) and _is_torchscript(path):
         return read_torchscript_tensors(path)
     obj = load_torch_file(path)
-    sd, _ = unwrap_state_dict(obj, path, ("state_dict", "model"))
+    if isinstance(obj, Mapping) and ("token_embedding.weight" in obj
+                                     or "text_model.embeddings.token_embedding.weight" in obj):
+        sd = dict(obj)  # a bare state dict, possibly with plain-int entries
+    else:
+        sd, _ = unwrap_state_dict(obj, path, ("state_dict", "model"))
     ints = {k: np.asarray(v) for k, v in sd.items() if isinstance(v, int) and not isinstance(v, bool)}
     return {**to_numpy_state_dict({k: v for k, v in sd.items() if k not in ints}, path), **ints}
 
