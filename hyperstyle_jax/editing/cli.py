@@ -358,7 +358,8 @@ class EditContext:
             for key, _, im in row:
                 self.write_edit(key, item.stem, im)
                 arrays[key] = im
-            grid.append([("input", item.image), ("reconstruction", reconstruction)]
+            grid.append([("input" if item.image is not None else "input (n/a)", item.image),
+                         ("reconstruction", reconstruction)]
                         + [(label, im) for _, label, im in row])
         self.write_grid(item.stem, grid)
         self.write_arrays(item.stem, arrays)

@@ -134,10 +134,14 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
         for i, row in enumerate(labels):
             for j, text in enumerate(row):
                 if text:
-                    # Centred over the cell; a too-long label is clipped by the next cell's band.
+                    # Centred over the cell, in a smaller font when it would not fit.
+                    f, size = font, getattr(font, "size", 0)
+                    while size > 8 and f.getlength(str(text)) > cw - 2:
+                        size -= 1
+                        f = _label_font(size)
                     x = pad + j * (cw + pad) + cw // 2
                     draw.text((x, pad + i * rh + band // 2), str(text), fill=(0, 0, 0),
-                              font=font, anchor="mm")
+                              font=f, anchor="mm")
         grid = np.asarray(pil, dtype=np.uint8).copy()
     return grid
 
