@@ -138,8 +138,6 @@ def test_landmarks_exact_and_end_to_end(fx, case):
     assert len(faces) == 1
     np.testing.assert_array_equal(faces[0].landmarks, fx[prefix + "landmarks"])
     np.testing.assert_array_equal(faces[0].image, fx[prefix + "aligned_1024"])
-    [img256] = align.align_image(path, size=256)
-    np.testing.assert_array_equal(img256, fx[prefix + "aligned_outsize256"])
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +157,25 @@ def test_two_faces(fx, cfg, two_faces):
     assert [list(f.box) for f in every] == dets
     np.testing.assert_allclose([f.score for f in every],
                                cfg["several_faces"]["detector_run_scores_in_that_order"], rtol=1e-6)
-    # The official keeps dlib's last: 'last' and index 1 reproduce it exactly.
-    for face in ("last", 1, "1"):
-        [f] = align.align_faces(two_faces, size=256, face=face)
-        assert f.index == 1
-        np.testing.assert_array_equal(f.landmarks, fx["two_faces_landmarks_used"])
-        np.testing.assert_array_equal(f.image, fx["two_faces_aligned_outsize256"])
-    # Default: the largest box, here the left face (187 px wide vs 186).
+    # The official keeps dlib's last (detection 1): reproduced exactly.
+    np.testing.assert_array_equal(every[1].landmarks, fx["two_faces_landmarks_used"])
+    np.testing.assert_array_equal(every[1].image, fx["two_faces_aligned_outsize256"])
+    # Default: the largest box, here the left face (187 px wide vs 186), end to end.
     [f] = align.align_faces(two_faces, size=256)
     assert f.index == 0
     np.testing.assert_array_equal(f.image, every[0].image)
-    with pytest.raises(align.AlignError, match=r"two\.png: face 2 requested but 2 found"):
-        align.align_faces(two_faces, face=2)
+    # The choice itself, on these detections (no second detection run needed).
+    dets = [det.Detection(f.index, f.box, f.score) for f in every]
+    for face, want in (("last", [1]), (1, [1]), ("1", [1]), (0, [0]), ("largest", [0]),
+                       ("all", [0, 1])):
+        assert [d.index for d in api.choose(dets, face, "two.png")] == want, face
+    with pytest.raises(align.AlignError, match=r"^two\.png: face 2 requested but 2 found"):
+        api.choose(dets, 2, "two.png")
+    with pytest.raises(align.NoFaceError, match=r"^x\.png: no face found$"):
+        api.choose([], "largest", "x.png")
+    # Ties go to the first in dlib's order.
+    tie = [det.Detection(0, (0, 0, 9, 9), 1.0), det.Detection(1, (20, 0, 29, 9), 2.0)]
+    assert api.choose(tie, "largest", "t")[0].index == 0
 
 
 @needs_dlib
@@ -288,7 +293,7 @@ def test_bad_face_option(capsys):
 # ---------------------------------------------------------------- invert --align
 
 @needs_dlib
-def test_invert_align(tmp_path, fx, capsys):
+def test_invert_align(tmp_path, fx, capsys, monkeypatch):
     from hyperstyle_jax import invert
     from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
@@ -302,6 +307,15 @@ def test_invert_align(tmp_path, fx, capsys):
     Image.fromarray(np.random.RandomState(1).randint(0, 256, (96, 96, 3), dtype=np.uint8)).save(
         src / "noise.png")
     out = tmp_path / "out"
+    fed = []  # what the model was given: (hw, ok paths, uint8 arrays)
+    real = invert._read_batch
+
+    def spy(paths, hw, *a):
+        res = real(paths, hw, *a)
+        fed.append((hw,) + res[:2])
+        return res
+
+    monkeypatch.setattr(invert, "_read_batch", spy)
     code = invert.main(["--checkpoint", hs, "--w_encoder", we, "--images", str(src),
                         "--out", str(out), "--n_iters", "1", "--batch_size", "2", "--align"])
     err = capsys.readouterr().err
@@ -309,10 +323,11 @@ def test_invert_align(tmp_path, fx, capsys):
     skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
     assert skipped == [f"skipped: {src / 'noise.png'}: no face found in the 96x96 image"]
     assert (out / "final" / "face.png").is_file() and not (out / "final" / "noise.png").exists()
-    # The grid's first cell is the aligned input (aligned 1024 -> model input -> cell).
+    # The model got the official aligned 1024 image resized to its input, and the grid's
+    # first cell shows that input.
+    [(hw, ok, arrs)] = fed
+    assert ok == [str(src / "face.jpg")]
+    np.testing.assert_array_equal(arrs[0], imio.resize(fx["aligned_1024"], hw))
     grid = np.asarray(Image.open(out / "grids" / "face.png"))
     cell = np.asarray(Image.open(out / "final" / "face.png")).shape[:2]
-    from hyperstyle_jax.inference import load_inverter
-    hw = load_inverter(hs, we).input_hw
-    expect = imio.resize(imio.resize(fx["aligned_1024"], hw), cell)
-    np.testing.assert_array_equal(grid[2:2 + cell[0], 2:2 + cell[1]], expect)
+    np.testing.assert_array_equal(grid[2:2 + cell[0], 2:2 + cell[1]], imio.resize(arrs[0], cell))
