@@ -170,6 +170,8 @@ def test_preprocess_raw_images(fx):
 
 def test_styleclip_text_features_and_delta_i(encoder, all_text, fx):
     three = styleclip_templates()[:3]
+    np.testing.assert_allclose(encoder.encode_texts([three[1].format("a smiling face")])[0],
+                               all_text[1, 1], rtol=0, atol=1e-6)
     feats = encoder.text_features(["a smiling face", "a face"], three)
     np.testing.assert_allclose(feats, fx["styleclip_text_features_target_neutral"], rtol=0, atol=ATOL)
     np.testing.assert_allclose(encoder.delta_i("a smiling face", "a face", three),
@@ -307,6 +309,7 @@ def test_cli_writes_a_folder_that_load_clip_reads(converted, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--text-heads" in err
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save, to build inputs
 def test_cli_bad_keys_and_torchscript_are_one_line_errors(tmp_path, capsys):
     import torch
 
@@ -357,6 +360,7 @@ def _traced_archive(sd, path):
     torch.jit.save(torch.jit.trace(root, torch.zeros(1)), path)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_archive_tensors_read_without_running_it(state_dict, tmp_path, capsys):
     # dtypes as the released file after clip's convert_weights (the listing's record; the
     # narrow model's blocks 0-1 have the same names as ViT-B/32's)
