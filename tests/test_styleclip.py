@@ -2,9 +2,11 @@
 (fixture 10_styleclip: narrow 128 px generator end to end, and the full-size `full1024`
 case for the Δs math), the safe file loaders, and `tools/styleclip_stats.py` on a tiny
 generator built so that one channel's effect on the image is known."""
+import functools
 import importlib.util
 import os
 import pickle
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,16 @@ from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 F10 = os.path.join(FIXTURES, "10_styleclip")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL_IMG, TOL_S, TOL_DS = 2e-4, 1e-5, 1e-6  # fixtures README §10
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def render(gen, variables, styles, deltas=None):
+    return stylespace.render_styles(gen, variables, styles, weights_deltas=deltas)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def render_w(gen, variables, w, deltas=None):
+    return gen.apply(variables, w, input_space="w+", weights_deltas=deltas)[0]
 
 
 def nhwc(a):
@@ -94,10 +106,9 @@ def test_renders_from_w_and_from_s(io, narrow, with_deltas):
     gen = Generator(config)
     deltas = fixture_deltas(io, config) if with_deltas else None
     tag = "deltas" if with_deltas else "nodeltas"
-    img_s = stylespace.render_styles(gen, variables, fixture_styles(io), weights_deltas=deltas)
+    img_s = render(gen, variables, fixture_styles(io), deltas)
     np.testing.assert_allclose(np.asarray(img_s), nhwc(io[f"img_s_{tag}"]), rtol=0, atol=TOL_IMG)
-    img_w, _ = gen.apply(variables, jnp.asarray(io["w_plus"]), input_space="w+",
-                         weights_deltas=deltas)
+    img_w = render_w(gen, variables, jnp.asarray(io["w_plus"]), deltas)
     np.testing.assert_allclose(np.asarray(img_w), nhwc(io[f"img_w_{tag}"]), rtol=0, atol=TOL_IMG)
 
 
@@ -128,11 +139,10 @@ def test_narrow_delta_s_and_edit(io, narrow):
             np.testing.assert_allclose(edited[j][0], io[f"edited_s_layer{j:02d}"][b], rtol=0,
                                        atol=TOL_S)
         deltas = [None if d is None else d[b] for d in fixture_deltas(io, config)]
-        img = stylespace.render_styles(gen, variables, [jnp.asarray(e) for e in edited],
-                                       weights_deltas=deltas)
+        img = render(gen, variables, [jnp.asarray(e) for e in edited], deltas)
         np.testing.assert_allclose(np.asarray(img[0]), nhwc(io["img_edit_deltas"])[b], rtol=0,
                                    atol=TOL_IMG)
-    img = stylespace.render_styles(gen, variables, fixture_styles(io, "edited_s"))
+    img = render(gen, variables, fixture_styles(io, "edited_s"))
     np.testing.assert_allclose(np.asarray(img), nhwc(io["img_edit_nodeltas"]), rtol=0, atol=TOL_IMG)
 
 
@@ -199,3 +209,138 @@ def test_files_checked_against_generator(io):
         styleclip.get_delta_s(fs3, io["delta_i"][:8], stds, 0.13, lay)
     with pytest.raises(EditError, match="layers"):
         styleclip.get_delta_s(fs3, io["delta_i"], stds[:5], 0.13, lay)
+
+
+# ----------------------------------------------------------------------------- styleclip_stats
+
+
+def _stats_tool():
+    if "styleclip_stats" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "styleclip_stats", os.path.join(ROOT, "tools", "styleclip_stats.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["styleclip_stats"] = mod  # its dataclass looks itself up there
+        spec.loader.exec_module(mod)
+    return sys.modules["styleclip_stats"]
+
+
+TINY = GeneratorConfig(16, 16, 2, ((4, 8), (8, 8), (16, 8)))
+C_UP, C_DOWN, OUT = 2, 5, 3  # channel that reddens the image, one that greens it, hidden unit
+
+
+def constructed_generator():
+    """A random 16 px generator whose last two convs are rewired so that, in layer j=6
+    (convs_3), raising s[C_UP] makes the image redder and raising s[C_DOWN] makes it less
+    red, with nothing else in layers 5-6 having any effect:
+
+      convs_2 (j=5): zero kernel, bias 1 on C_UP only -> its output is the constant √2 on
+                     channel C_UP and 0 elsewhere;
+      convs_3 (j=6): only output OUT, from inputs C_UP and C_DOWN at the centre tap; after
+                     demodulation out = √2·s_up / sqrt(s_up² + s_down²), which rises with
+                     s_up and falls with s_down (both stay > 0: its modulation is shrunk);
+      to_rgbs_1 (j=7): red = that channel, green/blue = 0 (plus the random skip).
+    """
+    v = jax.tree.map(np.array, stylespace_random_init())
+    p = v["params"]
+    p["convs_2"]["conv"]["weight"][:] = 0
+    p["convs_2"]["activate"]["bias"][:] = 0
+    p["convs_2"]["activate"]["bias"][C_UP] = 1.0
+    w = np.zeros_like(p["convs_3"]["conv"]["weight"])
+    w[1, 1, C_UP, OUT] = w[1, 1, C_DOWN, OUT] = 1.0
+    p["convs_3"]["conv"]["weight"] = w
+    p["convs_3"]["conv"]["modulation"]["weight"] *= 0.05
+    p["convs_3"]["activate"]["bias"][:] = 0
+    rgb = np.zeros_like(p["to_rgbs_1"]["conv"]["weight"])
+    rgb[0, 0, OUT, 0] = 1.0
+    p["to_rgbs_1"]["conv"]["weight"] = rgb
+    p["to_rgbs_1"]["conv"]["modulation"]["weight"] *= 0.05
+    for name in ("convs_2", "convs_3"):
+        p[name]["noise"]["weight"][:] = 0
+    return jax.tree.map(jnp.asarray, v)
+
+
+def stylespace_random_init():
+    from hyperstyle_jax.models.stylegan2 import random_init
+    return random_init(TINY, seed=3)
+
+
+def mean_rgb_encoder(_, images):
+    """CLIP stand-in: features [1, mean R, mean G, mean B, 0, 0] (axis 1 = 'red')."""
+    m = jnp.mean(images, axis=(1, 2))
+    one = jnp.ones_like(m[:, :1])
+    return jnp.concatenate([one, m, jnp.zeros_like(m[:, :2])], axis=1)
+
+
+SETTINGS = dict(n_samples=64, n_images=6, alpha=5.0, seed=1, sample_batch=16)
+
+
+def test_stats_structure_sign_and_resume(tmp_path):
+    tool = _stats_tool()
+    gen = (TINY, constructed_generator())
+    lay = stylespace.layout(TINY)
+    settings = tool.StatsSettings(**SETTINGS)
+    out = str(tmp_path / "stats")
+    kw = dict(image_batch=4, encode=mean_rgb_encoder, enc_vars=None, gen=gen, progress=False,
+              log=lambda *_: None)
+    info = tool.run("", "", out, settings, max_channels=7, **kw)   # stopped early
+    assert info["done"] == 7 and not os.path.exists(os.path.join(out, "fs3.npy"))
+    info = tool.run("", "", out, settings, channels_per_step=3, **kw)  # resumed
+    assert info["done"] == info["rows"] == lay.n_fs3_rows == 40
+
+    # Structure of the official files: [means, stds] of every layer (toRGB included) and
+    # fs3 (rows of the non-toRGB layers in order, embed).
+    with open(os.path.join(out, "S_mean_std"), "rb") as f:
+        raw = pickle.load(f)
+    assert isinstance(raw, list) and len(raw) == 2
+    assert [a.shape for a in raw[0]] == [a.shape for a in raw[1]] == [(c,) for c in lay.dims]
+    assert all(a.dtype == np.float32 for a in raw[0] + raw[1])
+    fs3 = np.load(os.path.join(out, "fs3.npy"))
+    assert fs3.shape == (40, 6) and fs3.dtype == np.float32
+
+    # S statistics equal a direct computation over the same z stream.
+    z = np.concatenate([np.asarray(tool._z(1, i, 16, 16)) for i in range(4)])
+    w = Generator(TINY).apply(gen[1], jnp.asarray(z), method=Generator.mapping)
+    s = np.concatenate([np.asarray(x) for x in stylespace.styles_from_w(gen[1], TINY, w)], 1)
+    np.testing.assert_allclose(np.concatenate(raw[0]), s.mean(0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(raw[1]), s.std(0), rtol=0, atol=1e-5)
+
+    # The known channels: fs3 row of (j=6, C_UP) points to 'redder', (j=6, C_DOWN) away.
+    off = lay.fs3_offsets()
+    up, down = fs3[off[6] + C_UP], fs3[off[6] + C_DOWN]
+    assert up[1] > 0.5 and np.argmax(np.abs(up)) == 1, up
+    assert down[1] < -0.5 and np.argmax(np.abs(down)) == 1, down
+    dead = [off[5] + c for c in range(8)] + [off[6] + c for c in range(8) if c not in (C_UP, C_DOWN)]
+    np.testing.assert_array_equal(fs3[dead], 0)   # no effect: zero rows
+    live = [r for r in range(40) if r not in dead]
+    np.testing.assert_allclose(np.linalg.norm(fs3[live], axis=1), 1, atol=1e-5)
+
+    # Resumed in pieces == one run from scratch.
+    info = tool.run("", "", str(tmp_path / "once"), settings, **kw)
+    np.testing.assert_allclose(np.load(os.path.join(tmp_path, "once", "fs3.npy")), fs3,
+                               rtol=0, atol=1e-6)
+
+    # One row recomputed by hand from the procedure (set to mean ∓ α·std, render, encode).
+    means, stds = styleclip.load_s_mean_std(os.path.join(out, "S_mean_std"))
+    s_img = [jnp.asarray(x[:6]) for x in np.split(s, np.cumsum(lay.dims)[:-1], axis=1)]
+    row = off[3] + 4
+    render = jax.jit(lambda v, st: stylespace.render_styles(Generator(TINY), v, st))
+    feats = []
+    for sign in (-1, 1):
+        edited = list(s_img)
+        edited[3] = edited[3].at[:, 4].set(means[3][4] + sign * 5.0 * stds[3][4])
+        f = np.asarray(mean_rgb_encoder(None, render(gen[1], edited)), np.float64)
+        feats.append(f / np.linalg.norm(f, axis=1, keepdims=True))
+    d = feats[1] - feats[0]
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    want = d.mean(0) / np.linalg.norm(d.mean(0))
+    np.testing.assert_allclose(fs3[row], want, rtol=0, atol=1e-4)
+
+
+def test_stats_refuses_other_settings(tmp_path):
+    tool = _stats_tool()
+    kw = dict(image_batch=4, encode=mean_rgb_encoder, enc_vars=None,
+              gen=(TINY, constructed_generator()), progress=False, log=lambda *_: None)
+    out = str(tmp_path / "s")
+    tool.run("", "", out, tool.StatsSettings(**SETTINGS), max_channels=2, **kw)
+    with pytest.raises(SystemExit, match="other settings"):
+        tool.run("", "", out, tool.StatsSettings(**{**SETTINGS, "alpha": 3.0}), **kw)
