@@ -46,7 +46,7 @@ def _dlib_pixels(path: str, img: Image.Image) -> np.ndarray | None:
     pixels; decoding as the official does keeps them exact. Only for 8-bit RGB/L JPEGs
     without an EXIF rotation, where both decodes describe the same picture.
     """
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+    if img.format not in ("JPEG", "MPO") or img.mode not in ("RGB", "L"):  # MPO: phone JPEGs
         return None
     if img.getexif().get(0x0112, 1) != 1:  # Orientation
         return None
