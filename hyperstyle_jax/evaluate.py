@@ -50,6 +50,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
 
 METRICS = ("l2", "lpips", "msssim", "id")
@@ -419,21 +420,21 @@ def write_report(report: dict, out: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--pred", required=True, help="predictions: invert output folder, folder of "
                                                  "numeric iteration folders, or folder of images")
     p.add_argument("--gt", required=True, help="ground-truth images (flat folder), matched by stem")
     p.add_argument("--metrics", default="l2,lpips,msssim",
-                   help=f"comma-separated, from {','.join(METRICS)} (default l2,lpips,msssim)")
+                   help=f"comma-separated, from {','.join(METRICS)}")
     p.add_argument("--lpips_weights", help="converted LPIPS folder (tools/convert_weights.py lpips)")
     p.add_argument("--id_weights", help="converted ArcFace/CurricularFace folder "
                                         "(tools/convert_weights.py arcface)")
     p.add_argument("--pred_format", choices=("png", "npz"), default="png",
-                   help="for invert outputs: saved images (png, default, as the official metric) "
+                   help="for invert outputs: saved images (png, as the official metric) "
                         "or the float arrays of --save_npy (npz)")
     p.add_argument("--batch_size", type=int, default=8,
                    help="images per batch over all devices (rounded up to a multiple of the "
-                        "device count; default 8)")
+                        "device count)")
     p.add_argument("--out", help="JSON report path (default <pred>/metrics.json); markdown beside it")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -449,6 +450,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.out and os.path.isdir(args.out):
+        return cli.fail(f"--out {args.out}: is an existing folder; give the JSON report's "
+                        "file path")
     try:
         nets = load_nets(args.metrics, args.lpips_weights, args.id_weights)
         report = evaluate(args.pred, args.gt, args.metrics, nets, args.batch_size,
@@ -469,4 +473,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -27,6 +27,8 @@ import sys
 
 import numpy as np
 
+from hyperstyle_jax.utils import cli
+
 EXIT_BAD_INPUT = 2
 
 
@@ -97,7 +99,7 @@ def _renderer(config, per_sample: str, space: str, truncation: float):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="folder from tools/convert_weights.py stylegan2")
     src.add_argument("--random_init", type=int, metavar="SIZE",
@@ -129,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        cli.out_dir(args.out)
         return run(args)
-    except GenerateError as e:
+    except (GenerateError, cli.UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -241,4 +244,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -31,22 +31,23 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m hyperstyle_jax.invert", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="converted HyperStyle folder (tools/convert_weights.py hyperstyle)")
     p.add_argument("--w_encoder", required=True,
                    help="converted W-encoder folder (tools/convert_weights.py w_encoder)")
     p.add_argument("--images", required=True, help="an image file, a folder or a glob")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--n_iters", type=int, default=5, help="hypernetwork iterations (default 5)")
+    p.add_argument("--n_iters", type=int, default=5, help="hypernetwork iterations")
     p.add_argument("--batch_size", type=int, default=4,
-                   help="images per batch; the last batch is padded (default 4)")
+                   help="images per batch; the last batch is padded")
     p.add_argument("--save_latents", action="store_true", help="write latents.npy")
     p.add_argument("--save_deltas", action="store_true", help="write deltas/<stem>.npz")
     p.add_argument("--save_npy", action="store_true",
@@ -69,7 +70,12 @@ def _read_batch(paths, hw, load=imio.read_image, errors=(imio.ImageReadError,)):
     ok, arrs, bad = [], [], []
     for path in paths:
         try:
-            arrs.append(imio.resize(load(path), hw))
+            img = load(path)
+            if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
+                print(f"warning: {path}: {img.shape[1]}x{img.shape[0]} is smaller than the "
+                      f"model's {hw[1]}x{hw[0]} input; upscaled (expect a blurry result)",
+                      file=sys.stderr)
+            arrs.append(imio.resize(img, hw))
             ok.append(path)
         except errors as e:
             bad.append((path, str(e)))
@@ -89,6 +95,10 @@ def _unique_stems(paths):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        cli.out_dir(args.out)
+    except cli.UserError as e:
+        return cli.fail(str(e))
     paths = imio.list_images(args.images)
     if not paths:
         print(f"error: no images found at {args.images!r}", file=sys.stderr)
@@ -168,7 +178,8 @@ def _write_outputs(out, stem, x_uint8, res, i, n, args):
         imio.save_image(os.path.join(out, "iterations", str(k), f"{stem}.png"), img)
     imio.save_image(os.path.join(out, "final", f"{stem}.png"), iters[-1])
     cell = iters[-1].shape[:2]
-    grid = imio.make_grid([[x_uint8] + iters], cell_hw=cell)
+    labels = ["input", "initial (W)"] + [f"iteration {k}" for k in range(1, n + 1)]
+    grid = imio.make_grid([[x_uint8] + iters], cell_hw=cell, labels=[labels])
     imio.save_image(os.path.join(out, "grids", f"{stem}.png"), grid)
     if args.save_npy:
         os.makedirs(os.path.join(out, "arrays"), exist_ok=True)
@@ -182,4 +193,4 @@ def _write_outputs(out, stem, x_uint8, res, i, n, args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -19,11 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hyperstyle_jax.convert import FAMILIES  # noqa: E402
 from hyperstyle_jax.convert.common import ConversionError  # noqa: E402
 from hyperstyle_jax.checkpoints import CheckpointError  # noqa: E402
+from hyperstyle_jax.utils import cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=cli.HelpFormatter,
+        epilog="Each KIND has its own options and notes: python tools/convert_weights.py "
+               "KIND --help")
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     for name in FAMILIES:
         importlib.import_module(name).register(sub)
@@ -41,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

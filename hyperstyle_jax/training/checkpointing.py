@@ -80,6 +80,45 @@ class Checkpointer:
                 "it was written, use a new --workdir.") from e
         return out.state, out.data
 
+    def restore_latest(self, abstract_state: Any, log=print) -> tuple[int, Any, dict] | None:
+        """Restore the newest checkpoint that reads back; None when there is none.
+
+        A damaged step (half deleted, truncated files) is reported in one line and the
+        previous one is tried, so a crash during a save never blocks a resume. Raises a
+        RuntimeError naming every damaged step when none can be read.
+        """
+        damaged = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(step, abstract_state)
+            except RuntimeError as e:
+                reason = " ".join(str(e.__cause__ or e).split())[:200]
+                damaged.append(step)
+                log(f"warning: checkpoint step {step} in {self.directory} cannot be read "
+                    f"({reason}); trying the previous one")
+                continue
+            if damaged:
+                log(f"resuming from the last good checkpoint, step {step} (damaged: "
+                    f"{', '.join(map(str, damaged))}; they will be overwritten)")
+                for bad in damaged:  # let the resumed run write those steps again
+                    self.delete(bad)
+            return step, state, data
+        if damaged:
+            raise RuntimeError(
+                f"{self.directory}: no checkpoint can be read (damaged steps: "
+                f"{', '.join(map(str, damaged))}). Delete that folder to start over, or use "
+                "a fresh --workdir.")
+        return None
+
+    def delete(self, step: int) -> None:
+        try:
+            self.manager.delete(step)
+        except Exception:  # noqa: BLE001 - a half-written folder orbax cannot parse
+            import shutil
+
+            shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+            self.manager.reload()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

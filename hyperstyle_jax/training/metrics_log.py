@@ -3,8 +3,8 @@
 Only process 0 writes; on other processes every call is a no-op. One JSON object a line:
 `{"step": s, "split": "train"|"val", "<name>": value, ...}`; an image grid is also saved
 as `<workdir>/images/<name>_<step>.png` with a line `{"step", "split": "image", "name",
-"path"}`. A resumed run appends, so lines past the resume step may repeat (read the last
-one per step).
+"path"}`. A run resumed at step s first drops the rows (and TensorBoard events) past s
+that the interrupted run wrote, so the replayed steps appear once and the curves continue.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.workdir = workdir
         self._tb = None
@@ -26,8 +26,13 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                _truncate_after(path, resume_step)
+            # purge_step: TensorBoard hides the events at and past it from earlier runs.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
+            self._jsonl = open(path, "a", buffering=1)
 
     def scalars(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -66,6 +71,24 @@ class MetricsWriter:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep the rows of steps <= `step` (atomically); unreadable lines are dropped."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
 
 
 def _to_float(v) -> float:

@@ -1,0 +1,123 @@
+"""A user's careless mistakes end in one line on stderr and a non-zero exit, never a traceback.
+
+The train CLI runs in subprocesses (its flags are parsed from the command line); the
+other CLIs are called in-process through their `main(argv)`.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def _train(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "hyperstyle_jax.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.bacth_size=4", "no config key 'bacth_size' (did you mean 'batch_size'?)"),
+    ("--config.batch_size=abc", "--config.batch_size=abc: expected an integer"),
+    ("--config.optim.lr=fast", "--config.optim.lr=fast: expected a number"),
+])
+def test_train_bad_override_is_one_line(tmp_path, override, expected):
+    out = _train("--config", TINY, "--workdir", str(tmp_path / "w"), override)
+    assert out.returncode == 2
+    assert expected in _one_error_line(out.stderr)
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_missing_config_file_and_workdir_that_is_a_file(tmp_path):
+    out = _train("--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 2
+    line = _one_error_line(out.stderr)
+    assert "nope.py" in line and "cannot load the config file" in line
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    out = _train("--config", TINY, "--workdir", str(f))
+    assert out.returncode == 2
+    assert f"--workdir {f}: is an existing file" in _one_error_line(out.stderr)
+
+
+def test_train_help_exits_0_and_lists_config_keys_with_defaults():
+    out = _train("--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "config.batch_size = 8" in out.stdout          # tiny.py's value
+    assert "config.optim.lr = 0.001" in out.stdout
+    assert "--workdir" in out.stdout and "(default: True)" in out.stdout
+
+
+@pytest.mark.parametrize("module", ["invert", "generate", "evaluate"])
+def test_help_of_every_cli_exits_0_and_shows_defaults(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"hyperstyle_jax.{module}")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    assert "(default:" in capsys.readouterr().out
+
+
+def test_convert_weights_help_names_each_kind_and_how_to_see_its_options(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import convert_weights
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit) as e:
+        convert_weights.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "KIND --help" in out
+    for kind in ("stylegan2", "hyperstyle", "w_encoder", "lpips", "arcface", "moco"):
+        assert kind in out
+
+
+def test_out_that_is_an_existing_file_is_one_line(tmp_path, capsys):
+    from hyperstyle_jax import generate, invert
+
+    f = tmp_path / "taken"
+    f.write_text("x")
+    img = tmp_path / "img.png"
+    img.write_bytes(b"")
+    assert invert.main(["--checkpoint", "c", "--w_encoder", "w", "--images", str(img),
+                        "--out", str(f)]) == 2
+    assert generate.main(["--random_init", "16", "--seeds", "0", "--out", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"error: --out {f}: is an existing file") == 2 and "Traceback" not in err
+
+
+def test_evaluate_out_that_is_a_folder_is_one_line(tmp_path, capsys):
+    from hyperstyle_jax import evaluate
+
+    assert evaluate.main(["--pred", str(tmp_path), "--gt", str(tmp_path), "--out",
+                          str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is an existing folder" in err and "Traceback" not in err
+
+
+def test_cli_run_turns_an_unexpected_exception_into_one_line_and_debug_shows_it(capsys):
+    from hyperstyle_jax.utils import cli
+
+    def boom(argv):
+        raise RuntimeError("disk on fire")
+
+    assert cli.run(boom, []) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: RuntimeError: disk on fire (run with --debug for the traceback)"
+    assert cli.run(boom, ["--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, []) == 130
