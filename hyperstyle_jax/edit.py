@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "hyperstyle_jax.editing.ganspace",      # ganspace
     "hyperstyle_jax.editing.interpolate",   # interpolate
     "hyperstyle_jax.editing.cli_domain",    # domain (issue 14)
+    "hyperstyle_jax.editing.cli_styleclip",  # styleclip (issue 13)
 )
 
 _NEGATIVE_VALUE = re.compile(r"^-[\d.]")

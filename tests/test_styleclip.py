@@ -344,3 +344,108 @@ def test_stats_refuses_other_settings(tmp_path):
     tool.run("", "", out, tool.StatsSettings(**SETTINGS), max_channels=2, **kw)
     with pytest.raises(SystemExit, match="other settings"):
         tool.run("", "", out, tool.StatsSettings(**{**SETTINGS, "alpha": 3.0}), **kw)
+
+
+# ----------------------------------------------------------------------------- edit CLI
+
+
+@pytest.fixture(scope="module")
+def cli_inputs(io, tmp_path_factory):
+    """05's HyperStyle checkpoint (its decoder is the narrow generator of fixture 10) and
+    fixture 10's codes and deltas as an `invert --save_latents --save_deltas` folder."""
+    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle
+
+    d = tmp_path_factory.mktemp("styleclip_cli")
+    convert_hyperstyle(os.path.join(FIXTURES, "05_e2e", "hyperstyle_e2e_default.pt"),
+                       str(d / "hs"), log=lambda *a: None)
+    inv = d / "inv"
+    os.makedirs(inv / "deltas")
+    stems = ["img0", "img1"]
+    np.save(inv / "latents.npy", {s: io["w_plus"][i] for i, s in enumerate(stems)},
+            allow_pickle=True)
+    for i, s in enumerate(stems):
+        np.savez(inv / "deltas" / f"{s}.npz", **{f"layer_{int(k[-2:])}": io[k][i] for k in io
+                                               if k.startswith("weights_deltas_layer")})
+    np.save(d / "delta_i.npy", io["delta_i"])
+    return str(d / "hs"), str(inv), str(d / "delta_i.npy"), stems
+
+
+def _edit(capsys, *argv):
+    from hyperstyle_jax import edit
+
+    code = edit.main([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+def test_edit_cli_matches_official_edit(io, cli_inputs, tmp_path, capsys):
+    hs, inv, delta_i, stems = cli_inputs
+    out = tmp_path / "out"
+    code, cap = _edit(capsys, "styleclip", "--checkpoint", hs, "--inversion", inv, "--out", out,
+                      "--delta_i", delta_i, "--fs3", os.path.join(F10, "fs3_narrow.npy"),
+                      "--s_stats", os.path.join(F10, "S_mean_std_narrow"),
+                      "--alphas", "-4,0,4", "--betas", "0.13,0.9", "--save_npy")
+    assert code == 0, cap.err
+    for i, stem in enumerate(stems):
+        arr = np.load(out / "arrays" / f"{stem}.npz")
+        assert set(arr.files) == {"reconstruction"} | {
+            f"styleclip_b{b}_a{a}" for b in ("0.13", "0.9") for a in ("-4", "0", "4")}
+        np.testing.assert_allclose(arr["styleclip_b0.13_a4"], nhwc(io["img_edit_deltas"])[i],
+                                   rtol=0, atol=TOL_IMG)
+        for key in ("reconstruction", "styleclip_b0.13_a0", "styleclip_b0.9_a4"):
+            # α = 0, and β above every |r_c| (no channel edited), give the inversion back.
+            np.testing.assert_allclose(arr[key], nhwc(io["img_w_deltas"])[i], rtol=0,
+                                       atol=TOL_IMG, err_msg=key)
+        assert os.path.isfile(out / "edits" / "styleclip_b0.13_a-4" / f"{stem}.png")
+        assert os.path.isfile(out / "grids" / f"{stem}.png")
+
+
+def test_edit_cli_with_clip_and_errors(io, cli_inputs, tmp_path, capsys):
+    """--clip: Δi from a (random, narrow) converted CLIP through the text pipeline; bad
+    inputs give one line and exit status 1."""
+    from hyperstyle_jax.checkpoints import save_converted
+    from hyperstyle_jax.clip import ClipEncoder, load_clip
+    from hyperstyle_jax.models.clip import CLIPConfig, random_init
+
+    hs, inv, delta_i, stems = cli_inputs
+    cfg = CLIPConfig(embed_dim=512, image_resolution=32, vision_layers=1, vision_width=32,
+                     vision_patch_size=16, vision_heads=2, transformer_width=32,
+                     transformer_heads=2, transformer_layers=1)
+    clip_dir = str(tmp_path / "clip")
+    save_converted(clip_dir, jax.tree.map(np.asarray, random_init(cfg, seed=5)), cfg.to_dict(),
+                   kind="clip")
+    out = tmp_path / "out"
+    common = ["--checkpoint", hs, "--inversion", inv, "--fs3", os.path.join(F10, "fs3_narrow.npy"),
+              "--s_stats", os.path.join(F10, "S_mean_std_narrow")]
+    code, cap = _edit(capsys, "styleclip", *common, "--out", out, "--clip", clip_dir,
+                      "--neutral", "a face", "--target", "a smiling face", "--alphas", "3",
+                      "--betas", "0.05", "--save_npy")
+    assert code == 0, cap.err
+    d_i = ClipEncoder(*load_clip(clip_dir)).delta_i("a smiling face", "a face")
+    fs3 = styleclip.load_fs3(os.path.join(F10, "fs3_narrow.npy"))
+    _, stds = styleclip.load_s_mean_std(os.path.join(F10, "S_mean_std_narrow"))
+    config = GeneratorConfig(128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24)))
+    lay = stylespace.layout(config)
+    direction = styleclip.get_delta_s(fs3, d_i, stds, 0.05, lay)
+    assert sum(int(np.count_nonzero(d)) for d in direction) > 0
+    want = [s[0] + 3.0 * d for s, d in zip(fixture_styles(io), direction)]
+    deltas = [None if d is None else d[0] for d in fixture_deltas(io, config)]
+    img = render(Generator(config), cli_variables(hs), [jnp.asarray(w)[None] for w in want], deltas)
+    got = np.load(out / "arrays" / f"{stems[0]}.npz")["styleclip_b0.05_a3"]
+    np.testing.assert_allclose(got, np.asarray(img[0]), rtol=0, atol=TOL_IMG)
+
+    for extra, msg in [(["--delta_i", delta_i, "--clip", clip_dir], "exactly one of"),
+                       (["--delta_i", delta_i, "--betas", "x"], "--betas"),
+                       (["--delta_i", os.path.join(F10, "fs3_narrow.npy")], "vector")]:
+        code, cap = _edit(capsys, "styleclip", *common, "--out", tmp_path / "bad", *extra)
+        assert code == 1 and msg in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+    code, cap = _edit(capsys, "styleclip", "--checkpoint", hs, "--inversion", inv, "--out",
+                      tmp_path / "bad", "--delta_i", delta_i, "--fs3",
+                      os.path.join(F10, "fs3_narrow.npy"), "--s_stats",
+                      os.path.join(F10, "fs3_narrow.npy"))
+    assert code == 1 and "S_mean_std" in cap.err, cap.err
+
+
+def cli_variables(hs):
+    from hyperstyle_jax.checkpoints import load_hyperstyle
+
+    return jax.tree.map(jnp.asarray, load_hyperstyle(hs)[1]["generator"])

@@ -86,7 +86,7 @@ def load_s_mean_std(path: str) -> tuple[list, list]:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
-        raise EditError(f"{path}: not a StyleSpace statistics pickle ({e})") from None
+        raise EditError(f"{path}: not an S_mean_std pickle ({e})") from None
     except Exception as e:  # truncated or corrupt files raise many kinds of errors
         raise EditError(f"{path}: unreadable S_mean_std pickle ({type(e).__name__}: {e})") from None
     if not (isinstance(obj, (list, tuple)) and len(obj) == 2
@@ -220,3 +220,76 @@ def fs3_row(sum_unit_diffs: np.ndarray) -> np.ndarray:
     """Final step of StyleCLIP's `GetFs` for one channel: the mean over images of the unit
     differences normalize(f+/|f+| - f-/|f-|), normalised (the mean's 1/N cancels)."""
     return normalize(np.asarray(sum_unit_diffs, np.float64)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+class StyleSpaceRenderer:
+    """Compiled G(s, deltas) (`input_is_stylespace`) for batches of styles that share ONE
+    image's deltas, as the official edit.py renders every edit of an image with its d[i].
+
+    r = StyleSpaceRenderer(inverter, batch_size=4)
+    images = r(styles, deltas)   # styles: per layer [K, dims_j]; deltas: per layer None or
+                                 # [out, in, k, k] -> float32 [K, size, size, 3], un-clipped
+    K may exceed batch_size: the styles go through in chunks, the last one padded. One
+    compile serves every image, β and α.
+    """
+
+    def __init__(self, inverter, batch_size: int = 4):
+        import jax
+        import jax.numpy as jnp
+
+        from hyperstyle_jax import parallel
+        from hyperstyle_jax.models import stylespace
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.config = inverter.generator_config
+        self.layout = stylespace.layout(self.config)
+        self.shapes = inverter.model.tuned_delta_shapes()
+        mesh = parallel.local_mesh(self.batch_size)
+        self._repl, self._batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        self._gen_vars = jax.device_put(inverter.frozen["generator"], self._repl)
+        gen = inverter.model.generator
+
+        def fn(gen_vars, styles, deltas):
+            return stylespace.render_styles(gen, gen_vars, styles, weights_deltas=deltas)
+
+        specs = ([jax.ShapeDtypeStruct((self.batch_size, c), jnp.float32, sharding=self._batch)
+                  for c in self.layout.dims],
+                 [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32, sharding=self._repl)
+                  for s in self.shapes])
+        self._compiled = jax.jit(fn, in_shardings=(self._repl, self._batch, self._repl)).lower(
+            self._gen_vars, *specs).compile()
+
+    def __call__(self, styles: Sequence[np.ndarray], deltas: Sequence[Optional[np.ndarray]]
+                 ) -> np.ndarray:
+        import jax
+
+        from hyperstyle_jax import parallel
+
+        if len(styles) != self.layout.n_layers:
+            raise EditError(f"{len(styles)} style layers, the generator has "
+                            f"{self.layout.n_layers}")
+        if len(deltas) != len(self.shapes):
+            raise EditError(f"deltas has {len(deltas)} entries, the generator has "
+                            f"{len(self.shapes)} layers")
+        ds = []
+        for j, (d, s) in enumerate(zip(deltas, self.shapes)):
+            if s is None:
+                ds.append(None)
+                continue
+            d = np.zeros(s, np.float32) if d is None else np.asarray(d, np.float32)
+            if d.shape != s:
+                raise EditError(f"deltas[{j}] has shape {d.shape}, expected {s}")
+            ds.append(jax.device_put(d, self._repl))
+        k = styles[0].shape[0]
+        b, out = self.batch_size, []
+        for start in range(0, k, b):
+            chunk = [jax.device_put(parallel.pad_batch(np.asarray(s[start:start + b], np.float32),
+                                                       b), self._batch) for s in styles]
+            n = min(b, k - start)
+            out.append(np.asarray(jax.device_get(self._compiled(self._gen_vars, chunk, ds)))[:n])
+        return np.concatenate(out).astype(np.float32)
