@@ -2,7 +2,7 @@ r"""AFHQ Wild: the official recipe for non-face domains (README:198-201), 512 px
 
 Converted checkpoints it needs (tools/convert_weights.py; files from the official README):
     python tools/convert_weights.py stylegan2 afhqwild.pt ckpt/stylegan2_afhq_wild
-    python tools/convert_weights.py w_encoder afhq_wild_w_encoder.pt ckpt/afhq_wild_w_encoder
+    python tools/convert_weights.py w_encoder afhq_wild_w_encoder.pt ckpt/w_encoder_afhq_wild
     python tools/convert_weights.py resnet34 resnet34-333f7ec4.pth ckpt/resnet34
     python tools/convert_weights.py lpips alexnet-owt-7be5be79.pth alex.pth ckpt/lpips_alex
     python tools/convert_weights.py moco moco_v2_800ep_pretrain.pt ckpt/moco_v2
@@ -27,7 +27,7 @@ def get_config():
     c.data.source = "tfds"
     c.data.name, c.data.eval_name, c.data.eval_split = "afhq_wild", "", "test"
     c.checkpoints.generator = "ckpt/stylegan2_afhq_wild"
-    c.checkpoints.w_encoder = "ckpt/afhq_wild_w_encoder"
+    c.checkpoints.w_encoder = "ckpt/w_encoder_afhq_wild"
     c.checkpoints.resnet34 = "ckpt/resnet34"
     c.checkpoints.lpips = "ckpt/lpips_alex"
     c.checkpoints.moco = "ckpt/moco_v2"

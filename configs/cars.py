@@ -2,7 +2,7 @@ r"""Cars: the official recipe for Stanford Cars (README:198-201), 512x384 genera
 
 Converted checkpoints it needs (tools/convert_weights.py; files from the official README):
     python tools/convert_weights.py stylegan2 stylegan2-car-config-f.pt ckpt/stylegan2_cars
-    python tools/convert_weights.py w_encoder cars_w_encoder.pt ckpt/cars_w_encoder
+    python tools/convert_weights.py w_encoder cars_w_encoder.pt ckpt/w_encoder_cars
     python tools/convert_weights.py resnet34 resnet34-333f7ec4.pth ckpt/resnet34
     python tools/convert_weights.py lpips alexnet-owt-7be5be79.pth alex.pth ckpt/lpips_alex
     python tools/convert_weights.py moco moco_v2_800ep_pretrain.pt ckpt/moco_v2
@@ -30,7 +30,7 @@ def get_config():
     c.model.feedback_hw = (192, 256)
     c.model.cars_crop = True
     c.checkpoints.generator = "ckpt/stylegan2_cars"
-    c.checkpoints.w_encoder = "ckpt/cars_w_encoder"
+    c.checkpoints.w_encoder = "ckpt/w_encoder_cars"
     c.checkpoints.resnet34 = "ckpt/resnet34"
     c.checkpoints.lpips = "ckpt/lpips_alex"
     c.checkpoints.moco = "ckpt/moco_v2"

@@ -2,7 +2,7 @@ r"""Faces: the official paper recipe (README:172-192), FFHQ train / CelebA-HQ te
 
 Converted checkpoints it needs (tools/convert_weights.py; files from the official README):
     python tools/convert_weights.py stylegan2 stylegan2-ffhq-config-f.pt ckpt/stylegan2_ffhq
-    python tools/convert_weights.py w_encoder faces_w_encoder.pt ckpt/faces_w_encoder
+    python tools/convert_weights.py w_encoder faces_w_encoder.pt ckpt/w_encoder_faces
     python tools/convert_weights.py resnet34 resnet34-333f7ec4.pth ckpt/resnet34
     python tools/convert_weights.py lpips alexnet-owt-7be5be79.pth alex.pth ckpt/lpips_alex
     python tools/convert_weights.py arcface model_ir_se50.pth ckpt/arcface_ir_se50
@@ -29,7 +29,7 @@ def get_config():
     c.data.source = "tfds"
     c.data.name, c.data.eval_name, c.data.eval_split = "ffhq", "celeba_hq", "test"
     c.checkpoints.generator = "ckpt/stylegan2_ffhq"
-    c.checkpoints.w_encoder = "ckpt/faces_w_encoder"
+    c.checkpoints.w_encoder = "ckpt/w_encoder_faces"
     c.checkpoints.resnet34 = "ckpt/resnet34"
     c.checkpoints.lpips = "ckpt/lpips_alex"
     c.checkpoints.arcface = "ckpt/arcface_ir_se50"
