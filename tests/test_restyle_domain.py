@@ -53,13 +53,18 @@ def folders(tmp_path_factory):
 # ----------------------------------------------------------------------------- fixture 13
 
 
-def test_restyle_iterations_match_official(folders, ref):
-    """Average image, and per iteration the encoder output, the accumulated W+ codes, the
-    full-resolution y_hat and its pooled feedback, through load_restyle's compiled runner."""
+@pytest.fixture(scope="module")
+def restyle_out(folders, ref):
     rs = load_restyle(folders["restyle"])
     assert rs.input_hw == (64, 64)  # the fixture's face_pool
     np.testing.assert_array_equal(rs.variables["latent_avg"], ref["restyle_latent_avg"])
-    out = rs.batched_runner(batch_size=2, n_iters=2)(nhwc(ref["x"]))
+    return rs.batched_runner(batch_size=2, n_iters=2)(nhwc(ref["x"]))
+
+
+def test_restyle_iterations_match_official(restyle_out, ref):
+    """Average image, and per iteration the encoder output, the accumulated W+ codes, the
+    full-resolution y_hat and its pooled feedback, through load_restyle's compiled runner."""
+    out = restyle_out
     np.testing.assert_allclose(out["avg_image"], ref["restyle_avg_image"].transpose(1, 2, 0),
                                atol=2e-4)
     for t in range(2):
@@ -73,7 +78,7 @@ def test_restyle_iterations_match_official(folders, ref):
     np.testing.assert_allclose(out["latent"], ref["final_latent"], atol=5e-5)
 
 
-def test_domain_adaptation_matches_official(folders, ref):
+def test_domain_adaptation_matches_official(folders, ref, restyle_out):
     """HyperStyle offsets filtered to the official layers, rendered with the fine-tuned
     generator on the ReStyle latents: with the recorded random noise (final_image) and,
     through the compiled renderer, with the generator's buffers."""
@@ -91,7 +96,7 @@ def test_domain_adaptation_matches_official(folders, ref):
         np.testing.assert_allclose(filtered[j], ref[f"kept_deltas_layer{j}"], atol=2e-5)
 
     ft_config, ft_vars = load_generator(folders["ft"])
-    latents = ref["final_latent"]  # the ReStyle codes (checked above to 5e-5)
+    latents = restyle_out["latent"]  # our ReStyle codes: the whole chain is ours
     domain.check_generator(inv.generator_config, ft_config, latents.shape[1:], "ft", layers=kept)
     gen = stylegan2.Generator(ft_config)
     render = jax.jit(lambda v, c, k, nz: domain.render_domain(gen, v, c, k, nz))
@@ -127,6 +132,45 @@ def test_generator_mismatch_is_refused_in_one_line(folders):
     with pytest.raises(EditError, match="style dimension 32 but .* has 64"):
         domain.check_generator(hs, stylegan2.GeneratorConfig.from_dict(
             {**hs.to_dict(), "style_dim": 32}), (hs.n_latent, 32), "s")
+
+
+def random_values(shapes, rng):
+    """Random variables of an init-shape tree without running the init (a compile each,
+    slow on a loaded CPU); BatchNorm variances 1."""
+    return {k: random_values(v, rng) if isinstance(v, dict) else
+            (np.ones(v.shape, np.float32) if k == "running_var"
+             else 0.3 * rng.randn(*v.shape).astype(np.float32)) for k, v in shapes.items()}
+
+
+def test_cars_crop_and_pool():
+    """The cars variant on a tiny random model: the average image is face_pool (to the
+    feedback width) then rows [W/8, 7W/8); each y_hat is cropped at full resolution
+    ([size/8, 7 size/8), 64:448 of 512) and pooled to the 3:4 feedback size."""
+    enc = {"n_styles": 8, "style_dim": 16, "units": [[16, 16, 2], [16, 32, 2]], "input_width": 16,
+           "input_nc": 6, "mode": "ir_se", "spatial": 16}
+    gen = stylegan2.GeneratorConfig(size=32, style_dim=16, n_mlp=1,
+                                    channels=((4, 8), (8, 8), (16, 8), (32, 8)))
+    model = e4e.ReStyleE4E(e4e.ReStyleConfig(enc, gen, feedback_hw=(12, 16), cars_crop=True))
+    rng = np.random.RandomState(0)
+    variables = {"encoder": random_values(e4e.init_shapes(enc), rng),
+                 "generator": random_values(stylegan2.init_shapes(gen), rng),
+                 "latent_avg": rng.randn(8, 16).astype(np.float32)}
+    x = rng.uniform(-1, 1, (2, 12, 16, 3)).astype(np.float32)
+
+    def fn(v, x):  # one compile: the inversion and the renders it should equal
+        out = model.invert(v, x, 2)
+        avg_full = model.render(v["generator"], v["latent_avg"][None])[0]
+        return out, avg_full, model.render(v["generator"], out["codes"][1])
+
+    out, full, y = jax.jit(fn)(variables, x)
+    want = full.reshape(16, 2, 16, 2, 3).mean(axis=(1, 3))[2:14]  # face_pool 16, rows 2:14
+    np.testing.assert_allclose(out["avg_image"], want, atol=1e-5)
+    assert out["images"].shape == (2, 2, 24, 32, 3) and out["pooled"].shape == (2, 2, 12, 16, 3)
+    y = y[:, 4:28]  # rows [32/8, 7*32/8)
+    np.testing.assert_allclose(out["images"][1], y, atol=1e-5)
+    np.testing.assert_allclose(out["pooled"][1], y.reshape(2, 12, 2, 16, 2, 3).mean(axis=(2, 4)),
+                               atol=1e-5)
+    assert e4e.default_restyle_feedback(enc, {"dataset_type": "cars_encode"}) == ((192, 256), True)
 
 
 # ----------------------------------------------------------------------------- converter
@@ -278,7 +322,7 @@ def test_narrow_multiplier_generator_converts_and_generates(tmp_path):
 
     config = stylegan2.GeneratorConfig(size=32, style_dim=32, n_mlp=2,
                                        channels=((4, 24), (8, 24), (16, 24), (32, 12)))
-    variables = stylegan2.random_init(config, seed=5)
+    variables = random_values(stylegan2.init_shapes(config), np.random.RandomState(5))
     pt = tmp_path / "g.pt"
     sd = {k: torch.from_numpy(np.array(v)) for k, v in rosinality_state_dict(variables).items()}
     torch.save({"g_ema": sd}, pt)
