@@ -225,6 +225,22 @@ def test_full_size_listing_converts(size, n_styles):
     assert cfg["encoder"] == config and cfg["generator"]["size"] == size
     assert tree_paths(tree["encoder"]) == tree_paths(e4e.init_shapes(config))
     assert tree["latent_avg"].shape == (n_styles, 512)
+    # The full-size pipeline traces (shapes only): 256 px input, 18 or 14 W+ rows, then the
+    # domain render of a same-size generator with the official layers' offsets.
+    model = e4e.ReStyleE4E(e4e.ReStyleConfig(cfg["encoder"], stylegan2.GeneratorConfig.from_dict(
+        cfg["generator"])))
+    x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.invert(v, x, 2), tree, x)
+    assert out["codes"].shape == (2, 1, n_styles, 512) and out["images"].shape[2:4] == (size, size)
+    gen_cfg = stylegan2.GeneratorConfig.official(size)
+    layers = domain.kept_layers(gen_cfg.n_convs, range(gen_cfg.n_convs))
+    assert layers == ((14, 15, 17, 18, 20, 21, 23, 24) if size == 1024 else (14, 15, 17, 18))
+    shapes = gen_cfg.delta_shapes()
+    kept = [jax.ShapeDtypeStruct((1,) + shapes[j], jnp.float32) if j in layers else None
+            for j in range(gen_cfg.n_convs)]
+    img = jax.eval_shape(lambda v, c, k: domain.render_domain(stylegan2.Generator(gen_cfg), v, c, k),
+                         tree["generator"], out["latent"], kept)
+    assert img.shape == (1, size, size, 3)
 
     # A missing and a misshaped key: one line naming both.
     bad = dict(sd)
