@@ -449,3 +449,41 @@ def cli_variables(hs):
     from hyperstyle_jax.checkpoints import load_hyperstyle
 
     return jax.tree.map(jnp.asarray, load_hyperstyle(hs)[1]["generator"])
+
+
+def test_stats_cli_with_clip_sharded_over_two_devices(tmp_path):
+    """The command line with converted folders and the real CLIP image path; the same run
+    on two (fake CPU) devices gives the same files."""
+    import subprocess
+
+    from hyperstyle_jax.checkpoints import KIND_STYLEGAN2, save_converted
+    from hyperstyle_jax.models.clip import CLIPConfig, random_init as clip_init
+    from hyperstyle_jax.models.stylegan2 import random_init
+
+    tool = _stats_tool()
+    save_converted(str(tmp_path / "gen"), jax.tree.map(np.asarray, random_init(TINY, 0)),
+                   TINY.to_dict(), KIND_STYLEGAN2)
+    cfg = CLIPConfig(embed_dim=16, image_resolution=32, vision_layers=1, vision_width=32,
+                     vision_patch_size=16, vision_heads=2, transformer_width=32,
+                     transformer_heads=2, transformer_layers=1)
+    save_converted(str(tmp_path / "clip"), jax.tree.map(np.asarray, clip_init(cfg, 0)),
+                   cfg.to_dict(), "clip")
+    args = [str(tmp_path / "gen"), str(tmp_path / "clip"), None, "--n_samples", "64",
+            "--n_images", "4", "--image_batch", "2", "--sample_batch", "16"]
+    args[2] = str(tmp_path / "one")
+    assert tool.main(args) == 0
+    args[2] = str(tmp_path / "two")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "styleclip_stats.py")] + args,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 cpu device(s)" in r.stdout
+    a, b = (np.load(tmp_path / d / "fs3.npy") for d in ("one", "two"))
+    assert a.shape == (40, 16) and np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    (m1, s1), (m2, s2) = (styleclip.load_s_mean_std(str(tmp_path / d / "S_mean_std"))
+                          for d in ("one", "two"))
+    for x, y in zip(m1 + s1, m2 + s2):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    assert tool.main([str(tmp_path / "clip"), str(tmp_path / "clip"), str(tmp_path / "x")]) == 2

@@ -29,11 +29,18 @@ Differences from StyleCLIP: images are resized with JAX's antialiased bicubic in
 PIL's (about 1e-2 on CLIP inputs); a channel that changes nothing gets a zero row (StyleCLIP
 divides 0 by 0); the random samples are JAX's, not numpy's.
 
-Speed (as measured and projected; see `README.md` "Text-driven edits"): every channel needs
-2·n_images renders and CLIP encodes. On this 2-core CPU, a 16 px generator (8 channels,
-style_dim 16) with a narrow CLIP (2 layers, width 32, 32 px input) took MEASURED_CPU per
-channel with n_images = 8. For the full 1024 generator + ViT-B/32 the cost of one channel
-(200 renders + encodes) is PROJECTED_FLOPS of XLA-counted work: PROJECTED_ACCEL.
+Speed. Every channel needs 2·n_images renders and CLIP encodes (`--max_channels N` times a
+few channels and stops; the same command resumes). Measured on this 2-core CPU (shared,
+load average ~15) with a 16 px generator (8 channels, style_dim 16) and a narrow CLIP (2+2
+layers, width 32, 32 px input), n_images = 100, image_batch 10: 0.019-0.031 s per channel
+after a ~5 s first step (the compile), 40 channels in ~6 s. PROJECTED, not measured, for
+the 1024 FFHQ generator + ViT-B/32: XLA's cost analysis of this step counts 149.4 GFLOP per
+1024 render and 10.6 GFLOP per CLIP encode (with preprocessing), 32.0 TFLOP per channel
+(100 image pairs), 194 PFLOP for the 6048 rows. On one H100/H200-class GPU at an assumed
+sustained 150-250 TFLOP/s (TF32 tensor cores, 30-50 % of dense peak) that is 0.13-0.21 s
+per channel, 13-22 min in all; with fp32 matmuls (`jax_default_matmul_precision=highest`,
+~33 TFLOP/s assumed) about 1 s per channel, ~1.6 h. On a CPU it is impractical (~12 GFLOP/s
+measured here on the tiny case: ~45 min per channel).
 
 Sharding: the images of a step are split over all devices on the `data` axis of
 `hyperstyle_jax.parallel` (single process); `--image_batch` must be a multiple of the
@@ -243,8 +250,9 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
                 settings_json: str = "", log=print) -> tuple[np.ndarray, dict]:
     """fs3 [rows, E] for `settings.layers`; resumes from / saves to `partial_path`.
 
-    Returns (fs3, info) with info = {'done', 'rows', 'seconds', 'seconds_per_channel'}; fs3
-    rows not yet computed (when stopped by `max_channels`) are NaN.
+    Returns (fs3, info) with info = {'done', 'rows', 'seconds', 'seconds_per_channel' (after
+    the first group, which includes the compile), 'first_group_seconds'}; fs3 rows not yet
+    computed (when stopped by `max_channels`) are NaN.
     """
     lay = stylespace.layout(config)
     flat_idx = fs3_flat_indices(lay, settings.layers)
@@ -285,7 +293,7 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
     before = 0 if done is None else int(done.sum())
     bar = _bar(rows, "fs3", "ch", initial=before) if progress else None
     t0 = last_save = time.time()
-    n_new = 0
+    n_new, t_first, n_first = 0, None, 0
     for start in range(0, len(todo), k):
         group = todo[start:start + k]
         pad = k - len(group)
@@ -302,6 +310,8 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
         sums[group] = acc[:len(group)]
         done[group] = True
         n_new += len(group)
+        if t_first is None:  # the first group includes the compile: timed apart
+            t_first, n_first = time.time(), len(group)
         if bar is not None:
             bar.update(len(group))
             bar.set_postfix_str(f"{(time.time() - t0) / n_new:.3g} s/ch")
@@ -310,14 +320,18 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
             last_save = time.time()
     if bar is not None:
         bar.close()
-    seconds = time.time() - t0
+    t_end = time.time()
+    seconds = t_end - t0
+    steady = ((t_end - t_first) / (n_new - n_first) if t_first is not None and n_new > n_first
+              else seconds / max(n_new, 1))
     if partial_path and sums is not None:
         _save_partial(partial_path, sums, done, settings_json)
     fs3 = np.full((rows, sums.shape[1] if sums is not None else 0), np.nan, np.float32)
     if sums is not None:
         fs3[done] = styleclip.normalize(sums[done]).astype(np.float32)
     return fs3, {"done": int(done.sum()) if done is not None else 0, "rows": rows,
-                 "seconds": seconds, "seconds_per_channel": seconds / max(n_new, 1)}
+                 "seconds": seconds, "seconds_per_channel": steady,
+                 "first_group_seconds": (t_first - t0) if t_first is not None else 0.0}
 
 
 # ----------------------------------------------------------------------------- loading / CLI
@@ -375,8 +389,9 @@ def run(gen_path: str, clip_path: str, out_dir: str, settings: StatsSettings, *,
                             max_channels=max_channels, progress=progress,
                             settings_json=settings_json, log=log)
     log(f"fs3: {info['done']}/{info['rows']} channels, {info['seconds_per_channel']:.4g} s "
-        f"per channel this run ({settings.n_images} images, "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s))")
+        f"per channel this run after the first step ({info['first_group_seconds']:.1f} s, with "
+        f"the compile), {settings.n_images} images, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     if info["done"] == info["rows"]:
         np.save(os.path.join(out_dir, "fs3.npy"), fs3)
         log(f"{os.path.join(out_dir, 'fs3.npy')}: {fs3.shape}")
