@@ -238,8 +238,9 @@ def test_full_size_listing_converts(size, n_styles):
     shapes = gen_cfg.delta_shapes()
     kept = [jax.ShapeDtypeStruct((1,) + shapes[j], jnp.float32) if j in layers else None
             for j in range(gen_cfg.n_convs)]
-    img = jax.eval_shape(lambda v, c, k: domain.render_domain(stylegan2.Generator(gen_cfg), v, c, k),
-                         tree["generator"], out["latent"], kept)
+    g = stylegan2.Generator(gen_cfg)
+    img = jax.eval_shape(lambda v, c, k: domain.render_domain(g, v, c, k), tree["generator"],
+                         out["latent"], kept)
     assert img.shape == (1, size, size, 3)
 
     # A missing and a misshaped key: one line naming both.
@@ -251,7 +252,8 @@ def test_full_size_listing_converts(size, n_styles):
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("listing.pt: cannot convert ReStyle-e4e encoder")
     assert "encoder.styles.7.convs.4.bias (expected shape (512,))" in msg
-    assert "encoder.body.5.res_layer.1.weight: shape (128, 128, 1, 1), expected (128, 128, 3, 3)" in msg
+    assert ("encoder.body.5.res_layer.1.weight: shape (128, 128, 1, 1), expected "
+            "(128, 128, 3, 3)") in msg
     bad = dict(sd, **{"encoder.extra.weight": np.zeros(1, np.float32)})
     with pytest.raises(ConversionError, match=r"unexpected keys \(1\): encoder.extra.weight"):
         restyle_e4e_from_state_dict(bad, top, "listing.pt")

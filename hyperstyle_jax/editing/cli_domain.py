@@ -78,8 +78,8 @@ def run(args, ctx) -> None:
     tuned = [j for j, s in enumerate(inv.model.tuned_delta_shapes()) if s is not None]
     layers = domain.kept_layers(inv.generator_config.n_convs, tuned)
     rs_gen = restyle.generator_config
-    gens = load_generators(args.generator, inv.generator_config, (rs_gen.n_latent, rs_gen.style_dim),
-                           layers, args.checkpoint)
+    gens = load_generators(args.generator, inv.generator_config,
+                           (rs_gen.n_latent, rs_gen.style_dim), layers, args.checkpoint)
     b = args.batch_size
     run_restyle = restyle.batched_runner(b, args.restyle_iters)
     renderers = {}
