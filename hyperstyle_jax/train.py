@@ -35,7 +35,6 @@ from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
 from hyperstyle_jax.training.optim import make_optimizer
-from hyperstyle_jax.training.step import TrainState, make_eval_step, make_train_step
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "tiny.py")
@@ -108,19 +107,6 @@ class StopSignal:
             signal.signal(sig, old)
 
 
-def format_eval(summary: dict, n_iters: int, w_code: str) -> str:
-    src = ("true latents of the synthetic images (no W-encoder)" if w_code == "true_latent"
-           else "the frozen W-encoder")
-    lines = [f"held-out L2 on {int(summary['count'])} images "
-             f"(iteration 0 = initial inversion from {src}):"]
-    for t in range(n_iters + 1):
-        parts = [f"L2 {summary[f'l2/iter_{t}']:.6f}"]
-        if f"lpips/iter_{t}" in summary:
-            parts.append(f"LPIPS {summary[f'lpips/iter_{t}']:.6f}")
-        lines.append(f"  iteration {t}: " + ", ".join(parts))
-    return "\n".join(lines)
-
-
 # =======================================================================================
 # Training
 # =======================================================================================
@@ -145,50 +131,37 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     repl = parallel.replicated(mesh)
     batch_sh = parallel.batch_sharded(mesh)
 
-    # ---------------------------------------------------------------- model, frozen networks
-    built = model_setup.build(config)
-    for line in built.description:
+    # ---------------------------------------------------------------- model, frozen networks, optimizer
+    # The task (config.task) gives the model, its frozen networks, the state and the steps.
+    tx = make_optimizer(config.optim)
+    if config.task == "w_encoder":
+        from hyperstyle_jax.training import w_encoder_setup
+
+        task = w_encoder_setup.build_task(config, tx)
+    else:
+        task = model_setup.build_task(config, tx)
+    for line in task.description:
         logging.info("%s", line)
         if is_main:
             print(line, flush=True)
-    frozen = put_replicated({"model": built.frozen_model, "loss": built.frozen_loss}, mesh)
-
-    # ---------------------------------------------------------------- optimizer
-    tx = make_optimizer(config.optim)
+    frozen = put_replicated(task.frozen, mesh)
 
     # ---------------------------------------------------------------- train state (sharded)
     init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-
-    def make_state(hyper):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
-                          batch_stats=hyper.get("batch_stats", {}),
-                          opt_state=tx.init(hyper["params"]))
-
-    if built.init_override is None:
-        init_fn = lambda r: make_state(built.model.init_hypernet(r))  # noqa: E731
-        abstract = jax.eval_shape(init_fn, init_rng)
-        state_shardings = jax.tree.map(lambda _: repl, abstract)
-        state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
-    else:
-        hyper = put_replicated(built.init_override, mesh)
-        abstract = jax.eval_shape(make_state, hyper)
-        state_shardings = jax.tree.map(lambda _: repl, abstract)
-        state = jax.jit(make_state, out_shardings=state_shardings)(hyper)
+    init_inputs = None if task.init_inputs is None else put_replicated(task.init_inputs, mesh)
+    abstract = jax.eval_shape(task.make_state, init_rng, init_inputs)
+    state_shardings = jax.tree.map(lambda _: repl, abstract)
+    state = jax.jit(task.make_state, out_shardings=state_shardings)(init_rng, init_inputs)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    logging.info("hypernetwork: %d trainable parameters", n_params)
+    logging.info("%s: %d trainable parameters", task.name, n_params)
 
     # ---------------------------------------------------------------- steps
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    n_iters = config.n_iters_per_batch
     frozen_sh = jax.tree.map(lambda _: repl, frozen)
-    common = dict(true_latent=built.true_latent, unroll=config.unroll_iterations)
-    train_step = jax.jit(make_train_step(built.model, built.weights, tx, n_iters,
-                                         compute_dtype=dtype, **common),
+    train_step = jax.jit(task.train_step,
                          in_shardings=(state_shardings, frozen_sh, batch_sh),
                          out_shardings=(state_shardings, repl), donate_argnums=(0,))
     eval_steps = {  # with_images -> jitted eval step (images stay batch-sharded)
-        images: jax.jit(make_eval_step(built.model, built.weights, n_iters, with_images=images,
-                                       **common),
+        images: jax.jit(task.eval_step(images),
                         in_shardings=(state_shardings, frozen_sh, batch_sh),
                         out_shardings=repl if not images else None)
         for images in (False, True)}
@@ -270,7 +243,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
         if grid_rows:
             from hyperstyle_jax.utils.images import make_grid
 
-            writer.image(step, "val/input|initial|iterations", make_grid(grid_rows))
+            writer.image(step, task.grid_tag, make_grid(grid_rows))
         writer.flush()
         return summary
 
@@ -340,14 +313,15 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     best_step, best_loss = ckpt.best()
     ckpt.close()
     if status == "done" and is_main:
-        print(format_eval(last_val, n_iters, config.w_code), flush=True)
+        print(task.format_eval(last_val), flush=True)
         print(f"checkpoints: {ckpt.directory} (best val_loss {best_loss} at step {best_step})",
               flush=True)
     if status == "done" and jax.process_count() == 1:
         # orbax writes collectively; one process alone can write the inference folder.
         export_dir = os.path.join(workdir, "export")
-        _export(built, config, state, export_dir)
-        print(f"inference folder (converted HyperStyle format): {export_dir}", flush=True)
+        _export(task, state, export_dir)
+        print(f"inference folder (converted {task.export_kind} format): {export_dir}",
+              flush=True)
     elif status == "done" and is_main:
         print("multi-process run: no export/ folder; write it by running the same command "
               "once in a single process (it resumes at the last step and only exports)",
@@ -355,17 +329,17 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     return {"status": status, "step": final_step, "eval": last_val}
 
 
-def _export(built: model_setup.BuiltModel, config, state: TrainState, out_dir: str) -> None:
-    """Write the trained hypernetwork as a converted HyperStyle folder (for inference)."""
+def _export(task: model_setup.Task, state, out_dir: str) -> None:
+    """Write the trained network as a converted folder (`task.export_kind`, for inference)."""
     import shutil
 
     from hyperstyle_jax.checkpoints import save_converted
 
-    hyper = parallel.to_host({"params": state.params, "batch_stats": state.batch_stats})
-    cfg, tree = model_setup.export_tree(built, config, hyper)
+    trained = parallel.to_host({"params": state.params, "batch_stats": state.batch_stats})
+    cfg, tree = task.export_tree(trained)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_converted(tmp, tree, cfg, kind="hyperstyle")
+    save_converted(tmp, tree, cfg, kind=task.export_kind)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 

@@ -14,6 +14,9 @@ from hyperstyle_jax.training.optim import ADAM_DEFAULTS, RANGER_DEFAULTS
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # What is trained: 'hyperstyle' (the hypernetwork, official) or 'w_encoder' (the
+    # W-encoder HyperStyle starts from; the official repo needs e4e's for this).
+    c.task = "hyperstyle"
 
     # --- batch and schedule (official names in comments)
     c.batch_size = 8                # --batch_size (global, over all devices of all hosts)
@@ -65,6 +68,23 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.init_from = ""                # a converted HyperStyle checkpoint: fine-tune from it
 
+    # --- W-encoder training (task='w_encoder'; e4e's names in comments). The encoder sees
+    # x at model.feedback_hw; the losses (config.loss) compare pool(G(E(x) + latent_avg)) to x.
+    c.w_encoder = ml_collections.ConfigDict(dict(
+        num_layers=50,              # IR-SE depth of the official WEncoder (50 | 100 | 152)
+        stages=(),                  # or a narrowed body ((depth, n_units), ...); () = num_layers
+        input_width=64,             # input_layer width
+        mode="ir_se",               # 'ir_se' | 'ir'
+        backbone_init="",           # converted arcface folder: the IR-SE body init (pSp/e4e)
+        init_from="",               # converted w_encoder folder: fine-tune from it
+        w_norm_lambda=0.0,          # lambda * ||w - latent_avg||^2 (the seed's W-mean term)
+        disc_lambda=0.0,            # --w_discriminator_lambda (e4e: 0.1); 0 = no discriminator
+        disc_lr=2e-5,               # --w_discriminator_lr (Adam)
+        disc_layers=4,              # LatentCodesDiscriminator(512, 4)
+        r1_gamma=10.0,              # --r1
+        r1_every=16,                # --d_reg_every (lazy R1)
+    ))
+
     c.data = default_data_config()
     # One size, one name: the data are read at the hypernet's input size.
     c.data.image_hw = c.model.get_ref("feedback_hw")
@@ -76,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 COMPUTE_DTYPES = ("float32", "bfloat16")
 W_CODES = ("encoder", "true_latent")
+TASKS = ("hyperstyle", "w_encoder")
 
 
 def check_config(c) -> None:
@@ -96,6 +117,11 @@ def check_config(c) -> None:
     for key in ("max_val_batches", "keep_best_checkpoints",
                 "num_grid_images", "seed"):
         positive(key, allow_zero=True)
+    if c.task not in TASKS:
+        raise ValueError(f"config.task={c.task!r}: use one of {TASKS}")
+    w_task = c.task == "w_encoder"
+    if w_task:
+        _check_w_encoder(c.w_encoder)
     if c.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"config.compute_dtype={c.compute_dtype!r}: use one of {COMPUTE_DTYPES}")
     if c.w_code not in W_CODES:
@@ -113,13 +139,13 @@ def check_config(c) -> None:
     check_data_config(c.data)
 
     synthetic = c.data.source == "synthetic"
-    if c.w_code == "true_latent" and not synthetic:
+    if c.w_code == "true_latent" and not synthetic and not w_task:
         raise ValueError("config.w_code='true_latent' needs config.data.source='synthetic' "
                          f"(got {c.data.source!r}): real images have no true latent")
     needed = []
     if not c.checkpoints.generator and not synthetic and not c.init_from:
         needed.append(("generator", "stylegan2"))
-    if c.w_code == "encoder":
+    if c.w_code == "encoder" and not w_task:
         needed.append(("w_encoder", "w_encoder"))
     for net, key in (("lpips", "lpips"), ("id", "arcface"), ("moco", "moco")):
         if net in weights.networks():
@@ -135,3 +161,35 @@ def check_config(c) -> None:
             raise ValueError(f"config.checkpoints.{key}={path!r}: no such folder")
     if c.init_from and not os.path.isdir(c.init_from):
         raise ValueError(f"config.init_from={c.init_from!r}: no such folder")
+    if w_task and c.init_from:
+        raise ValueError("config.init_from is a HyperStyle checkpoint; with task='w_encoder' "
+                         "use config.w_encoder.init_from (a converted w_encoder folder)")
+    for key in ("backbone_init", "init_from"):
+        path = c.w_encoder[key]
+        if w_task and path and not os.path.isdir(path):
+            raise ValueError(f"config.w_encoder.{key}={path!r}: no such folder")
+
+
+def _check_w_encoder(w) -> None:
+    if not w.stages and w.num_layers not in (50, 100, 152):
+        raise ValueError(f"config.w_encoder.num_layers={w.num_layers!r}: use 50, 100 or 152 "
+                         "(or a narrowed config.w_encoder.stages)")
+    for s in w.stages:
+        if len(s) != 2 or any(not isinstance(v, int) or v < 1 for v in s):
+            raise ValueError(f"config.w_encoder.stages={w.stages!r}: expected "
+                             "((depth, n_units), ...) of positive ints")
+    if w.mode not in ("ir", "ir_se"):
+        raise ValueError(f"config.w_encoder.mode={w.mode!r}: use 'ir_se' or 'ir'")
+    if w.mode == "ir_se" and any(d < 16 for d, _ in w.stages):
+        raise ValueError(f"config.w_encoder.stages={w.stages!r}: IR-SE units need depth >= 16 "
+                         "(the SE module divides by 16)")
+    for key in ("w_norm_lambda", "disc_lambda", "r1_gamma"):
+        if not w[key] >= 0:
+            raise ValueError(f"config.w_encoder.{key}={w[key]!r}: must be >= 0")
+    if w.disc_lambda > 0 and not w.disc_lr > 0:
+        raise ValueError(f"config.w_encoder.disc_lr={w.disc_lr!r}: must be > 0")
+    for key in ("disc_layers", "r1_every", "input_width"):
+        if not isinstance(w[key], int) or w[key] < 1:
+            raise ValueError(f"config.w_encoder.{key}={w[key]!r}: expected an int >= 1")
+    if w.backbone_init and w.init_from:
+        raise ValueError("config.w_encoder: set backbone_init or init_from, not both")

@@ -8,12 +8,16 @@
     built.init_override  host {'params', 'batch_stats'} from init_from / resnet34, or None
                          (then `model.init_hypernet(rng)` makes fresh ones)
     export_tree(built, config, hyper_host) -> (config dict, tree) for a converted folder
+
+`Task` is what the loop in `train.py` needs from a training task; `build_task(config, tx)`
+makes HyperStyle's (`config.task = 'hyperstyle'`), `training.w_encoder_setup.build_task`
+the W-encoder's (`'w_encoder'`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -151,3 +155,68 @@ def export_tree(built: BuiltModel, config, hyper_host: dict) -> tuple[dict, dict
     tree = {"hypernet": hyper_host, "generator": jax.tree.map(np.asarray, fm["generator"]),
             "latent_avg": fm["latent_avg"]}
     return cfg, tree
+
+
+# ---------------------------------------------------------------------------------------
+# The task interface of the loop (train.py)
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Task:
+    """What `train.train_and_evaluate` needs from a training task.
+
+    frozen       host {'model': ..., 'loss': ...}: never differentiated, replicated
+    init_inputs  host tree given (replicated) to `make_state`, or None
+    make_state   (rng, init_inputs) -> train state; jitted with out_shardings, so the
+                 state is created already sharded
+    train_step   (state, frozen, batch) -> (state, metrics with 'loss' and 'finite')
+    eval_step    with_images -> (state, frozen, batch) -> per-batch sums ('count',
+                 'val_loss', ...; 'images' [k, B, H, W, 3] with images)
+    grid_tag     the validation image grid's name (its columns)
+    format_eval  held-out summary -> the text printed at the end
+    export_tree  host {'params', 'batch_stats'} -> (config, tree) of a converted folder
+    export_kind  that folder's kind ('hyperstyle' | 'w_encoder')
+    """
+    name: str
+    description: list
+    frozen: Any
+    init_inputs: Any
+    make_state: Callable
+    train_step: Callable
+    eval_step: Callable
+    grid_tag: str
+    format_eval: Callable
+    export_tree: Callable
+    export_kind: str
+
+
+def build_task(config, tx) -> Task:
+    """HyperStyle's hypernetwork training (SPEC §4.1) as a `Task`."""
+    import jax.numpy as jnp
+
+    from hyperstyle_jax.training.step import (TrainState, format_eval, make_eval_step,
+                                              make_train_step)
+
+    built = build(config)
+
+    def make_state(rng, hyper):
+        if hyper is None:  # fresh init (else init_from / resnet34)
+            hyper = built.model.init_hypernet(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
+                          batch_stats=hyper.get("batch_stats", {}),
+                          opt_state=tx.init(hyper["params"]))
+
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    n_iters = config.n_iters_per_batch
+    common = dict(true_latent=built.true_latent, unroll=config.unroll_iterations)
+    return Task(
+        name="hyperstyle", description=built.description,
+        frozen={"model": built.frozen_model, "loss": built.frozen_loss},
+        init_inputs=built.init_override, make_state=make_state,
+        train_step=make_train_step(built.model, built.weights, tx, n_iters,
+                                   compute_dtype=dtype, **common),
+        eval_step=lambda images: make_eval_step(built.model, built.weights, n_iters,
+                                                with_images=images, **common),
+        grid_tag="val/input|initial|iterations",
+        format_eval=lambda summary: format_eval(summary, n_iters, config.w_code),
+        export_tree=lambda hyper: export_tree(built, config, hyper),
+        export_kind=checkpoints.KIND_HYPERSTYLE)

@@ -182,3 +182,17 @@ def make_eval_step(model: HyperStyle, weights: LossWeights, n_iters: int, *,
 def _masked_rows(y_hat, x, mask):
     m = mask.reshape((-1,) + (1,) * (x.ndim - 1))
     return y_hat * m + x * (1.0 - m)
+
+
+def format_eval(summary: dict, n_iters: int, w_code: str) -> str:
+    """The held-out summary printed at the end of a HyperStyle run."""
+    src = ("true latents of the synthetic images (no W-encoder)" if w_code == "true_latent"
+           else "the frozen W-encoder")
+    lines = [f"held-out L2 on {int(summary['count'])} images "
+             f"(iteration 0 = initial inversion from {src}):"]
+    for t in range(n_iters + 1):
+        parts = [f"L2 {summary[f'l2/iter_{t}']:.6f}"]
+        if f"lpips/iter_{t}" in summary:
+            parts.append(f"LPIPS {summary[f'lpips/iter_{t}']:.6f}")
+        lines.append(f"  iteration {t}: " + ", ".join(parts))
+    return "\n".join(lines)
