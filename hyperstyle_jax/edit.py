@@ -7,7 +7,8 @@
     python -m hyperstyle_jax.edit interpolate --checkpoint CKPT --inversion inv/ --out out/ \\
         --pair a b --alphas 0.25,0.5,0.75 --frames 30 --animation out/a_b.gif
 
-Input: --images (inverted first with --checkpoint --w_encoder --n_iters --batch_size) or
+Input: --images (inverted first with --checkpoint --w_encoder --n_iters --batch_size;
+--align aligns faces first, as `invert --align`) or
 --inversion DIR (an `invert` output written with --save_latents --save_deltas; only
 --checkpoint is needed then). Outputs under --out: edits/<key>/<stem>.png, labelled
 grids/<stem>.png, with --save_npy arrays/<stem>.npz (float32 un-clipped [H, W, 3] per key

@@ -23,8 +23,8 @@ Output layout under --out:
     edits/<key>/<stem>.png     one per edit (key e.g. age_-3, pose_ii, alpha_0.25)
     grids/<stem>.png           labelled rows: input | reconstruction | one column per edit
     arrays/<stem>.npz          with --save_npy: float32 [H, W, 3] per key + 'reconstruction'
-    latents.npy, deltas/       with --save_inversion (and --images): the `invert` format,
-                               so later edits can use --inversion OUT
+    latents.npy, deltas/,      with --save_inversion (and --images): the `invert` format
+    inputs/<stem>.png          plus the model-size inputs, so later edits can use --inversion OUT
 """
 from __future__ import annotations
 
@@ -182,8 +182,15 @@ def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int
 
 
 def _input_from_invert_grid(folder: str, stem: str) -> Optional[np.ndarray]:
-    """The input panel of invert's grids/<stem>.png: its first cell (pad 2, cells the
-    size of final/<stem>.png); None when either file is missing."""
+    """inputs/<stem>.png (written by edit --save_inversion), else the input panel of
+    invert's grids/<stem>.png: its first cell (pad 2, cells the size of final/<stem>.png);
+    None when neither is there."""
+    saved = os.path.join(folder, "inputs", f"{stem}.png")
+    if os.path.isfile(saved):
+        try:
+            return imio.read_image(saved)
+        except imio.ImageReadError:
+            pass
     grid, final = (os.path.join(folder, d, f"{stem}.png") for d in ("grids", "final"))
     if not (os.path.isfile(grid) and os.path.isfile(final)):
         return None
@@ -254,9 +261,12 @@ def invert_images(inverter, paths: Sequence[str], n_iters: int, batch_size: int,
 
 
 def write_inversion(out: str, items: Sequence[Item]) -> None:
-    """latents.npy + deltas/<stem>.npz in the `invert` format."""
+    """latents.npy + deltas/<stem>.npz in the `invert` format, and inputs/<stem>.png (the
+    model-size input, for the grids of later --inversion runs)."""
     os.makedirs(os.path.join(out, "deltas"), exist_ok=True)
     for it in items:
+        if it.image is not None:
+            _atomic_png(os.path.join(out, "inputs", f"{it.stem}.png"), it.image)
         _atomic_npz(os.path.join(out, "deltas", f"{it.stem}.npz"),
                     {f"layer_{j}": d for j, d in enumerate(it.deltas) if d is not None})
     np.save(os.path.join(out, "latents.npy"), {it.stem: it.codes for it in items},
@@ -336,11 +346,13 @@ class EditContext:
         _atomic_png(os.path.join(self.out, "edits", key, f"{stem}.png"), image)
 
     def write_grid(self, stem: str, rows: Sequence[Sequence[tuple]]) -> None:
-        """rows of (label, image or None) cells; cells take the first image's size."""
+        """rows of (label, image or None) cells; cells take the largest image's size (the
+        renders; a smaller input is scaled up to it)."""
         cells = [[im for _, im in r] for r in rows]
         labels = [[lab for lab, _ in r] for r in rows]
-        first = next(im for r in cells for im in r if im is not None)
-        grid = imio.make_grid(cells, cell_hw=first.shape[:2], labels=labels)
+        hw = max((im.shape[:2] for r in cells for im in r if im is not None),
+                 key=lambda s: s[0] * s[1])
+        grid = imio.make_grid(cells, cell_hw=hw, labels=labels)
         _atomic_png(os.path.join(self.out, "grids", f"{stem}.png"), grid)
 
     def write_arrays(self, stem: str, arrays: dict) -> None:
