@@ -26,7 +26,6 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hyperstyle_jax.models import ops
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
 Array = Any
@@ -180,9 +179,10 @@ def render_styles(generator: Generator, variables: Any, styles: Sequence, *,
     def give_style(next_fun, args, kwargs, context):
         m = context.module
         path = m.path
-        if (context.method_name == "__call__" and isinstance(m, ops.EqualLinear)
-                and len(path) >= 3 and path[-1] == "modulation" and path[-2] == "conv"
-                and path[-3] in index):
+        # Matched by the official parameter path <layer>/conv/modulation, which every
+        # refactor of the modules keeps (the converter's table depends on it).
+        if (context.method_name == "__call__" and len(path) >= 3 and path[-1] == "modulation"
+                and path[-2] == "conv" and path[-3] in index):
             j = index[path[-3]]
             used.append(j)
             return styles[j].astype(args[0].dtype)
