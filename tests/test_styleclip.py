@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+from hyperstyle_jax import parallel
 from hyperstyle_jax.convert.common import SourceDict, to_numpy_state_dict, unwrap_state_dict
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.editing import EditError
@@ -487,3 +488,26 @@ def test_stats_cli_with_clip_sharded_over_two_devices(tmp_path):
     for x, y in zip(m1 + s1, m2 + s2):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     assert tool.main([str(tmp_path / "clip"), str(tmp_path / "clip"), str(tmp_path / "x")]) == 2
+
+
+def test_stats_files_have_the_official_structure(narrow, tmp_path):
+    """On fixture 10's narrow generator, the tool's S_mean_std has the structure of the
+    fixture's official-format file (same pickle protocol, lists, shapes, dtypes) and its fs3
+    would have the rows of fs3_narrow.npy."""
+    tool = _stats_tool()
+    config, variables = narrow
+    settings = tool.StatsSettings(n_samples=32, n_images=1, sample_batch=16)
+    means, stds = tool.s_mean_std(config, variables, settings, parallel.make_mesh())
+    p = str(tmp_path / "S_mean_std")
+    styleclip.save_s_mean_std(p, means, stds)
+    ours, official = open(p, "rb").read(), open(os.path.join(F10, "S_mean_std_narrow"), "rb").read()
+    assert ours[:2] == official[:2] == b"\x80\x03"   # pickle protocol 3
+    a, b = pickle.loads(ours), pickle.loads(official)
+    assert type(a) is type(b) is list and len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert type(x) is type(y) is list
+        assert [(v.shape, v.dtype) for v in x] == [(v.shape, v.dtype) for v in y]
+    lay = stylespace.layout(config)
+    assert len(tool.fs3_flat_indices(lay, "all")) == np.load(os.path.join(F10, "fs3_narrow.npy")).shape[0]
+    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "all")) == 6048
+    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "edited")) == 5376
