@@ -184,6 +184,10 @@ def test_errors_one_line(ckpts, inversion, tmp_path, capsys):
                     "--out", tmp_path / "d", "--pair", "img0", "nope")
     assert code == 1 and "no image 'nope'" in _one_error_line(cap)
 
+    code, cap = run(capsys, "interfacegan", "--checkpoint", hs, "--inversion", inversion,
+                    "--out", tmp_path / "e", "--direction", age, "--align")
+    assert code == 1 and "--align applies to --images" in _one_error_line(cap)
+
 
 def test_help_shows_defaults(capsys):
     for sub, needle in [("interfacegan", "(default: -3,0,3)"), ("ganspace", "(default: auto)"),

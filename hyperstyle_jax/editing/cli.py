@@ -42,7 +42,19 @@ from hyperstyle_jax.utils import images as imio
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps description layout; appends '(default: ...)' to options that have one."""
+    """Keeps description layout (indented lines as they are, long plain lines wrapped);
+    appends '(default: ...)' to options that have one."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            if len(line) > width and not line.startswith(" "):
+                out.extend(textwrap.wrap(line, width))
+            else:
+                out.append(line)
+        return "\n".join(indent + line for line in out)
 
     def _get_help_string(self, action):
         h = action.help or ""
