@@ -343,8 +343,10 @@ def test_stats_refuses_other_settings(tmp_path):
               gen=(TINY, constructed_generator()), progress=False, log=lambda *_: None)
     out = str(tmp_path / "s")
     tool.run("", "", out, tool.StatsSettings(**SETTINGS), max_channels=2, **kw)
-    with pytest.raises(SystemExit, match="other settings"):
+    before = open(os.path.join(out, "stats_settings.json")).read()
+    with pytest.raises(EditError, match="other settings"):
         tool.run("", "", out, tool.StatsSettings(**{**SETTINGS, "alpha": 3.0}), **kw)
+    assert open(os.path.join(out, "stats_settings.json")).read() == before
 
 
 # ----------------------------------------------------------------------------- edit CLI

@@ -64,7 +64,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hyperstyle_jax import parallel  # noqa: E402
-from hyperstyle_jax.editing import styleclip  # noqa: E402
+from hyperstyle_jax.editing import EditError, styleclip  # noqa: E402
 from hyperstyle_jax.models import stylespace  # noqa: E402
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
@@ -237,6 +237,19 @@ def _bar(total: int, desc: str, unit: str, initial: int = 0):
                 smoothing=0.1)
 
 
+def read_partial(path: str, settings_json: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sums [rows, E] float64, done [rows] bool) of a partial run made with these settings."""
+    try:
+        with np.load(path, allow_pickle=False) as p:
+            saved, sums, done = str(p["settings"]), p["sums"], p["done"]
+    except (OSError, ValueError, KeyError) as e:
+        raise EditError(f"{path}: unreadable partial result ({e}); delete it to restart") from None
+    if saved != settings_json:
+        raise EditError(f"{path} was made with other settings ({saved}); use the same options "
+                        "or another output folder")
+    return sums, done
+
+
 def _save_partial(path: str, sums: np.ndarray, done: np.ndarray, settings_json: str) -> None:
     tmp = path + ".tmp.npz"
     np.savez(tmp, sums=sums, done=done, settings=np.asarray(settings_json))
@@ -278,13 +291,9 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
 
     sums, done = None, None
     if partial_path and os.path.exists(partial_path):
-        with np.load(partial_path, allow_pickle=False) as p:
-            if str(p["settings"]) != settings_json:
-                raise SystemExit(f"error: {partial_path} was made with other settings "
-                                 f"({p['settings']}); use another output folder")
-            sums, done = p["sums"], p["done"]
+        sums, done = read_partial(partial_path, settings_json)
         if sums.shape[0] != rows:
-            raise SystemExit(f"error: {partial_path} has {sums.shape[0]} rows, expected {rows}")
+            raise EditError(f"{partial_path} has {sums.shape[0]} rows, expected {rows}")
         log(f"resuming: {int(done.sum())}/{rows} channels already done")
     k = int(channels_per_step)
     todo = [r for r in range(rows) if done is None or not done[r]]
@@ -294,30 +303,37 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
     bar = _bar(rows, "fs3", "ch", initial=before) if progress else None
     t0 = last_save = time.time()
     n_new, t_first, n_first = 0, None, 0
-    for start in range(0, len(todo), k):
-        group = todo[start:start + k]
-        pad = k - len(group)
-        rsel = np.asarray(group + [group[-1]] * pad)   # pad the last group by repetition
-        idx = flat_idx[rsel].astype(np.int32)
-        acc = None
-        for s_c, m_c in chunks:
-            out = step(gen_vars, enc_vars, s_c, m_c, idx, lo_all[idx], hi_all[idx])
-            acc = out if acc is None else acc + out
-        acc = np.asarray(jax.device_get(acc), np.float64)
-        if sums is None:
-            sums = np.zeros((rows, acc.shape[1]), np.float64)
-            done = np.zeros((rows,), bool)
-        sums[group] = acc[:len(group)]
-        done[group] = True
-        n_new += len(group)
-        if t_first is None:  # the first group includes the compile: timed apart
-            t_first, n_first = time.time(), len(group)
-        if bar is not None:
-            bar.update(len(group))
-            bar.set_postfix_str(f"{(time.time() - t0) / n_new:.3g} s/ch")
-        if partial_path and time.time() - last_save > save_every_s:
+    try:
+        for start in range(0, len(todo), k):
+            group = todo[start:start + k]
+            pad = k - len(group)
+            rsel = np.asarray(group + [group[-1]] * pad)   # pad the last group by repetition
+            idx = flat_idx[rsel].astype(np.int32)
+            acc = None
+            for s_c, m_c in chunks:
+                out = step(gen_vars, enc_vars, s_c, m_c, idx, lo_all[idx], hi_all[idx])
+                acc = out if acc is None else acc + out
+            acc = np.asarray(jax.device_get(acc), np.float64)
+            if sums is None:
+                sums = np.zeros((rows, acc.shape[1]), np.float64)
+                done = np.zeros((rows,), bool)
+            sums[group] = acc[:len(group)]
+            done[group] = True
+            n_new += len(group)
+            if t_first is None:  # the first group includes the compile: timed apart
+                t_first, n_first = time.time(), len(group)
+            if bar is not None:
+                bar.update(len(group))
+                bar.set_postfix_str(f"{(time.time() - t0) / n_new:.3g} s/ch")
+            if partial_path and time.time() - last_save > save_every_s:
+                _save_partial(partial_path, sums, done, settings_json)
+                last_save = time.time()
+    except KeyboardInterrupt:
+        # Keep what is finished: the same command resumes from it.
+        if partial_path and sums is not None:
             _save_partial(partial_path, sums, done, settings_json)
-            last_save = time.time()
+            log(f"\ninterrupted: {int(done.sum())}/{rows} channels saved to {partial_path}")
+        raise
     if bar is not None:
         bar.close()
     t_end = time.time()
@@ -370,11 +386,13 @@ def run(gen_path: str, clip_path: str, out_dir: str, settings: StatsSettings, *,
     os.makedirs(out_dir, exist_ok=True)
     settings_json = json.dumps({**dataclasses.asdict(settings), "generator": config.to_dict()},
                                sort_keys=True)
+    s_path = os.path.join(out_dir, "S_mean_std")
+    partial = os.path.join(out_dir, PARTIAL)
+    if os.path.exists(partial):
+        read_partial(partial, settings_json)  # refuse other settings before writing anything
     with open(os.path.join(out_dir, SETTINGS), "w") as f:
         f.write(settings_json + "\n")
     mesh = parallel.make_mesh()
-    s_path = os.path.join(out_dir, "S_mean_std")
-    partial = os.path.join(out_dir, PARTIAL)
     if os.path.exists(s_path) and os.path.exists(partial):
         means, stds = styleclip.load_s_mean_std(s_path)  # resumed: the same stream
     else:
@@ -423,7 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from hyperstyle_jax.checkpoints import CheckpointError
-    from hyperstyle_jax.editing import EditError
 
     args = build_parser().parse_args(argv)
     try:
