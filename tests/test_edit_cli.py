@@ -197,3 +197,18 @@ def test_help_shows_defaults(capsys):
         assert e.value.code == 0
         text = capsys.readouterr().out
         assert needle in text and "--n_iters" in text and "(default: 5)" in text, sub
+
+
+def test_progress_plain_lines_without_tty():
+    import io
+
+    from hyperstyle_jax.editing.cli import Progress
+
+    buf = io.StringIO()  # not a TTY: periodic plain lines, no carriage returns
+    bar = Progress(20, "interfacegan", file=buf)
+    for _ in range(20):
+        bar.update()
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert "\r" not in buf.getvalue() and len(lines) == 10, lines
+    assert lines[-1].startswith("interfacegan: 20/20 (100%)")

@@ -77,6 +77,8 @@ def test_interfacegan_parity(ref, renderer):
         np.testing.assert_allclose(codes, ref["interfacegan_pose_latents"][i], atol=CODE_ATOL)
         np.testing.assert_allclose(renderer(codes, d), nhwc(ref["interfacegan_pose_images"][i]),
                                    atol=IMG_ATOL)
+    # Every factor count, direction and image went through one AOT-compiled function.
+    assert list(renderer._compiled) == ["shared"]
 
 
 def test_ganspace_parity(ref, renderer):
