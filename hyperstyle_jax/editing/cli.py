@@ -11,10 +11,16 @@ Subcommand contract (a module listed in `hyperstyle_jax.edit.SUBCOMMANDS`):
 
 `run` validates its own options and files against the generator first (ctx.n_styles,
 ctx.style_dim, ctx.inverter are ready before any image is inverted), then reads
-`ctx.items` (the first access inverts `--images`, or reads `--inversion DIR`), edits each
-item with pure functions, renders with `ctx.render(codes, deltas)` and writes with
-`ctx.write_standard(...)` (or the lower-level `write_edit` / `write_grid` /
-`write_arrays`), looping over `ctx.progress(items, name)`. Errors: raise `EditError`
+`ctx.items` ([Item(stem, codes [n_styles, D], deltas, image)]; the first access inverts
+`--images`, aligned with --align, or reads `--inversion DIR`), edits each item with pure
+functions, renders with `ctx.render(codes [K, n_styles, D], deltas)` (deltas unbatched =
+shared by the K codes, or [K, ...] per code) and writes with
+`ctx.write_standard(item, reconstruction, rows)`, rows = per grid row a list of
+(key, label, image) (or the lower-level `write_edit(key, stem, image)`,
+`write_grid(stem, rows of (label, image))`, `write_arrays(stem, {key: image})`), looping
+over `ctx.progress(items, name)`. The common options (input, --checkpoint, --w_encoder,
+--n_iters, --batch_size, --align, --out, --save_npy, --save_inversion) come from
+`common_parser()`; a new subcommand adds its module to `SUBCOMMANDS`. Errors: raise `EditError`
 with a one-line message; `main` prints `error: <message>` and exits 1, and everything
 already written stays (each file is complete when it appears). Images are float32
 [H, W, 3] in [-1, 1], un-clipped.
