@@ -185,7 +185,7 @@ def render_styles(generator: Generator, variables: Any, styles: Sequence, *,
                 and path[-2] == "conv" and path[-3] in index):
             j = index[path[-3]]
             used.append(j)
-            return styles[j].astype(args[0].dtype)
+            return jnp.asarray(styles[j]).astype(args[0].dtype if args else jnp.float32)
         return next_fun(*args, **kwargs)
 
     # The W+ input only sets shapes: every layer's modulation output is replaced.
