@@ -48,7 +48,6 @@ import sys
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
@@ -208,6 +207,14 @@ def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
     return fn
 
 
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
 @functools.lru_cache(maxsize=8)
 def _sharded_metric_fn(metrics: tuple[str, ...], devices: tuple):
     """(jitted metric fn, batch sharding, replicated sharding) on the local devices' mesh.
@@ -301,7 +308,7 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
     read_gt = functools.lru_cache(maxsize=16)(load_image_256)
     per_image: dict[str, dict[str, dict]] = {}
     pending = None
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="img", disable=not progress)
+    bar = cli.progress_bar(len(pairs), desc="evaluate", unit="img") if progress else _NoBar()
 
     def collect(done):
         batch_preds, out = done

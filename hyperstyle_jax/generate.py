@@ -142,7 +142,6 @@ def run(args) -> int:
     # Heavy imports after argument parsing, so --help is instant.
     import jax
     import jax.numpy as jnp
-    from tqdm import tqdm
 
     from hyperstyle_jax.checkpoints import CheckpointError, load_generator_with_latent_avg
     from hyperstyle_jax.models.stylegan2 import Generator, random_init
@@ -215,8 +214,9 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     bs = min(args.batch_size, len(latents))
     thumbs = []
-    for start in tqdm(range(0, len(latents), bs), desc="generate", unit="batch",
-                      disable=len(latents) <= bs):
+    starts = range(0, len(latents), bs)
+    for start in (cli.progress(starts, desc="generate", unit="batch") if len(latents) > bs
+                  else starts):
         chunk = latents[start:start + bs]
         ids = noise_ids[start:start + bs]
         n = len(chunk)

@@ -29,7 +29,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
@@ -136,12 +135,12 @@ def main(argv=None) -> int:
 
     latents, failed = {}, []
     t_run, n_done = 0.0, 0
-    bar = tqdm(total=len(paths), unit="img", desc="invert", dynamic_ncols=True)
+    bar = cli.progress_bar(len(paths), desc="invert", unit="img")
     for start in range(0, len(paths), args.batch_size):
         ok, arrs, bad = _read_batch(paths[start:start + args.batch_size], inverter.input_hw,
                                     load, read_errors)
         for path, reason in bad:
-            tqdm.write(f"skipped: {reason}", file=sys.stderr)
+            cli.write_line(bar, f"skipped: {reason}")
         failed += bad
         bar.update(len(bad))
         if not ok:

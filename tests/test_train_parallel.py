@@ -3,7 +3,9 @@
 * k steps on 1 process x 8 CPU devices == 2 processes x 4 devices over a loopback
   `jax.distributed` (gloo): same parameters and BatchNorm statistics, max |diff| <= 1e-6.
 * A run SIGKILLed after a checkpoint, then started again on the same workdir, ends with a
-  train state bit-identical to an uninterrupted run.
+  train state bit-identical to an uninterrupted run, and metrics.jsonl holds each replayed
+  step once; a damaged last checkpoint is skipped for the previous good one (same final
+  state); SIGTERM saves and exits 0, Ctrl-C (SIGINT) on the CLI saves and exits 130.
 
 The micro config (8 px generator of width 8, tiny hypernet, 2 iterations) keeps each
 child's compile short. The synthetic data is rendered once here and cached for them.
@@ -176,6 +178,33 @@ def test_sigkill_then_resume_is_bit_identical(micro):
     meta = [json.load(open(d / "checkpoints" / str(steps) / "data" / "metadata"))
             for d in (micro / "uninterrupted", victim_dir)]
     assert meta[0]["iterator"]["step"] == meta[1]["iterator"]["step"] == steps
+    # The steps replayed after the kill are logged once: one train row per step.
+    rows = [json.loads(line) for line in open(victim_dir / "metrics.jsonl")]
+    logged = [r["step"] for r in rows if r["split"] == "train"]
+    assert logged == list(range(1, steps + 1)), logged
+
+
+def test_damaged_last_checkpoint_resumes_from_the_previous_one(micro):
+    import shutil
+
+    steps, every = 12, 4
+    src = micro / "uninterrupted"
+    if not (src / "checkpoints" / str(steps)).is_dir():
+        _finish(_spawn(micro, src, steps, every, 2))
+    damaged = micro / "damaged"
+    shutil.copytree(src, damaged)
+    state_dir = damaged / "checkpoints" / str(steps) / "state"
+    for root, _, files in os.walk(state_dir):   # half deleted: the array files are gone
+        for f in files:
+            if not f.startswith("_"):
+                os.remove(os.path.join(root, f))
+    out = _finish(_spawn(micro, damaged, steps, every, 2))
+    assert f"checkpoint step {steps} in" in out and "cannot be read" in out, out[-3000:]
+    assert f"resuming from the last good checkpoint, step {steps - every}" in out
+    assert f"RESULT done {steps}" in out
+    a, b = _state(src, steps), _state(damaged, steps)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro):
@@ -193,3 +222,27 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro):
     assert every <= stopped < steps
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
     assert f"RESULT stopped {stopped}" in out
+
+
+def test_ctrl_c_on_the_cli_saves_and_exits_130(micro):
+    config = micro / "micro_cli_config.py"
+    config.write_text(MICRO_CONFIG + textwrap.dedent(f'''
+        def get_config():
+            return micro_config({str(micro / "cache")!r}, 400, 4)
+    '''))
+    workdir = micro / "sigint"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_COMPILATION_CACHE_DIR=str(micro / "jax_cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "hyperstyle_jax.train", "--config", str(config),
+                             "--workdir", str(workdir), "--noprogress"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = workdir / "checkpoints" / "4"
+    deadline = time.time() + 240
+    while not first.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out[-3000:]
+    assert "SIGINT: saved a checkpoint at step" in out and "Traceback" not in out, out[-3000:]

@@ -145,6 +145,14 @@ class _ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         self.report = BuildReport()
         self.progress = True
 
+    # TFDS's own messages say "Downloading and preparing"; nothing is downloaded here.
+    def _log_download_bytes(self) -> None:
+        print(f"building {self.name} from local files into {self.data_dir} "
+              "(nothing is downloaded) ...", flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"{self.name} built in {self.data_dir}", flush=True)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

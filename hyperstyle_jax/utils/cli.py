@@ -103,8 +103,8 @@ class _PlainProgress:
     def set_postfix(self, **kw) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
 
-    def write(self, s: str) -> None:
-        print(s, file=sys.stderr, flush=True)
+    def write(self, s: str, file=None) -> None:
+        print(s, file=file or sys.stderr, flush=True)
 
     def close(self) -> None:
         pass
@@ -142,9 +142,9 @@ def progress(iterable: Iterable, total: Optional[int] = None, desc: str = "", un
 
 
 def write_line(bar, message: str) -> None:
-    """Print a message without breaking a bar (tqdm.write on a terminal)."""
-    if hasattr(bar, "write"):
-        bar.write(message)
+    """Print a message on stderr without breaking a bar (tqdm.write on a terminal)."""
+    if bar is not None and hasattr(bar, "write"):
+        bar.write(message, file=sys.stderr)
     else:
         print(message, file=sys.stderr, flush=True)
 
