@@ -25,11 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
 from hyperstyle_jax import parallel
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.training import model_setup
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
@@ -177,9 +178,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                         keep_last=config.keep_last_checkpoints,
                         keep_best=config.keep_best_checkpoints)
     start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, data_state = ckpt.restore(latest, abstract_like(state))
+    say = (lambda m: print(m, flush=True)) if is_main else (lambda m: None)  # noqa: E731
+    try:
+        restored = ckpt.restore_latest(abstract_like(state), log=say)
+    except RuntimeError as e:
+        raise TrainingError(str(e)) from None
+    if restored is not None:
+        latest, state, data_state = restored
         train_iter.set_state(data_state["iterator"])
         start = int(parallel.to_host(state.step))
         if start != latest:
@@ -213,7 +218,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                                 "workdir": workdir}, val_loss)
 
     # ---------------------------------------------------------------- evaluation
-    writer = MetricsWriter(workdir, enabled=is_main)
+    writer = MetricsWriter(workdir, enabled=is_main, resume_step=start if start else None)
 
     def evaluate(step: int, log_images: bool = True) -> dict:
         it = make_eval_iterator(config.data, global_batch_size=config.eval_batch_size,
@@ -251,11 +256,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     stopper = StopSignal()
     status = "done"
     bar = None
-    if is_main and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                   desc="train")
+    if is_main and progress:  # a bar on a terminal; in a log, a plain line per log step
+        bar = cli.progress_bar(config.total_steps, desc="train", unit="step",
+                               every=config.log_every_steps * 5, initial=start)
     t_window, n_window = time.perf_counter(), 0
     last_val = None
     try:
@@ -326,7 +329,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
         print("multi-process run: no export/ folder; write it by running the same command "
               "once in a single process (it resumes at the last step and only exports)",
               flush=True)
-    return {"status": status, "step": final_step, "eval": last_val}
+    return {"status": status, "step": final_step, "eval": last_val, "signal": stopper.received}
 
 
 def _export(task: model_setup.Task, state, out_dir: str) -> None:
@@ -347,36 +350,148 @@ def _export(task: model_setup.Task, state, out_dir: str) -> None:
 # =======================================================================================
 # Command line
 # =======================================================================================
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", DEFAULT_CONFIG,
-    "Training config file (configs/<name>.py); override fields with --config.a.b=value.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output folder: checkpoints/, tensorboard/, metrics.jsonl, config.json, "
-    "export/. A workdir that holds a checkpoint resumes from it.")
-_COORD = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for multi-host runs "
-    "(or JAX_COORDINATOR_ADDRESS); not needed on TPU pods.")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index (or JAX_PROCESS_ID).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (process 0).")
+_HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required (where checkpoints and logs go)")
+def _define_flags() -> dict:
+    """Flags are defined when the CLI runs, not on import (config_flags reads sys.argv as
+    soon as it is defined, so a typo'd override would fail the import with a traceback)."""
+    return {
+        "config": config_flags.DEFINE_config_file(
+            "config", DEFAULT_CONFIG,
+            "Training config file (configs/<name>.py); override fields with "
+            "--config.a.b=value.", lock_config=True),
+        "workdir": flags.DEFINE_string(
+            "workdir", None, "Output folder: checkpoints/, tensorboard/, metrics.jsonl, "
+            "config.json, images/, export/. A workdir that holds a checkpoint resumes from it."),
+        "coordinator_address": flags.DEFINE_string(
+            "coordinator_address", None, "host:port of process 0 for multi-host runs "
+            "(or JAX_COORDINATOR_ADDRESS); not needed on TPU pods."),
+        "num_processes": flags.DEFINE_integer(
+            "num_processes", None, "Number of processes (or JAX_NUM_PROCESSES)."),
+        "process_id": flags.DEFINE_integer(
+            "process_id", None, "This process's index (or JAX_PROCESS_ID)."),
+        "progress": flags.DEFINE_bool("progress", True, "Show progress (process 0): a bar on "
+                                      "a terminal, plain lines in a log."),
+    }
+
+
+def _config_path(argv) -> str:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return DEFAULT_CONFIG
+
+
+def _help_text(argv) -> str:
+    """The docstring, the options with defaults, and every config key with its default."""
+    import importlib.util
+
+    lines = [__doc__.strip(), "", "options:"]
+    opts = [("--config", DEFAULT_CONFIG, "training config file; --config.KEY=VALUE overrides"),
+            ("--workdir", "(required)", "output folder; resumes from its last checkpoint"),
+            ("--coordinator_address", "None", "host:port of process 0 (multi-host)"),
+            ("--num_processes", "None", "number of processes (multi-host)"),
+            ("--process_id", "None", "this process's index (multi-host)"),
+            ("--[no]progress", "True", "progress bar / plain progress lines"),
+            ("--debug", "off", "show tracebacks instead of one-line errors")]
+    lines += [f"  {n:<24} {d}  (default: {v})" for n, v, d in opts]
+    path = _config_path(argv)
+    try:
+        spec = importlib.util.spec_from_file_location("_help_config", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        config = mod.get_config()
+    except Exception as e:  # noqa: BLE001 - help should still print
+        lines += ["", f"(cannot list config keys: {path}: {cli.one_line(e)})"]
+        return "\n".join(lines)
+    lines += ["", f"config keys of {path} (override with --config.KEY=VALUE):"]
+
+    def walk(node, prefix):
+        for k in sorted(node.keys()):
+            v = node[k]
+            if hasattr(v, "keys") and not isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                lines.append(f"  {prefix}{k} = {v!r}")
+    walk(config, "config.")
+    return "\n".join(lines)
+
+
+def _flag_error(e: BaseException, argv) -> str:
+    """One line for a bad command line, naming the argument and, for a typo, the near key."""
+    import re
+
+    msg = str(e)
+    m = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', msg)
+    found = re.search(r"'([\w.]+)", msg)
+    key = m.group(2) if m else (found.group(1) if found else "")
+    arg = next((a for a in argv[1:] if key and (f".{key}" in a or f"--{key}" in a)), "")
+    if m:
+        return f"{arg or key}: no config key {key!r} (did you mean {m.group(1)!r}?)"
+    if isinstance(e, (KeyError, AttributeError)):
+        return f"{arg or key}: no such config key (see --help for the keys)"
+    if "Failed loading config file" in msg or isinstance(e, OSError):
+        reason = msg.strip().splitlines()[-1].strip()
+        return f"--config {_config_path(argv)}: cannot load the config file ({reason})"
+    if isinstance(e, flags.UnrecognizedFlagError):
+        return f"unknown option --{key} (see --help)"
+    v = re.match(r"flag (--[\w.]+=\S*): (.*)", " ".join(msg.split()))
+    if v:
+        what = v.group(2)
+        if "invalid literal for int()" in what:
+            what = "expected an integer"
+        elif "could not convert string to float" in what:
+            what = "expected a number"
+        return f"{v.group(1)}: {what}"
+    return cli.one_line(e)
+
+
+def main(argv=None) -> int:
+    """The command line: one-line errors, exit 1 on a failed run, 130 after Ctrl-C."""
+    argv = list(sys.argv if argv is None else argv)
+    debug = cli.debug_enabled(argv)
+    argv = [a for a in argv if a != "--debug"]
+    if any(a in _HELP_FLAGS for a in argv[1:]):
+        print(_help_text(argv))
+        return 0
+    try:
+        fl = _define_flags()
+        rest = flags.FLAGS(argv)
+        config = fl["config"].value
+        config.keys()  # the file is loaded lazily: fail here, not inside training
+    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        if debug:
+            raise
+        return cli.fail(_flag_error(e, argv))
+    if len(rest) > 1:
+        return cli.fail(f"unexpected arguments: {' '.join(rest[1:])}")
+    workdir = fl["workdir"].value
+    if not workdir:
+        return cli.fail("--workdir is required (where checkpoints and logs go)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        return cli.fail(f"--workdir {workdir}: is an existing file, not a folder")
+    logging.use_absl_handler()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     try:
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-    except (TrainingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    del result
+        parallel.initialize_distributed(fl["coordinator_address"].value,
+                                        fl["num_processes"].value, fl["process_id"].value)
+        result = train_and_evaluate(config, workdir, progress=fl["progress"].value)
+    except KeyboardInterrupt:  # a second Ctrl-C while saving
+        return cli.fail("interrupted", cli.EXIT_INTERRUPTED)
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if debug:
+            raise
+        known = isinstance(e, (TrainingError, ValueError, OSError))
+        return cli.fail(cli.one_line(e) + ("" if known else
+                                           " (run with --debug for the traceback)"), 1)
+    if result.get("signal") == "SIGINT":
+        return cli.EXIT_INTERRUPTED
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())
