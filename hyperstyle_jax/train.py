@@ -111,6 +111,18 @@ class StopSignal:
 # =======================================================================================
 # Training
 # =======================================================================================
+def _grid_labels(tag: str, rows: list) -> list:
+    """Column headers from a grid tag 'val/input|initial|iterations' (first row only)."""
+    names = tag.split("/", 1)[-1].split("|")
+    head = []
+    for name in names:
+        if name == "iterations":
+            head += [f"iteration {t}" for t in range(1, len(rows[0]) - len(head) + 1)]
+        else:
+            head.append(name)
+    return [head[:len(rows[0])]] + [[""] * len(r) for r in rows[1:]]
+
+
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     """Train (resuming from `workdir` if it holds a checkpoint); return the final eval.
 
@@ -248,7 +260,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
         if grid_rows:
             from hyperstyle_jax.utils.images import make_grid
 
-            writer.image(step, task.grid_tag, make_grid(grid_rows))
+            writer.image(step, task.grid_tag,
+                         make_grid(grid_rows, labels=_grid_labels(task.grid_tag, grid_rows)))
         writer.flush()
         return summary
 
