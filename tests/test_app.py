@@ -1,0 +1,371 @@
+"""The editing page (`python -m hyperstyle_jax.app`) in a real browser.
+
+One server subprocess on a tiny converted model (fixture 05's 128 px HyperStyle and
+narrow W-encoder, random InterFaceGAN directions and a random PCA file), driven by
+Debian's chromium through Playwright. Never skipped: a missing browser is a failure.
+
+Set HYPERSTYLE_APP_SCREENSHOT=docs/app.png to write the edited page's screenshot there.
+"""
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hyperstyle_jax.app.engine import EditSpec, UploadError
+from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
+from hyperstyle_jax.editing import EditError
+
+HERE = os.path.join(os.path.dirname(__file__), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+N_ITERS = 2
+MAX_UPLOAD_MB = 0.25
+START_TIMEOUT_S = 600  # load, compile and warm up on a busy 2-core CPU
+
+
+# ----------------------------------------------------------------------------- no server
+
+
+def _inv(key, nbytes):
+    return Inversion(key, key, np.zeros((nbytes,), np.uint8), np.zeros((0,), np.float32), [], [],
+                     np.zeros((0,), np.float32))
+
+
+def test_cache_is_bounded_lru():
+    c = InversionCache(max_items=3, max_bytes=250)
+    for k in "abc":
+        c.put(_inv(k, 100))  # 300 bytes > 250: 'a' goes
+    assert "a" not in c and len(c) == 2
+    c.get("b")            # b is now the most recent
+    c.put(_inv("d", 100))
+    assert "c" not in c and "b" in c and "d" in c and c.evictions == 2
+    c.put(_inv("big", 1000))  # alone over the bound: kept, everything older goes
+    assert len(c) == 1 and "big" in c
+    assert content_key(b"x", True) != content_key(b"x", False) == content_key(b"x", False)
+
+
+def test_edit_spec_parsing():
+    s = EditSpec.parse({"interfacegan": {"age": "1.5"}, "ganspace": "pc_0", "mix_alpha": 0.5})
+    assert s.interfacegan == {"age": 1.5} and s.ganspace == "pc_0" and s.mix_alpha == 0.5
+    for bad in [{"nope": 1}, {"alpha": "x"}, {"alpha": float("nan")}, {"interfacegan": 3}]:
+        with pytest.raises(EditError):
+            EditSpec.parse(bad)
+    assert issubclass(UploadError, ValueError)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _photo(seed: int, size: int = 96) -> np.ndarray:
+    """A smooth colour field (no face): something for the tiny model to invert."""
+    r = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    chans = [np.sin(6 * (xx * r.rand() + yy * r.rand()) + 6 * r.rand()) for _ in range(3)]
+    return np.clip((np.stack(chans, -1) * 0.5 + 0.5) * 255, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
+
+    d = tmp_path_factory.mktemp("app")
+    e2e = os.path.join(HERE, "05_e2e")
+    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
+                       log=lambda *a: None)
+    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
+                      log=lambda *a: None)
+    r = np.random.RandomState(0)
+    os.makedirs(d / "dirs")
+    for name in ("age", "smile"):  # (1, D) unit directions of the 64-wide codes
+        v = r.randn(1, 64).astype(np.float32)
+        np.save(d / "dirs" / f"{name}.npy", v / np.linalg.norm(v))
+    comp = r.randn(4, 1, 64).astype(np.float32)
+    comp /= np.linalg.norm(comp, axis=-1, keepdims=True)
+    np.savez(d / "pca.npz", mean=r.randn(1, 64).astype(np.float32) * 0.1,
+             std=np.ones(4, np.float32), comp=comp)
+    os.makedirs(d / "examples")
+    Image.fromarray(_photo(9)).save(d / "examples" / "colours.png")
+    photos = {}
+    for i in range(2):
+        photos[f"photo{i}.png"] = d / f"photo{i}.png"
+        Image.fromarray(_photo(i)).save(photos[f"photo{i}.png"])
+    good = _png(_photo(5))
+    (d / "truncated.png").write_bytes(good[:len(good) // 2])
+    (d / "notes.png").write_bytes(b"this is not an image\n" * 10)
+    (d / "big.png").write_bytes(os.urandom(int(MAX_UPLOAD_MB * 2 ** 20) + 1000))
+    return d, photos
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    d, _ = files
+    port = _free_port()
+    cmd = [sys.executable, "-m", "hyperstyle_jax.app", "--checkpoint", str(d / "hs"),
+           "--w_encoder", str(d / "we"), "--directions", str(d / "dirs"), "--pca",
+           str(d / "pca.npz"), "--examples", str(d / "examples"), "--n_iters", str(N_ITERS),
+           "--max_upload_mb", str(MAX_UPLOAD_MB), "--cache_items", "4", "--port", str(port)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None:
+            reader.join(5)
+            pytest.fail("the app exited while starting:\n" + "".join(lines[-40:]))
+        try:
+            if _get(base + "/api/health", 1.0)[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.time() - t0 > START_TIMEOUT_S:
+            proc.kill()
+            pytest.fail("the app did not start in time:\n" + "".join(lines[-40:]))
+        time.sleep(0.5)
+    yield base, lines
+    proc.send_signal(signal.SIGINT)  # uvicorn's graceful stop; atexit removes the temp folder
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(5)
+    tmp = [m.group(1) for m in (re.search(r"temp folder (\S+)", x) for x in lines) if m]
+    assert tmp and not os.path.exists(tmp[0]), "the app's temp folder was not removed"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server[0] + "/")
+    pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _edit_pixels(pg) -> np.ndarray:
+    """The edit panel's current image, read back from its blob URL."""
+    b64 = pg.evaluate("""async () => {
+        const r = await fetch(document.getElementById('edit-img').src);
+        const b = new Uint8Array(await r.arrayBuffer());
+        let s = ''; for (const x of b) s += String.fromCharCode(x);
+        return btoa(s); }""")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def _wait_version(pg, at_least: int) -> None:
+    pg.wait_for_function(
+        f"() => {{ const s = document.getElementById('render-status');"
+        f" return s.dataset.state === 'done' && +s.dataset.version >= {at_least}; }}",
+        timeout=60_000)
+
+
+def _wait_inverted(pg, timeout_ms: int = 120_000) -> None:
+    """Until the current image is inverted; fails at once with the page's error message."""
+    pg.wait_for_function(
+        "() => document.getElementById('progress').dataset.state === 'done'"
+        " || document.getElementById('message').dataset.kind === 'error'", timeout=timeout_ms)
+    assert pg.get_attribute("#message", "data-kind") != "error", pg.inner_text("#message")
+
+
+def test_upload_invert_edit_download(page, server, files, tmp_path):
+    d, photos = files
+    pg = page
+    # controls come from the model's files: one slider per direction, GANSpace names
+    assert pg.locator("#ifg-sliders input[type=range]").count() == 2
+    names = pg.evaluate("[...document.querySelectorAll('#ganspace-select option')].map(o => o.value)")
+    # none, the official cars edits that fit (component 0, rows 0-5: Pose I/II), PC 0..3
+    assert names == ["", "pose_i", "pose_ii", "pc_0", "pc_1", "pc_2", "pc_3"], names
+    pg.set_input_files("#file-input", [str(photos["photo0.png"]), str(photos["photo1.png"])])
+    t0 = time.time()
+    pg.click("#upload-btn")
+    _wait_inverted(pg)
+    _wait_version(pg, 1)
+    t_recon = time.time() - t0
+    # every iteration image was shown (W-encoder + N_ITERS), the panels are filled
+    assert pg.locator("#iterations img").count() == N_ITERS + 1
+    assert pg.locator("#gallery button").count() == 2
+    assert pg.evaluate("document.getElementById('recon-img').naturalWidth") == 128
+    unedited = _edit_pixels(pg)
+    assert unedited.shape == (128, 128, 3)
+
+    # a slider move re-renders without re-inverting (the job count stays the same)
+    pg.locator("#ifg-age").fill("4")
+    _wait_version(pg, 2)
+    edited = _edit_pixels(pg)
+    assert np.abs(edited.astype(int) - unedited.astype(int)).max() > 10, "the edit changed nothing"
+    pg.locator("#ganspace-select").select_option("pc_1")
+    _wait_version(pg, 3)
+    both = _edit_pixels(pg)
+    assert np.abs(both.astype(int) - edited.astype(int)).max() > 0
+    pg.locator("#ganspace-select").select_option("")
+    _wait_version(pg, 4)
+    np.testing.assert_array_equal(_edit_pixels(pg), edited)  # deterministic re-render
+
+    # downloads: the edited PNG, latents.npy (dict) and deltas npz (layer_<j>)
+    with pg.expect_download() as dl:
+        pg.click("#download-png")
+    got = tmp_path / "edit.png"
+    dl.value.save_as(got)
+    assert dl.value.suggested_filename == "photo0_edit.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(got).convert("RGB")), edited)
+    with pg.expect_download() as dl:
+        pg.click("#download-latents")
+    dl.value.save_as(tmp_path / "latents.npy")
+    lat = np.load(tmp_path / "latents.npy", allow_pickle=True).item()
+    assert list(lat) == ["photo0"] and lat["photo0"].shape[-1] == 64
+    with pg.expect_download() as dl:
+        pg.click("#download-deltas")
+    dl.value.save_as(tmp_path / "deltas.npz")
+    with np.load(tmp_path / "deltas.npz") as f:
+        assert f.files and all(k.startswith("layer_") for k in f.files)
+        deltas = {k: f[k] for k in f.files}
+
+    # interpolation with the second upload: alpha 1 shows photo1's reconstruction
+    pg.click("#reset-btn")
+    _wait_version(pg, 5)
+    pg.wait_for_function("() => document.querySelectorAll('#gallery img[src^=data]').length == 2",
+                         timeout=120_000)
+    keys = pg.evaluate("[...document.querySelectorAll('#gallery button')].map(b => b.dataset.key)")
+    pg.locator("#interp-with").select_option(keys[1])
+    pg.locator("#interp-alpha").fill("1")
+    _wait_version(pg, 6)
+    _, recon1 = _get(f"{server[0]}/api/image/{keys[1]}/reconstruction.png")
+    np.testing.assert_allclose(_edit_pixels(pg).astype(int),
+                               np.asarray(Image.open(io.BytesIO(recon1)).convert("RGB")).astype(int),
+                               atol=2)
+    pg.locator("#interp-alpha").fill("0")
+    pg.locator("#ifg-age").fill("4")
+    _wait_version(pg, 8)
+
+    shot = tmp_path / "app.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("HYPERSTYLE_APP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["HYPERSTYLE_APP_SCREENSHOT"])
+
+    # the page's inversion is the CLI's: same codes and offsets as Inverter.batched_inverter
+    from hyperstyle_jax.inference import load_inverter
+    from hyperstyle_jax.utils import images as imio
+
+    inv = load_inverter(str(d / "hs"), str(d / "we"))
+    x = imio.resize(imio.read_image(str(photos["photo0.png"])), inv.input_hw)
+    ref = inv.batched_inverter(1, N_ITERS)(imio.to_float(x[None]))
+    np.testing.assert_allclose(lat["photo0"], ref["codes"][0], atol=1e-5)
+    for j, r in enumerate(ref["deltas"]):
+        if r is not None:
+            np.testing.assert_allclose(deltas[f"layer_{j}"], r[0], atol=1e-5)
+    print(f"upload -> reconstruction in the browser: {t_recon:.2f} s")
+
+
+def test_bad_uploads_get_a_message(page, server, files):
+    d, photos = files
+    pg = page
+    for name, words in [("truncated.png", "unreadable"), ("notes.png", "not an image"),
+                        ("big.png", "too large")]:
+        pg.set_input_files("#file-input", str(d / name))
+        pg.click("#upload-btn")
+        pg.wait_for_selector("#message[data-kind='error']", timeout=30_000)
+        text = pg.inner_text("#message")
+        assert name in text and words in text, text
+        pg.evaluate("document.getElementById('message').dataset.kind = 'none'")
+    # the server goes on: a good photo after the bad ones is inverted and rendered
+    pg.set_input_files("#file-input", str(photos["photo1.png"]))
+    pg.click("#upload-btn")
+    _wait_inverted(pg)
+    _wait_version(pg, 1)
+    # an example works the same way
+    pg.locator("#example-select").select_option("colours.png")
+    pg.click("#example-btn")
+    pg.wait_for_function("() => document.querySelectorAll('#gallery button').length == 2",
+                         timeout=30_000)
+    _wait_version(pg, 2)
+
+
+def test_concurrent_renders_queue(server):
+    """Several clients at once: every request is answered (the device lock queues them)."""
+    import json
+
+    base = server[0]
+    body = _png(_photo(3))
+    boundary = "xyzBOUNDARY"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"c.png\""
+            f"\r\nContent-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(base + "/api/upload", data=form, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    item = json.loads(urllib.request.urlopen(req, timeout=30).read())["items"][0]
+    for _ in range(600):
+        j = json.loads(_get(f"{base}/api/job/{item['job']}")[1])
+        if j["status"] in ("done", "error"):
+            break
+        time.sleep(0.2)
+    assert j["status"] == "done", j
+    results = [None] * 12
+
+    def one(i):
+        payload = json.dumps({"key": item["key"], "edits": {"interfacegan": {"smile": i - 6}}})
+        r = urllib.request.Request(base + "/api/render", data=payload.encode(), method="POST",
+                                   headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(r, timeout=120) as resp:
+            results[i] = (resp.status, resp.read()[:8])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert all(r is not None and r[0] == 200 and r[1] == b"\x89PNG\r\n\x1a\n" for r in results)
+    bad = urllib.request.Request(base + "/api/render", data=b'{"key": "nope"}', method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=10)
+    assert e.value.code == 404 and b"upload it again" in e.value.read()
