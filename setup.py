@@ -7,7 +7,8 @@ setup(
     description="HyperStyle StyleGAN2 inversion with a hypernetwork, in JAX/Flax",
     packages=find_packages(include=["hyperstyle_jax", "hyperstyle_jax.*"]),
     # CLIP's BPE merges (from clip-anytorch 2.6.0, MIT) and StyleCLIP's templates, with their licence.
-    package_data={"hyperstyle_jax.clip": ["bpe_simple_vocab_16e6.txt.gz", "templates.txt", "LICENSE"]},
+    package_data={"hyperstyle_jax.clip": ["bpe_simple_vocab_16e6.txt.gz", "templates.txt", "LICENSE"],
+                  "hyperstyle_jax.app": ["static/*"]},  # the editing page's HTML/JS/CSS
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -36,7 +37,11 @@ setup(
         "tensorboard": ["tensorboard"],
         # Face alignment (hyperstyle_jax.align): prebuilt dlib, the 68-point predictor in a wheel.
         "align": ["dlib-bin", "face-recognition-models", "scipy"],
+        # The editing page (python -m hyperstyle_jax.app).
+        "app": ["fastapi", "uvicorn", "python-multipart"],
+        # playwright drives Debian's chromium (.ci/run installs it); never `playwright install`.
         "test": ["pytest", "torch==2.13.0", "dlib-bin", "face-recognition-models", "scipy",
-                 "safetensors", "ftfy", "regex"],
+                 "safetensors", "ftfy", "regex",
+                 "fastapi", "uvicorn", "python-multipart", "playwright"],
     },
 )
