@@ -452,8 +452,6 @@ def load_model(args: argparse.Namespace):
 
 def run_subcommand(args: argparse.Namespace) -> int:
     """Load the model, call the subcommand, turn errors into one line and an exit status."""
-    from hyperstyle_jax.checkpoints import CheckpointError  # noqa: F401 (documented above)
-
     if args.n_iters < 1 or args.batch_size < 1:
         print(f"error: --n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
               f"{args.batch_size})", file=sys.stderr)
@@ -462,7 +460,7 @@ def run_subcommand(args: argparse.Namespace) -> int:
     try:
         ctx = EditContext(args, load_model(args))
         args.run(args, ctx)
-    except (EditError, CheckpointError, ValueError) as e:  # CheckpointError is a ValueError
+    except ValueError as e:  # EditError, CheckpointError, ImageReadError are ValueErrors
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -102,7 +102,6 @@ def _render_alphas(ctx, a, b, alphas) -> np.ndarray:
 def run(args, ctx) -> None:
     import os
 
-    from hyperstyle_jax.editing import cli
     from hyperstyle_jax.utils import images as imio
 
     alphas = parse_alphas(args.alphas)
