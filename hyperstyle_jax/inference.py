@@ -22,6 +22,7 @@ import numpy as np
 
 from hyperstyle_jax import parallel
 from hyperstyle_jax.checkpoints import CheckpointError, load_hyperstyle, load_w_encoder
+from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig, default_feedback
 
 
@@ -157,9 +158,10 @@ class Inverter:
         return render
 
 
-def load_renderer(checkpoint: str, per_sample: str = "auto") -> Inverter:
+def load_renderer(checkpoint: str, per_sample: str = "auto", precision: str = "fp32") -> Inverter:
     """A converted `hyperstyle` folder alone -> an `Inverter` that can render but not
-    invert (no W-encoder): for editing saved inversions (codes + deltas)."""
+    invert (no W-encoder): for editing saved inversions (codes + deltas).
+    precision: 'fp32' or 'bf16' (see `load_inverter`)."""
     cfgs, tree = load_hyperstyle(checkpoint)
     gen, hyper, opts = cfgs["generator"], cfgs["hypernet"], cfgs.get("opts", {})
     fb, crop = default_feedback(hyper, opts)
@@ -167,14 +169,35 @@ def load_renderer(checkpoint: str, per_sample: str = "auto") -> Inverter:
                               cars_crop=crop)
     frozen = {"generator": tree["generator"],
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
-    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
+    return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
+                    _stored_for(tree["hypernet"], precision), opts)
+
+
+def _stored_for(hyper_vars, precision: str):
+    """bf16: the shared hypernet's w1/w2 (0.5 GB of the 1.3 GB) stored in bf16, the dtype
+    its products read them in, so each call reads half the bytes and skips a cast pass."""
+    if precision == "fp32":
+        return hyper_vars
+    dt = compute_dtype(precision)
+
+    def cast(path, a):
+        names = [getattr(k, "key", str(k)) for k in path]
+        if len(names) >= 2 and names[-2] == "shared_weight_hypernet" and names[-1] in ("w1", "w2"):
+            return np.asarray(a).astype(dt)
+        return a
+    return jax.tree_util.tree_map_with_path(cast, hyper_vars)
 
 
 def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
-                  feedback_hw: Optional[Sequence[int]] = None) -> Inverter:
+                  feedback_hw: Optional[Sequence[int]] = None,
+                  precision: str = "fp32") -> Inverter:
     """Two converted folders (`hyperstyle`, `w_encoder`) -> an `Inverter`.
 
     feedback_hw: override the feedback size (default: from the checkpoint's opts).
+    precision: 'fp32' (default; the parity-tested numbers) or 'bf16': the generator's and
+    the hypernetwork's convs and large matmuls on bf16 operands with fp32 accumulation
+    (demodulation, BatchNorm and the W-encoder stay fp32); faster on CPUs with AVX-512
+    BF16 / AMX and on accelerators, within ~1% of fp32 (docs/benchmarks.md).
     """
     cfgs, tree = load_hyperstyle(checkpoint)
     wcfg, wvars = load_w_encoder(w_encoder)
@@ -190,7 +213,8 @@ def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
                               cars_crop=crop)
     frozen = {"generator": tree["generator"], "w_encoder": wvars,
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
-    return Inverter(HyperStyle(config, per_sample=per_sample), frozen, tree["hypernet"], opts)
+    return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
+                    _stored_for(tree["hypernet"], precision), opts)
 
 
 # ----------------------------------------------------------------------------- ReStyle-e4e

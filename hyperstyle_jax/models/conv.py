@@ -6,11 +6,15 @@ mode, k, form)` a different kernel per sample (HyperStyle's offsets), run in one
 computed polyphase on the input grid) or 'down' (stride 2). `conv_s1` is the stride-1
 conv with a hand-written backward pass that both the shared up-conv and every per-sample
 conv go through. `ops.modulated_conv2d` says what is convolved; this module how.
+
+Precision: operands in bfloat16 are convolved with fp32 accumulation and fp32 outputs
+(`preferred_element_type`); on CPU a bf16 dot or conv with a bf16 result runs 2-5x slower
+than with an fp32 one. `flax_conv(precision)` is the same rule for Flax `nn.Conv` layers.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,37 +31,125 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # How a batch of different kernels (one per sample) is convolved:
 #   'grouped': one conv with feature_group_count=B (what vmap of a conv lowers to);
 #   'map':     lax.map (a scan) over the batch, one ordinary conv per sample;
-#   'loop':    an unrolled Python loop over the (static) batch.
+#   'loop':    an unrolled Python loop over the (static) batch;
+#   'matmul':  a sum of kh*kw shifted (batched) matmuls, one per tap (`shifted_matmul_conv`),
+#              also used for shared kernels when chosen.
 # 'auto' picks per backend; the numbers behind the choice are in docs/benchmarks.md.
-PER_SAMPLE_FORMS = ("grouped", "map", "loop")
+PER_SAMPLE_FORMS = ("grouped", "map", "loop", "matmul")
 AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "grouped",
                    "tpu": "grouped"}
+# bf16 operands on CPU: at >= this many input channels the shifted-matmul form runs on the
+# bf16 GEMM path (AMX/AVX-512 BF16) at ~1.5x XLA's conv (which computes bf16 at its fp32
+# rate); below it the matmuls are memory bound and the conv wins (docs/benchmarks.md).
+AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 512}
+
+PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_per_sample(form: str) -> str:
-    """'auto' -> the measured choice for `jax.default_backend()`; others are checked."""
+def compute_dtype(precision: str):
+    """'fp32' -> float32, 'bf16' -> bfloat16 (the dtype convs and large matmuls run in)."""
+    if precision == "fp32":
+        return jnp.float32
+    if precision == "bf16":
+        return jnp.bfloat16
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _acc(*xs):
+    """preferred_element_type: fp32 results for low-precision operands, else the default."""
+    return jnp.float32 if any(x.dtype == jnp.bfloat16 for x in xs) else None
+
+
+def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None) -> str:
+    """'auto' -> the measured choice for `jax.default_backend()` (and, for bf16 operands,
+    their input channel count); others are checked."""
     if form == "auto":
-        return AUTO_PER_SAMPLE.get(jax.default_backend(), "grouped")
+        backend = jax.default_backend()
+        lim = AUTO_MATMUL_MIN_CHANNELS_BF16.get(backend)
+        if (lim is not None and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
+                and channels is not None and channels >= lim):
+            return "matmul"
+        return AUTO_PER_SAMPLE.get(backend, "grouped")
     if form not in PER_SAMPLE_FORMS:
         raise ValueError(f"per_sample must be 'auto' or one of {PER_SAMPLE_FORMS}, got {form!r}")
     return form
 
 
-def shared_conv(x: Array, w: Array, mode: str, k: int) -> Array:
+def shifted_matmul_conv(x: Array, w: Array, pad: tuple, stride: int = 1) -> Array:
+    """Conv as a sum over taps of (shifted input) @ w[tap]: one GEMM (per-sample: batched
+    GEMM) per tap, accumulated in fp32 for bf16 operands.
+
+    x: [B, H, W, I]; w: [kh, kw, I, O] shared or [B, kh, kw, I, O] per sample;
+    pad: ((top, bottom), (left, right)), negative crops. -> [B, H', W', O].
+    """
+    kh, kw = w.shape[-4], w.shape[-3]
+    (pt, pb), (pl, pr) = pad
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    spec = "bhwi,bio->bhwo" if w.ndim == 5 else "bhwi,io->bhwo"
+    acc = _acc(x, w)
+    out = None
+    for ky in range(kh):
+        for kx in range(kw):
+            sl = xp[:, ky:ky + (ho - 1) * stride + 1:stride, kx:kx + (wo - 1) * stride + 1:stride]
+            t = jnp.einsum(spec, sl, w[..., ky, kx, :, :], preferred_element_type=acc)
+            out = t if out is None else out + t
+    return out
+
+
+def shared_conv(x: Array, w: Array, mode: str, k: int, form: str = "map") -> Array:
     """One shared-weight conv. x: [B, H, W, I], w: [k, k, I, O] (HWIO).
 
     mode 'same': stride 1, pad k//2. mode 'up': PyTorch conv_transpose2d(stride 2, pad 0)
     with the same weight read as [in, out] -> [B, 2H+k-2, 2W+k-2, O] (see `conv_up`).
-    mode 'down': stride 2, pad 0.
+    mode 'down': stride 2, pad 0. form 'matmul': `shifted_matmul_conv`; any other: XLA's conv.
     """
+    acc = _acc(x, w)
     if mode == "same":
         p = k // 2
-        return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC)
+        if form == "matmul":
+            return conv_s1(x, w, ((p, p), (p, p)), form)
+        return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
+                                        preferred_element_type=acc)
     if mode == "up":
-        return conv_up(x, w, lambda xx, ww, pad: conv_s1(xx, ww, pad))
+        return conv_up(x, w, lambda xx, ww, pad: conv_s1(xx, ww, pad, form))
     if mode == "down":
-        return lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_NHWC)
+        if form == "matmul":
+            return shifted_matmul_conv(x, w, ((0, 0), (0, 0)), 2)
+        return lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_NHWC,
+                                        preferred_element_type=acc)
     raise ValueError(mode)
+
+
+@functools.lru_cache(maxsize=None)
+def flax_conv(precision: str) -> Optional[Callable]:
+    """A `lax.conv_general_dilated` stand-in for Flax `nn.Conv(conv_general_dilated=...)`:
+    None for 'fp32' (XLA's conv, unchanged); for 'bf16' the operands are cast to bf16 and
+    convolved with fp32 accumulation and an fp32 result, as the shifted-matmul form where
+    it is measured faster (plain NHWC/HWIO convs with >= AUTO_MATMUL_MIN_CHANNELS_BF16
+    input channels and a spatial kernel), else as XLA's conv."""
+    if precision == "fp32":
+        return None
+    dt = compute_dtype(precision)
+
+    def conv_fn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None):
+        lhs, rhs = lhs.astype(dt), rhs.astype(dt)
+        s = tuple(window_strides)
+        plain = (feature_group_count == 1 and not isinstance(padding, str)
+                 and all(d == 1 for d in (lhs_dilation or (1, 1)))
+                 and all(d == 1 for d in (rhs_dilation or (1, 1))) and s[0] == s[1]
+                 and rhs.ndim == 4 and rhs.shape[0] * rhs.shape[1] > 1
+                 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+        if plain and resolve_per_sample("auto", dt, rhs.shape[2]) == "matmul":
+            return shifted_matmul_conv(lhs, rhs, tuple(tuple(p) for p in padding), s[0])
+        return lax.conv_general_dilated(lhs, rhs, s, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count,
+                                        precision=precision, preferred_element_type=jnp.float32)
+
+    return conv_fn
 
 
 def conv_up(x: Array, w: Array, conv: Callable) -> Array:
@@ -99,12 +191,17 @@ def conv_up(x: Array, w: Array, conv: Callable) -> Array:
 def _conv_s1_impl(x: Array, w: Array, pad: tuple, form: str) -> Array:
     """Stride-1 conv. x: [B, H, W, I]; w: [kh, kw, I, O] shared or [B, kh, kw, I, O] per
     sample (run in `form`); pad: ((top, bottom), (left, right)). -> [B, H', W', O]."""
+    acc = _acc(x, w)
+    if form == "matmul":
+        return shifted_matmul_conv(x, w, pad)
     if w.ndim == 4:
-        return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_NHWC)
+        return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_NHWC,
+                                        preferred_element_type=acc)
     b, h, wd, i = x.shape
     kh, kw, _, o = w.shape[1:]
     if kh == 1 and kw == 1 and pad == ((0, 0), (0, 0)):
-        return jnp.einsum("bhwi,bio->bhwo", x, w[:, 0, 0])  # 1x1 (toRGB): a batched matmul
+        # 1x1 (toRGB): a batched matmul
+        return jnp.einsum("bhwi,bio->bhwo", x, w[:, 0, 0], preferred_element_type=acc)
     if form == "map":
         return lax.map(_single_sample_conv(pad), (x, w))
     if form == "loop":
@@ -113,7 +210,7 @@ def _conv_s1_impl(x: Array, w: Array, pad: tuple, form: str) -> Array:
     xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
     wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
     y = lax.conv_general_dilated(xg, wg, (1, 1), pad, dimension_numbers=_NHWC,
-                                 feature_group_count=b)
+                                 feature_group_count=b, preferred_element_type=acc)
     _, ho, wo, _ = y.shape
     return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))
 
@@ -124,7 +221,8 @@ def _single_sample_conv(pad: tuple) -> Callable:
     that repeated eager calls of lax.map hit JAX's trace cache."""
     def f(xw):
         return lax.conv_general_dilated(xw[0][None], xw[1], (1, 1), pad,
-                                        dimension_numbers=_NHWC)[0]
+                                        dimension_numbers=_NHWC,
+                                        preferred_element_type=_acc(*xw))[0]
     return f
 
 
@@ -157,13 +255,19 @@ def _conv_s1_bwd(pad, form, res, g):
     q = (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr)
     g_in = g[:, max(-q[0], 0):g.shape[1] - max(-q[1], 0), max(-q[2], 0):g.shape[2] - max(-q[3], 0)]
     wt = jnp.swapaxes(jnp.flip(w, axis=(-4, -3)), -1, -2)
+    # bf16 operands: g (fp32, the forward's output dtype) is cast to the operands' dtype,
+    # products accumulate in fp32, and each gradient comes back in its primal's dtype.
+    g = g.astype(x.dtype)
+    g_in = g_in.astype(x.dtype)
     gx = _conv_s1_impl(g_in, wt, ((max(q[0], 0), max(q[1], 0)), (max(q[2], 0), max(q[3], 0))), form)
     # dW[ky, kx] = sum over pixels of (padded input shifted by (ky, kx)) x g.
     xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
     spec = "bhwi,bhwo->bio" if w.ndim == 5 else "bhwi,bhwo->io"
-    gw = jnp.stack([jnp.stack([jnp.einsum(spec, xp[:, ky:ky + ho, kx:kx + wo], g)
+    acc = _acc(x, g)
+    gw = jnp.stack([jnp.stack([jnp.einsum(spec, xp[:, ky:ky + ho, kx:kx + wo], g,
+                                          preferred_element_type=acc)
                                for kx in range(kw)], axis=-3) for ky in range(kh)], axis=-4)
-    return gx, gw.astype(w.dtype)
+    return gx.astype(x.dtype), gw.astype(w.dtype)
 
 
 conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
@@ -185,7 +289,10 @@ def _conv_down_per_sample(x: Array, w: Array, form: str) -> Array:
     """Stride-2 VALID conv with per-sample w [B, k, k, I, O]."""
     def one(xw):
         return lax.conv_general_dilated(xw[0][None], xw[1], (2, 2), "VALID",
-                                        dimension_numbers=_NHWC)[0]
+                                        dimension_numbers=_NHWC,
+                                        preferred_element_type=_acc(*xw))[0]
+    if form == "matmul":
+        return shifted_matmul_conv(x, w, ((0, 0), (0, 0)), 2)
     if form == "map":
         return lax.map(one, (x, w))
     if form == "loop":
@@ -195,6 +302,6 @@ def _conv_down_per_sample(x: Array, w: Array, form: str) -> Array:
     xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, wd, b * i)
     wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(kh, kw, i, b * o)
     y = lax.conv_general_dilated(xg, wg, (2, 2), "VALID", dimension_numbers=_NHWC,
-                                 feature_group_count=b)
+                                 feature_group_count=b, preferred_element_type=_acc(x, w))
     _, ho, wo, _ = y.shape
     return jnp.transpose(y.reshape(ho, wo, b, o), (2, 0, 1, 3))

@@ -149,25 +149,29 @@ class HyperNetwork(nn.Module):
 
     H, W = 16 * 2**(number of stride-2 stages + 1) for the refinement blocks' 1x1 reshapes:
     256x256 with the default config (192x256 for cars also works: 12x16 features).
+    precision: 'fp32' or 'bf16' (convs and the shared hypernet's products on bf16 operands
+    with fp32 accumulation; BatchNorm, biases and parameters stay fp32).
     """
     config: HyperNetConfig
+    precision: str = "fp32"
 
     def setup(self):
-        c = self.config
+        c, pr = self.config, self.precision
         self.conv1, self.bn1, self.relu, self.body = build_stem_and_body(c.input_nc, c.stem_width,
-                                                                         c.stages)
+                                                                         c.stages, pr)
         self.shared_weight_hypernet = SharedWeightsHypernet(
-            c.hypernet_f_size, c.hypernet_z_dim, c.hypernet_out_size, c.hypernet_in_size)
+            c.hypernet_f_size, c.hypernet_z_dim, c.hypernet_out_size, c.hypernet_in_size, pr)
         blocks: list[Any] = []
         for j in range(c.n_outputs):
             kind = c.block_kind(j)
             k, cin, cout = c.layer_params[j]
             if kind == "shared":
-                blocks.append(HyperRefinementBlock(c.hyper_block_inner_c, c.hypernet_z_dim, c.spatial))
+                blocks.append(HyperRefinementBlock(c.hyper_block_inner_c, c.hypernet_z_dim, c.spatial,
+                                                   precision=pr))
             elif kind is not None:
                 cls = RefinementBlockSeparable if kind == "separable" else RefinementBlock
                 blocks.append(cls(k, cin, cout, is_to_rgb(j), c.refine_block_inner_c,
-                                  c.refine_block_out_c, c.spatial))
+                                  c.refine_block_out_c, c.spatial, precision=pr))
             else:
                 blocks.append(None)
         self.refinement_blocks = blocks

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, HyperNetwork, feature_input_hw
 from hyperstyle_jax.models.irse import WEncoder
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
@@ -63,10 +64,16 @@ def default_feedback(hypernet: HyperNetConfig, opts: dict) -> tuple[tuple[int, i
 class HyperStyle:
     """The model as pure functions over explicit variables (see the module docstring)."""
 
-    def __init__(self, config: HyperStyleConfig, per_sample: str = "auto"):
+    def __init__(self, config: HyperStyleConfig, per_sample: str = "auto",
+                 precision: str = "fp32"):
+        """precision: 'fp32' or 'bf16' for the generator's and the hypernetwork's convs and
+        large matmuls (bf16 operands, fp32 accumulation, fp32 demodulation and BatchNorm).
+        The W-encoder runs once per image and stays fp32."""
+        compute_dtype(precision)  # validates
         self.config = config
-        self.generator = Generator(config.generator, per_sample=per_sample)
-        self.hypernet = HyperNetwork(config.hypernet)
+        self.precision = precision
+        self.generator = Generator(config.generator, per_sample=per_sample, precision=precision)
+        self.hypernet = HyperNetwork(config.hypernet, precision=precision)
         self.w_encoder = None
         if config.w_encoder is not None:
             self.w_encoder = WEncoder.from_config(config.w_encoder)

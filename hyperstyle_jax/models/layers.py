@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperstyle_jax.models.conv import flax_conv
+
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
@@ -72,16 +74,17 @@ def leaky_relu(x: jax.Array) -> jax.Array:
 
 
 def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
-           use_bias: bool = True, name: str | None = None) -> nn.Conv:
+           use_bias: bool = True, name: str | None = None, precision: str = "fp32") -> nn.Conv:
     """`torch.nn.Conv2d(…, kernel_size, stride, padding)` as an NHWC/HWIO Flax conv.
 
     Padding is explicit and symmetric as in PyTorch (Flax 'SAME' pads (0, 1) for even
     inputs with stride 2, which would break parity). Call it inside a compact method
-    or `setup`.
+    or `setup`. precision 'bf16': bf16 operands, fp32 accumulation and output
+    (`models.conv.flax_conv`); params stay fp32.
     """
     return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                   name=name)
+                   name=name, conv_general_dilated=flax_conv(precision))
 
 
 def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:

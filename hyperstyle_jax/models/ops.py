@@ -259,7 +259,7 @@ class EqualConv2d(nn.Module):
 def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optional[Array] = None,
                      *, demodulate: bool = True, upsample: bool = False, downsample: bool = False,
                      blur_kernel: Sequence = (1, 3, 3, 1), per_sample: str = "auto",
-                     eps: float = 1e-8) -> Array:
+                     eps: float = 1e-8, precision: str = "fp32") -> Array:
     """rosinality/HyperStyle `ModulatedConv2d.forward` on NHWC.
 
     x: [B, H, W, I]; weight: [k, k, I, O] raw (HWIO of the official [1, O, I, k, k]);
@@ -270,6 +270,8 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
     With one kernel for the whole batch (no Δ or a shared Δ) the same result comes from
     scaling the input by the style, one shared conv and demodulating the output, which is
     as cheap as a plain conv. Up: conv_transpose2d(stride 2) then Blur(pad (1,1), x4).
+    precision 'bf16': the modulated, demodulated kernel is built in fp32, then the conv runs
+    on bf16 operands with fp32 accumulation and an fp32 output; 'fp32' leaves it unchanged.
     Returns [B, H', W', O] (2H x 2W with upsample, about H/2 with downsample).
     """
     k, _, cin, cout = weight.shape
@@ -282,6 +284,9 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
     scale = 1.0 / math.sqrt(cin * k * k)
     w = weight.astype(jnp.float32) * scale
     style = style.astype(jnp.float32)
+    # Operand dtype of the conv: x's own in fp32 (unchanged behaviour), bf16 otherwise.
+    dt = x.dtype if precision == "fp32" else conv.compute_dtype(precision)
+    form = conv.resolve_per_sample(per_sample, dt, cin)
 
     if downsample:
         # Blur first (rosinality: pad ((p+1)//2, p//2), p = len(blur) - 2 + k - 1).
@@ -293,8 +298,8 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
         w = w * (1.0 + jnp.transpose(weights_delta, (2, 3, 1, 0)).astype(jnp.float32))
         weights_delta = None
     if weights_delta is None:
-        out = conv.shared_conv(x * style[:, None, None, :].astype(x.dtype), w.astype(x.dtype),
-                               mode, k)
+        out = conv.shared_conv((x * style[:, None, None, :].astype(x.dtype)).astype(dt),
+                               w.astype(dt), mode, k, form)
         if demodulate:
             # sum_{k,k,I} (w * s)^2 = s^2 @ sum_{k,k} w^2   -> [B, O]
             d = lax.rsqrt(jnp.square(style) @ jnp.sum(jnp.square(w), axis=(0, 1)) + eps)
@@ -308,8 +313,7 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
         wb = w[None] * (1.0 + delta) * style[:, None, None, :, None]
         if demodulate:
             wb = wb * lax.rsqrt(jnp.sum(jnp.square(wb), axis=(1, 2, 3), keepdims=True) + eps)
-        out = conv.per_sample_conv(x, wb.astype(x.dtype), mode, k,
-                                   conv.resolve_per_sample(per_sample))
+        out = conv.per_sample_conv(x.astype(dt), wb.astype(dt), mode, k, form)
 
     if upsample:
         p = len(blur_kernel) - 2 - (k - 1)
@@ -339,6 +343,7 @@ class ModulatedConv2d(nn.Module):
     downsample: bool = False
     blur_kernel: Sequence = (1, 3, 3, 1)
     per_sample: str = "auto"
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, x: Array, style: Array, weights_delta: Optional[Array] = None) -> Array:
@@ -350,4 +355,5 @@ class ModulatedConv2d(nn.Module):
         s = EqualLinear(self.style_dim, self.in_channel, bias_init=1.0, name="modulation")(style)
         return modulated_conv2d(x, weight, s, weights_delta, demodulate=self.demodulate,
                                 upsample=self.upsample, downsample=self.downsample,
-                                blur_kernel=self.blur_kernel, per_sample=self.per_sample)
+                                blur_kernel=self.blur_kernel, per_sample=self.per_sample,
+                                precision=self.precision)

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.layers import check_1x1, conv2d, leaky_relu
 from hyperstyle_jax.models.ops import EqualLinear
 
@@ -36,13 +37,15 @@ def _n_pools(spatial: int) -> int:
     return n
 
 
-def strided_convs(x: jax.Array, widths: list[int], first_stride: int) -> jax.Array:
+def strided_convs(x: jax.Array, widths: list[int], first_stride: int,
+                  precision: str = "fp32") -> jax.Array:
     """`Sequential(Conv3x3(s, p1), LeakyReLU, …)` as modules `convs_0`, `convs_2`, …
 
     Call from a compact method. The first conv has stride `first_stride`, the rest 2.
     """
     for i, w in enumerate(widths):
-        x = conv2d(w, 3, first_stride if i == 0 else 2, 1, name=f"convs_{2 * i}")(x)
+        x = conv2d(w, 3, first_stride if i == 0 else 2, 1, name=f"convs_{2 * i}",
+                   precision=precision)(x)
         x = leaky_relu(x)
     return x
 
@@ -62,19 +65,20 @@ class RefinementBlock(nn.Module):
     inner_c: int = 256
     out_c: int = 512
     spatial: int = 16
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, cin, cout = self.kernel_size, self.in_channels, self.out_channels
         num_pools = _n_pools(self.spatial) - 1 - (1 if k == 3 else 0)
-        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 2)
+        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 2, self.precision)
         b = x.shape[0]
         if self.is_to_rgb:
             check_1x1(x, "RefinementBlock (toRGB)")
-            x = conv2d(cin * cout, 1, name="output_0")(x)
+            x = conv2d(cin * cout, 1, name="output_0", precision=self.precision)(x)
             return x.reshape(b, cout, cin, k, k)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # AdaptiveAvgPool2d(1)
-        x = conv2d(cin * cout, 1, name="output_1")(x)
+        x = conv2d(cin * cout, 1, name="output_1", precision=self.precision)(x)
         x = x.reshape(b, cout, cin, 1, 1)
         return jnp.broadcast_to(x, (b, cout, cin, k, k))
 
@@ -89,11 +93,14 @@ class SharedWeightsHypernet(nn.Module):
         kernel  = h_final.reshape(N, out, in, f, f)   # plain row-major reshape, as `view`
     (the axis called `in` in h_in is not the kernel's `in` axis; the reshape mixes them
     exactly as the official does). N may stack several blocks' codes: one matmul with w2.
+    precision 'bf16': both products on bf16 operands (w1/w2 may already be stored in bf16)
+    with fp32 accumulation and fp32 results; the biases are added in fp32.
     """
     f_size: int = 3
     z_dim: int = 512
     out_size: int = 512
     in_size: int = 512
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -108,8 +115,16 @@ class SharedWeightsHypernet(nn.Module):
         if z.ndim != 2 or z.shape[1] != zd:
             raise ValueError(f"SharedWeightsHypernet: expected codes [N, {zd}], got {z.shape}")
         n = z.shape[0]
-        h_in = (z @ w2 + b2).reshape(n, i, zd)
-        h_final = h_in @ w1 + b1
+        if self.precision == "fp32":
+            h_in = (z @ w2 + b2).reshape(n, i, zd)
+            h_final = h_in @ w1 + b1
+        else:
+            dt = compute_dtype(self.precision)
+
+            def mm(a, b):
+                return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+            h_in = (mm(z, w2) + b2).reshape(n, i, zd)
+            h_final = mm(h_in, w1) + b1
         return h_final.reshape(n, o, i, f, f)
 
 
@@ -125,12 +140,13 @@ class HyperRefinementBlock(nn.Module):
     out_c: int = 512
     spatial: int = 16
     hypernet: Optional[nn.Module] = None
+    precision: str = "fp32"
 
     @nn.compact
     def code(self, x: jax.Array) -> jax.Array:
         """features [B, 16, 16, n_channels] -> code [B, out_c] (the hypernet's input z)."""
         num_pools = _n_pools(self.spatial)
-        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 1)
+        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 1, self.precision)
         check_1x1(x, "HyperRefinementBlock")
         return EqualLinear(self.out_c, self.out_c, name="linear")(x.reshape(x.shape[0], self.out_c))
 
@@ -182,14 +198,15 @@ class RefinementBlockSeparable(nn.Module):
     inner_c: int = 256
     out_c: int = 512
     spatial: int = 16
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, cin, cout = self.kernel_size, self.in_channels, self.out_channels
         num_pools = _n_pools(self.spatial) - 1
-        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 2)
+        x = strided_convs(x, [self.inner_c] * num_pools + [self.out_c], 2, self.precision)
         check_1x1(x, "RefinementBlockSeparable")
         if self.is_to_rgb:
-            x = conv2d(cin * cout, 1, name="output_0")(x)
+            x = conv2d(cin * cout, 1, name="output_0", precision=self.precision)(x)
             return x.reshape(x.shape[0], cout, cin, k, k)
         return SeparableBlock(self.out_c, cin, cout, k, name="output_0")(x)

@@ -37,16 +37,19 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     downsample: bool = False
+    precision: str = "fp32"  # 'bf16': convs on bf16 operands, fp32 accumulation (conv.flax_conv)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        out = conv2d(self.planes, 3, self.stride, 1, use_bias=False, name="conv1")(x)
+        pr = self.precision
+        out = conv2d(self.planes, 3, self.stride, 1, use_bias=False, name="conv1", precision=pr)(x)
         out = nn.relu(BatchNorm(name="bn1")(out, train))
-        out = conv2d(self.planes, 3, 1, 1, use_bias=False, name="conv2")(out)
+        out = conv2d(self.planes, 3, 1, 1, use_bias=False, name="conv2", precision=pr)(out)
         out = BatchNorm(name="bn2")(out, train)
         identity = x
         if self.downsample:
-            identity = conv2d(self.planes, 1, self.stride, 0, use_bias=False, name="downsample_0")(x)
+            identity = conv2d(self.planes, 1, self.stride, 0, use_bias=False, name="downsample_0",
+                              precision=pr)(x)
             identity = BatchNorm(name="downsample_1")(identity, train)
         return nn.relu(out + identity)
 
@@ -120,7 +123,7 @@ class ResNet50Trunk(nn.Module):
 
 
 def build_stem_and_body(input_nc: int, stem_width: int,
-                        stages: Sequence[Sequence[int]]) -> tuple:
+                        stages: Sequence[Sequence[int]], precision: str = "fp32") -> tuple:
     """The hypernet stem and body modules, for a `setup` to assign to `conv1`, `bn1`, `relu`, `body`.
 
     Assigning the returned list to `self.body` names the blocks `body_0`, `body_1`, …
@@ -128,10 +131,11 @@ def build_stem_and_body(input_nc: int, stem_width: int,
     the conv's input width from the data.
     """
     del input_nc
-    conv1 = conv2d(stem_width, 7, 2, 3, use_bias=False)
+    conv1 = conv2d(stem_width, 7, 2, 3, use_bias=False, precision=precision)
     bn1 = BatchNorm()
     relu = PReLU()
-    body = [BasicBlock(planes, stride, ds) for planes, stride, ds in block_table(stages, stem_width)]
+    body = [BasicBlock(planes, stride, ds, precision)
+            for planes, stride, ds in block_table(stages, stem_width)]
     return conv1, bn1, relu, body
 
 
@@ -152,10 +156,11 @@ class HypernetBackbone(nn.Module):
     input_nc: int = 6
     stem_width: int = 64
     stages: Tuple[Tuple[int, int, int], ...] = RESNET34_STAGES
+    precision: str = "fp32"
 
     def setup(self):
         self.conv1, self.bn1, self.relu, self.body = build_stem_and_body(
-            self.input_nc, self.stem_width, self.stages)
+            self.input_nc, self.stem_width, self.stages, self.precision)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.shape[-1] != self.input_nc:

@@ -166,13 +166,14 @@ class StyledConv(nn.Module):
     upsample: bool = False
     blur_kernel: Sequence = (1, 3, 3, 1)
     per_sample: str = "auto"
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, x, style, noise, weights_delta=None):
         out = ops.ModulatedConv2d(self.in_channel, self.out_channel, self.kernel_size,
                                   self.style_dim, upsample=self.upsample,
                                   blur_kernel=self.blur_kernel, per_sample=self.per_sample,
-                                  name="conv")(x, style, weights_delta)
+                                  precision=self.precision, name="conv")(x, style, weights_delta)
         out = NoiseInjection(name="noise")(out, noise)
         return FusedLeakyReLU(self.out_channel, name="activate")(out)
 
@@ -184,11 +185,13 @@ class ToRGB(nn.Module):
     upsample: bool = True
     blur_kernel: Sequence = (1, 3, 3, 1)
     per_sample: str = "auto"
+    precision: str = "fp32"
 
     @nn.compact
     def __call__(self, x, style, skip=None, weights_delta=None):
         out = ops.ModulatedConv2d(self.in_channel, 3, 1, self.style_dim, demodulate=False,
-                                  per_sample=self.per_sample, name="conv")(x, style, weights_delta)
+                                  per_sample=self.per_sample, precision=self.precision,
+                                  name="conv")(x, style, weights_delta)
         out = out + self.param("bias", nn.initializers.zeros, (3,))
         if skip is not None:
             out = out + ops.upsample(skip, self.blur_kernel)
@@ -213,10 +216,12 @@ class Generator(nn.Module):
 
     Variables: 'params' (official names) and 'noises' (`noise_i` [1, H, W, 1], the
     checkpoint's fixed noise buffers). per_sample: how per-sample offsets are convolved
-    ('auto' picks by backend, see `conv.PER_SAMPLE_FORMS`).
+    ('auto' picks by backend, see `conv.PER_SAMPLE_FORMS`). precision: 'fp32' or 'bf16'
+    (the modulated convs on bf16 operands with fp32 accumulation, see `ops.modulated_conv2d`).
     """
     config: GeneratorConfig
     per_sample: str = "auto"
+    precision: str = "fp32"
 
     def setup(self):
         cfg = self.config
@@ -226,20 +231,21 @@ class Generator(nn.Module):
                              for i in range(cfg.n_mlp)]
         c4 = cfg.channel(4)
         self.input = ConstantInput(c4, name="input")
+        ps, pr = self.per_sample, self.precision
         self.conv1 = StyledConv(c4, c4, 3, cfg.style_dim, blur_kernel=bk,
-                                per_sample=self.per_sample, name="conv1")
+                                per_sample=ps, precision=pr, name="conv1")
         self.to_rgb1 = ToRGB(c4, cfg.style_dim, upsample=False, blur_kernel=bk,
-                             per_sample=self.per_sample, name="to_rgb1")
+                             per_sample=ps, precision=pr, name="to_rgb1")
         convs, to_rgbs = [], []
         prev = c4
         for b, r in enumerate(_resolutions(cfg.size)[1:]):
             c = cfg.channel(r)
             convs.append(StyledConv(prev, c, 3, cfg.style_dim, upsample=True, blur_kernel=bk,
-                                    per_sample=self.per_sample, name=f"convs_{2 * b}"))
+                                    per_sample=ps, precision=pr, name=f"convs_{2 * b}"))
             convs.append(StyledConv(c, c, 3, cfg.style_dim, blur_kernel=bk,
-                                    per_sample=self.per_sample, name=f"convs_{2 * b + 1}"))
-            to_rgbs.append(ToRGB(c, cfg.style_dim, blur_kernel=bk, per_sample=self.per_sample,
-                                 name=f"to_rgbs_{b}"))
+                                    per_sample=ps, precision=pr, name=f"convs_{2 * b + 1}"))
+            to_rgbs.append(ToRGB(c, cfg.style_dim, blur_kernel=bk, per_sample=ps,
+                                 precision=pr, name=f"to_rgbs_{b}"))
             prev = c
         self.convs = convs
         self.to_rgbs = to_rgbs
