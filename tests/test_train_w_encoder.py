@@ -287,3 +287,40 @@ def test_demo_exports_are_converted_folders_invert_and_edit_accept(demo):
         assert os.listdir(os.path.join(p["edits"], edit, "grids")), edit
         assert os.listdir(os.path.join(p["edits"], edit, "edits", key)), key
     assert os.path.isfile(p["summary"]) and os.path.isfile(p["pca"])
+
+
+def test_backbone_init_is_a_strict_merge_and_config_checks_name_the_key(tmp_path):
+    """ArcFace IR-SE-50 -> the W-encoder body (every leaf but the W head); a missing or
+    misshaped leaf is named. Shapes only (eval_shape), no compile."""
+    from hyperstyle_jax.models.irse import Backbone, WEncoder
+    from hyperstyle_jax.training.config import base_config, check_config
+    from hyperstyle_jax.training.w_encoder_setup import _merge_backbone
+
+    def zeros(f):
+        return jax.tree.map(lambda s: np.full(s.shape, 1.0, s.dtype), dict(jax.eval_shape(f)))
+    arc = zeros(lambda: Backbone(112, 50, "ir_se").init(jax.random.key(0),
+                                                         jnp.zeros((1, 112, 112, 3))))
+    enc = jax.tree.map(np.zeros_like, zeros(lambda: WEncoder(18).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+    out = _merge_backbone(enc, arc, "arcface")
+    assert np.all(out["params"]["body_23"]["res_layer_1"]["kernel"] == 1.0)
+    assert np.all(out["params"]["linear"]["weight"] == 0.0)  # the W head stays fresh
+    del arc["params"]["body_3"]
+    arc["params"]["input_layer_0"]["kernel"] = np.zeros((3, 3, 3, 32), np.float32)
+    with pytest.raises(ValueError) as err:
+        _merge_backbone(enc, arc, "arcface")
+    assert "params/body_3/res_layer_1/kernel: missing" in str(err.value)
+    assert "params/input_layer_0/kernel: (3, 3, 3, 32) vs (3, 3, 3, 64)" in str(err.value)
+
+    c = base_config()
+    c.task, c.data.source, c.loss.lpips_lambda = "w_encoder", "synthetic", 0.0
+    check_config(c)  # no W-encoder checkpoint needed to train one
+    c.w_encoder.stages = ((8, 1),)
+    with pytest.raises(ValueError, match=r"config.w_encoder.stages"):
+        check_config(c)
+    c.w_encoder.stages, c.w_encoder.disc_lambda = (), -1.0
+    with pytest.raises(ValueError, match=r"config.w_encoder.disc_lambda"):
+        check_config(c)
+    c.w_encoder.disc_lambda, c.task = 0.0, "w_encodr"
+    with pytest.raises(ValueError, match=r"config.task='w_encodr'"):
+        check_config(c)
