@@ -4,6 +4,7 @@ step, the pre-transform image and the 1024/256 outputs, for the crop case and th
 image; awkward inputs; and invert --align."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def _rgb(path):
 
 
 def _recorded(cfg, case, size):
-    prefix, _, sub = CASES[case]
+    _, _, sub = CASES[case]
     return (cfg[sub] if sub else cfg)[OUT_KEYS[size][1]]
 
 
@@ -199,7 +200,7 @@ def test_cli_face_all_and_landmarks(fx, two_faces, tmp_path, capsys):
 def test_folder_with_a_no_face_image(fx, tmp_path, capsys, workers):
     src = tmp_path / "in"
     src.mkdir()
-    (src / "good.jpg").write_bytes(open(FACE, "rb").read())
+    shutil.copy(FACE, src / "good.jpg")
     noise = np.random.RandomState(0).randint(0, 256, (256, 256, 3), dtype=np.uint8)
     Image.fromarray(noise).save(src / "noise.png")
     out = tmp_path / "out"
@@ -303,7 +304,7 @@ def test_invert_align(tmp_path, fx, capsys, monkeypatch):
     convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), we, log=lambda *a: None)
     src = tmp_path / "in"
     src.mkdir()
-    (src / "face.jpg").write_bytes(open(FACE, "rb").read())
+    shutil.copy(FACE, src / "face.jpg")
     Image.fromarray(np.random.RandomState(1).randint(0, 256, (96, 96, 3), dtype=np.uint8)).save(
         src / "noise.png")
     out = tmp_path / "out"

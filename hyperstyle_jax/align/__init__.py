@@ -41,6 +41,6 @@ from hyperstyle_jax.align.api import (AlignedFace, AlignError, NoFaceError, alig
 from hyperstyle_jax.align.detect import AlignUnavailableError, require
 from hyperstyle_jax.align.steps import align_from_landmarks, prepare, quad_from_landmarks
 
-__all__ = ["AlignedFace", "AlignError", "NoFaceError", "AlignUnavailableError", "align_faces",
-           "align_image", "align_from_landmarks", "load", "parse_face", "prepare",
+__all__ = ["AlignError", "AlignUnavailableError", "AlignedFace", "NoFaceError", "align_faces",
+           "align_from_landmarks", "align_image", "load", "parse_face", "prepare",
            "quad_from_landmarks", "require"]

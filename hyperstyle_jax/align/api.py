@@ -54,7 +54,7 @@ def _dlib_pixels(path: str, img: Image.Image) -> np.ndarray | None:
         import dlib
 
         arr = dlib.load_rgb_image(path)
-    except Exception:  # dlib cannot read it: use PIL's decode
+    except Exception:  # noqa: BLE001 -- dlib cannot read it: use PIL's decode
         return None
     return arr if arr.shape == (img.size[1], img.size[0], 3) else None
 

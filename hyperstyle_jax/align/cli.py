@@ -71,17 +71,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _unique_stems(paths):
-    """File stems, with a counter where two inputs share one."""
-    seen, out = {}, []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
-    return out
-
-
 def _save_png(path, arr):
     """Write through a temporary name, so an interrupted run leaves no partial PNG.
 
@@ -123,7 +112,7 @@ def _work(job):
         return path, written, None
     except (api.AlignError, imio.ImageReadError) as e:
         return path, [], str(e)
-    except Exception as e:  # one bad file must not stop the batch; say what it was
+    except Exception as e:  # noqa: BLE001 -- one bad file must not stop the batch; say what it was
         return path, [], f"{path}: {type(e).__name__}: {' '.join(str(e).split())}"
 
 
@@ -174,7 +163,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     opts = {"out": args.out, "size": args.size, "face": args.face,
             "detect_max_side": args.detect_max_side, "save_landmarks": args.save_landmarks}
-    jobs = list(zip(paths, _unique_stems(paths)))
+    jobs = list(zip(paths, imio.unique_stems(paths)))
     workers = min(args.workers, len(jobs))
 
     progress = _Progress(len(jobs), args.log_every)

