@@ -1,8 +1,10 @@
 """The editing page (`python -m hyperstyle_jax.app`) in a real browser.
 
 One server subprocess on a tiny converted model (fixture 05's 128 px HyperStyle and
-narrow W-encoder, random InterFaceGAN directions and a random PCA file), driven by
-Debian's chromium through Playwright. Never skipped: a missing browser is a failure.
+narrow W-encoder; random InterFaceGAN directions and PCA file; StyleCLIP with a random
+narrow CLIP and fixture 10's fs3 / S_mean_std; fixture 13's ReStyle-e4e and fine-tuned
+generator as a domain), driven by Debian's chromium through Playwright. Never skipped:
+a missing browser is a failure.
 
 Set HYPERSTYLE_APP_SCREENSHOT=docs/app.png to write the edited page's screenshot there.
 """
@@ -29,6 +31,7 @@ from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
 from hyperstyle_jax.editing import EditError
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
+F10 = os.path.join(HERE, "10_styleclip")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -104,6 +107,26 @@ def files(tmp_path_factory):
     comp /= np.linalg.norm(comp, axis=-1, keepdims=True)
     np.savez(d / "pca.npz", mean=r.randn(1, 64).astype(np.float32) * 0.1,
              std=np.ones(4, np.float32), comp=comp)
+    # StyleCLIP: a random narrow CLIP (as tests/test_styleclip.py) + fixture 10's files
+    import jax
+
+    from hyperstyle_jax.checkpoints import save_converted
+    from hyperstyle_jax.models.clip import CLIPConfig, random_init
+
+    cfg = CLIPConfig(embed_dim=512, image_resolution=32, vision_layers=1, vision_width=32,
+                     vision_patch_size=16, vision_heads=2, transformer_width=32,
+                     transformer_heads=2, transformer_layers=1)
+    save_converted(str(d / "clip"), jax.tree.map(np.asarray, random_init(cfg, seed=5)),
+                   cfg.to_dict(), kind="clip")
+    # domain: fixture 13's ReStyle-e4e and a fine-tuned copy of the 128 px generator
+    from hyperstyle_jax.convert.restyle import convert_restyle_e4e
+    from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
+
+    f13 = os.path.join(HERE, "13_restyle_domain")
+    convert_restyle_e4e(os.path.join(f13, "restyle_e4e_narrow.pt"), str(d / "restyle"),
+                        log=lambda *a: None)
+    convert_stylegan2(os.path.join(f13, "stylegan2_narrow128_finetuned.pt"), str(d / "toon"),
+                      log=lambda *a: None)
     os.makedirs(d / "examples")
     Image.fromarray(_photo(9)).save(d / "examples" / "colours.png")
     photos = {}
@@ -135,7 +158,9 @@ def server(files):
     cmd = [sys.executable, "-m", "hyperstyle_jax.app", "--checkpoint", str(d / "hs"),
            "--w_encoder", str(d / "we"), "--directions", str(d / "dirs"), "--pca",
            str(d / "pca.npz"), "--examples", str(d / "examples"), "--n_iters", str(N_ITERS),
-           "--max_upload_mb", str(MAX_UPLOAD_MB), "--cache_items", "4", "--port", str(port)]
+           "--clip", str(d / "clip"), "--fs3", os.path.join(F10, "fs3_narrow.npy"),
+           "--s_stats", os.path.join(F10, "S_mean_std_narrow"), "--restyle", str(d / "restyle"),
+           "--generator", str(d / "toon"), "--max_upload_mb", str(MAX_UPLOAD_MB), "--cache_items", "4", "--port", str(port)]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -218,6 +243,13 @@ def _wait_inverted(pg, timeout_ms: int = 120_000) -> None:
     assert pg.get_attribute("#message", "data-kind") != "error", pg.inner_text("#message")
 
 
+def _act(pg, action) -> None:
+    """Do one control change (with no render in flight) and wait for its render."""
+    v = int(pg.get_attribute("#render-status", "data-version"))
+    action()
+    _wait_version(pg, v + 1)
+
+
 def test_upload_invert_edit_download(page, server, files, tmp_path):
     d, photos = files
     pg = page
@@ -239,18 +271,25 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
     unedited = _edit_pixels(pg)
     assert unedited.shape == (128, 128, 3)
 
-    # a slider move re-renders without re-inverting (the job count stays the same)
-    pg.locator("#ifg-age").fill("4")
-    _wait_version(pg, 2)
+    # a slider move re-renders without re-inverting
+    _act(pg, lambda: pg.locator("#ifg-age").fill("4"))
     edited = _edit_pixels(pg)
     assert np.abs(edited.astype(int) - unedited.astype(int)).max() > 10, "the edit changed nothing"
-    pg.locator("#ganspace-select").select_option("pc_1")
-    _wait_version(pg, 3)
-    both = _edit_pixels(pg)
-    assert np.abs(both.astype(int) - edited.astype(int)).max() > 0
-    pg.locator("#ganspace-select").select_option("")
-    _wait_version(pg, 4)
+    _act(pg, lambda: pg.locator("#ganspace-select").select_option("pc_1"))
+    assert np.abs(_edit_pixels(pg).astype(int) - edited.astype(int)).max() > 0
+    _act(pg, lambda: pg.locator("#ganspace-select").select_option(""))
     np.testing.assert_array_equal(_edit_pixels(pg), edited)  # deterministic re-render
+    # StyleCLIP text edit on top (β low enough that the random CLIP's direction edits)
+    _act(pg, lambda: pg.locator("#sc-beta").fill("0.05"))
+    _act(pg, lambda: pg.locator("#sc-alpha").fill("3"))
+    assert np.abs(_edit_pixels(pg).astype(int) - edited.astype(int)).max() > 0
+    _act(pg, lambda: pg.locator("#sc-alpha").fill("0"))
+    np.testing.assert_array_equal(_edit_pixels(pg), edited)
+    # a domain: the fine-tuned generator renders the ReStyle codes with the kept offsets
+    _act(pg, lambda: pg.locator("#domain-select").select_option("domain_toon"))
+    assert np.abs(_edit_pixels(pg).astype(int) - edited.astype(int)).max() > 10
+    _act(pg, lambda: pg.locator("#domain-select").select_option(""))
+    np.testing.assert_array_equal(_edit_pixels(pg), edited)
 
     # downloads: the edited PNG, latents.npy (dict) and deltas npz (layer_<j>)
     with pg.expect_download() as dl:
@@ -272,21 +311,17 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
         deltas = {k: f[k] for k in f.files}
 
     # interpolation with the second upload: alpha 1 shows photo1's reconstruction
-    pg.click("#reset-btn")
-    _wait_version(pg, 5)
-    pg.wait_for_function("() => document.querySelectorAll('#gallery img[src^=data]').length == 2",
-                         timeout=120_000)
+    _act(pg, lambda: pg.click("#reset-btn"))
+    pg.wait_for_selector("#gallery button[data-done='1'] >> nth=1", timeout=120_000)
     keys = pg.evaluate("[...document.querySelectorAll('#gallery button')].map(b => b.dataset.key)")
-    pg.locator("#interp-with").select_option(keys[1])
-    pg.locator("#interp-alpha").fill("1")
-    _wait_version(pg, 6)
+    _act(pg, lambda: pg.locator("#interp-with").select_option(keys[1]))
+    _act(pg, lambda: pg.locator("#interp-alpha").fill("1"))
     _, recon1 = _get(f"{server[0]}/api/image/{keys[1]}/reconstruction.png")
     np.testing.assert_allclose(_edit_pixels(pg).astype(int),
                                np.asarray(Image.open(io.BytesIO(recon1)).convert("RGB")).astype(int),
                                atol=2)
-    pg.locator("#interp-alpha").fill("0")
-    pg.locator("#ifg-age").fill("4")
-    _wait_version(pg, 8)
+    _act(pg, lambda: pg.locator("#interp-alpha").fill("0.5"))
+    _act(pg, lambda: pg.locator("#ifg-age").fill("3"))
 
     shot = tmp_path / "app.png"
     pg.screenshot(path=str(shot), full_page=True)
@@ -326,8 +361,7 @@ def test_bad_uploads_get_a_message(page, server, files):
     # an example works the same way
     pg.locator("#example-select").select_option("colours.png")
     pg.click("#example-btn")
-    pg.wait_for_function("() => document.querySelectorAll('#gallery button').length == 2",
-                         timeout=30_000)
+    pg.wait_for_selector("#gallery button[data-done='1'] >> nth=1", timeout=120_000)
     _wait_version(pg, 2)
 
 

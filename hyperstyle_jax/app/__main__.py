@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(export/hyperstyle, export/w_encoder, ganspace_pca.npz, heldout/)")
     m.add_argument("--checkpoint", help="converted HyperStyle folder")
     m.add_argument("--w_encoder", help="converted W-encoder folder")
-    m.add_argument("--n_iters", type=int, default=5, help="hypernetwork iterations per upload "
-                                                          "(--demo: 3, as it was trained)")
+    m.add_argument("--n_iters", type=int, default=None,
+                   help="hypernetwork iterations per upload (default 5; --demo: 3, as trained)")
     e = p.add_argument_group("edits (each control appears when its files are given)")
     e.add_argument("--directions", metavar="DIR",
                    help="folder of InterFaceGAN directions (.pt / .npy): one slider each")
@@ -79,7 +79,7 @@ def _demo_paths(args) -> None:
     heldout = os.path.join(d, "heldout")
     if args.examples is None and os.path.isdir(heldout):
         args.examples = heldout
-    if "--n_iters" not in sys.argv:
+    if args.n_iters is None:
         args.n_iters = 3
 
 
@@ -150,7 +150,9 @@ def _private_tempdir() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n_iters < 1:
+    if args.n_iters is None and not args.demo:
+        args.n_iters = 5
+    if args.n_iters is not None and args.n_iters < 1:
         from hyperstyle_jax.utils.cli import UserError
 
         raise UserError(f"--n_iters must be >= 1, got {args.n_iters}")

@@ -186,6 +186,9 @@ async function poll(item) {
     if (j.status === "error") { message(j.error, "error"); return; }
     if (j.status === "done") {
       item.done = true;
+      const b = $("gallery").querySelector(`[data-key="${item.key}"]`);
+      b.querySelector("img").src = `/api/image/${item.key}/input.png`;
+      b.dataset.done = "1";
       if (item.key === state.current) showInversion(item);
       return;
     }
