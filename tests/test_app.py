@@ -403,3 +403,31 @@ def test_concurrent_renders_queue(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=10)
     assert e.value.code == 404 and b"upload it again" in e.value.read()
+
+
+def test_device_lock_serves_renders_before_inversion_steps():
+    from hyperstyle_jax.app.engine import DeviceLock
+
+    lock, order = DeviceLock(), []
+    started = threading.Event()
+
+    def holder():
+        with lock(background=True):
+            started.set()
+            time.sleep(0.3)
+
+    def call(tag, background):
+        with lock(background=background):
+            order.append(tag)
+
+    h = threading.Thread(target=holder)
+    h.start()
+    started.wait()
+    bg = threading.Thread(target=call, args=("step", True))
+    bg.start()
+    time.sleep(0.05)
+    fg = threading.Thread(target=call, args=("render", False))
+    fg.start()
+    for t in (h, bg, fg):
+        t.join(5)
+    assert order == ["render", "step"]

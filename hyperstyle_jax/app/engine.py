@@ -11,12 +11,14 @@ domain`); the web layer (`app.server`) only parses requests and calls these meth
     img = eng.render(inv, EditSpec.parse({...}))      # one compiled call per edit
 
 Serving rules kept here: every compiled function is built (and run once) in `warm_up`,
-so no request compiles; every device call holds `self.device_lock`, so concurrent
-requests queue instead of competing for memory; uploads stay in memory (bytes), never on
+so no request compiles; every device call holds `self.device` (one lock), so concurrent
+requests queue instead of competing for memory, and a waiting render goes before the
+next inversion step (a slider move does not wait for another user's whole inversion); uploads stay in memory (bytes), never on
 disk.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -32,6 +34,36 @@ from hyperstyle_jax.utils import images as imio
 from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
 
 DIRECTION_EXTENSIONS = (".pt", ".pth", ".npy")
+
+
+class DeviceLock:
+    """One lock around the device with two classes of callers: foreground (renders, what
+    a user waits for after a slider move) and background (inversion steps). A background
+    caller also waits while any foreground one is waiting; each class is served in turn."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._busy = False
+        self._foreground_waiting = 0
+
+    @contextlib.contextmanager
+    def __call__(self, background: bool = False):
+        with self._cv:
+            if not background:
+                self._foreground_waiting += 1
+            try:
+                while self._busy or (background and self._foreground_waiting):
+                    self._cv.wait()
+            finally:
+                if not background:
+                    self._foreground_waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
 
 
 class UploadError(ValueError):
@@ -184,7 +216,7 @@ class Engine:
         self.n_generated_examples = int(n_generated_examples)
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
         self.cache = cache or InversionCache()
-        self.device_lock = threading.Lock()
+        self.device = DeviceLock()
         self._delta_s: dict = {}  # (neutral, target, beta) -> StyleSpace direction
         self._built = False
         self.timings: dict = {}
@@ -273,7 +305,7 @@ class Engine:
             # A random W+ code near the average one, rendered without offsets: no extra
             # compiled function (the mapping network is not needed for an example).
             codes = lat + 0.7 * rng.randn(*lat.shape).astype(np.float32) * lat.std()
-            with self.device_lock:
+            with self.device():
                 img = self._render(codes[None], [None] * len(self.inverter.model.tuned_delta_shapes()))[0]
             out[f"generated_{i}.png"] = png_bytes(img)
         return out
@@ -348,14 +380,14 @@ class Engine:
             if on_step is not None:
                 on_step(k, self.n_iters, img)
 
-        with self.device_lock:
+        with self.device(background=True):
             state = self._steps.start(x)
         shown(0, state.image())
         for k in range(1, self.n_iters + 1):
-            with self.device_lock:
+            with self.device(background=True):
                 state = self._steps.step(state)
             shown(k, state.image())
-        with self.device_lock:
+        with self.device(background=True):
             codes, deltas = state.result()
             restyle_codes = None
             if self.generators:
@@ -413,12 +445,12 @@ class Engine:
             from hyperstyle_jax.editing import styleclip
 
             direction = self._styleclip_direction(spec.neutral, spec.target, spec.beta)
-            with self.device_lock:
+            with self.device():
                 s = [x[0] for x in self._styles(codes[None])]
             styles = styleclip.apply(s, direction, [spec.alpha])
-            with self.device_lock:
+            with self.device():
                 return self._s_render(styles, deltas)[0]
-        with self.device_lock:
+        with self.device():
             return self._render(codes[None], deltas)[0]
 
     def _render_domain(self, inv, other, mix, deltas, spec) -> np.ndarray:
@@ -432,7 +464,7 @@ class Engine:
             codes = interpolate.apply(np.stack([codes, other.restyle_codes]), [None], [mix])[0][0]
         codes = self.edited_codes(codes, deltas, spec)
         batched = [None if d is None else d[None] for d in deltas]
-        with self.device_lock:
+        with self.device():
             return self._domain[config](variables, codes[None], batched, [0])[0]
 
     def _styleclip_direction(self, neutral: str, target: str, beta: float) -> list:
@@ -444,7 +476,7 @@ class Engine:
         if k not in self._delta_s:
             if len(self._delta_s) > 64:
                 self._delta_s.clear()
-            with self.device_lock:
+            with self.device():
                 delta_i = self.styleclip.encoder.delta_i(target, neutral)
             self._delta_s[k] = styleclip.get_delta_s(self.styleclip.fs3, delta_i,
                                                      self.styleclip.s_std, beta, self._lay)
@@ -550,10 +582,14 @@ class StepwiseInverter:
         import jax
 
         xd = jax.device_put(np.asarray(x, np.float32), self._batch)
-        codes, y_full, y_pooled = self._init(self._frozen, xd)
+        # Blocking here keeps the computation inside the caller's device lock (dispatch
+        # is asynchronous).
+        codes, y_full, y_pooled = jax.block_until_ready(self._init(self._frozen, xd))
         return _StepState(xd, codes, y_full, y_pooled, self._zeros())
 
     def step(self, s: _StepState) -> _StepState:
-        y_full, y_pooled, deltas = self._step(self._frozen, self._hyper, s.x, s.y_pooled,
-                                              s.codes, s.deltas)
+        import jax
+
+        y_full, y_pooled, deltas = jax.block_until_ready(
+            self._step(self._frozen, self._hyper, s.x, s.y_pooled, s.codes, s.deltas))
         return _StepState(s.x, s.codes, y_full, y_pooled, deltas)
