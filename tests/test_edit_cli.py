@@ -214,8 +214,9 @@ def test_progress_plain_lines_without_tty():
     assert lines[-1].startswith("interfacegan: 20/20 (100%)")
 
 
-def test_inversion_input_panel_from_invert_grid(ref, inversion, tmp_path):
-    """With an `invert` folder, the grids' input column is invert's own input panel."""
+def test_inversion_input_panel_from_invert_inputs(ref, inversion, tmp_path):
+    """With an `invert` folder, the grids' input column is the input invert saved in
+    inputs/<stem>.png (the image as the model saw it)."""
     import shutil
 
     from hyperstyle_jax.editing.cli import read_inversion
@@ -223,14 +224,11 @@ def test_inversion_input_panel_from_invert_grid(ref, inversion, tmp_path):
 
     d = tmp_path / "inv"
     shutil.copytree(inversion, d)
-    rng = np.random.RandomState(0)
-    x = rng.randint(0, 256, (64, 64, 3), dtype=np.uint8)
-    final = rng.randint(0, 256, (128, 128, 3), dtype=np.uint8)
-    imio.save_image(str(d / "final" / "img0.png"), final)
-    imio.save_image(str(d / "grids" / "img0.png"),  # invert's layout: input | init | iters
-                    imio.make_grid([[x, final, final]], cell_hw=(128, 128)))
+    shutil.rmtree(d / "inputs", ignore_errors=True)
+    x = np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8)
+    imio.save_image(str(d / "inputs" / "img0.png"), x)
     tuned = {int(k[-2:]): ref[k].shape[1:] for k in ref if k.startswith("deltas_layer")}
     shapes = [tuned.get(j) for j in range(17)]
     items = read_inversion(str(d), shapes, 12, 64)
-    np.testing.assert_array_equal(items[0].image, imio.resize(x, (128, 128)))
-    assert items[1].image is None  # no grid for img1
+    np.testing.assert_array_equal(items[0].image, x)
+    assert items[1].image is None  # no saved input for img1

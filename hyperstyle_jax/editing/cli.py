@@ -86,6 +86,9 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--align", action="store_true",
                    help="with --images: align faces first (official FFHQ crop, largest face, "
                         "1024; hyperstyle_jax.align, needs the align extra)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
+                        "(faster on AVX-512 BF16 / AMX CPUs and accelerators)")
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, help="output folder (created)")
     o.add_argument("--save_npy", action="store_true",
@@ -200,35 +203,13 @@ def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int
 
 
 def _input_from_invert_grid(folder: str, stem: str) -> Optional[np.ndarray]:
-    """inputs/<stem>.png (written by edit --save_inversion), else the input panel of
-    invert's grids/<stem>.png: its first cell (pad 2, cells the size of final/<stem>.png);
-    None when neither is there."""
+    """inputs/<stem>.png (written by invert and by edit --save_inversion: the input as
+    the model saw it); None when it is not there."""
     saved = os.path.join(folder, "inputs", f"{stem}.png")
-    if os.path.isfile(saved):
-        try:
-            return imio.read_image(saved)
-        except imio.ImageReadError:
-            pass
-    grid, final = (os.path.join(folder, d, f"{stem}.png") for d in ("grids", "final"))
-    if not (os.path.isfile(grid) and os.path.isfile(final)):
-        return None
     try:
-        g = imio.read_image(grid)
-        h, w = imio.read_image(final).shape[:2]
+        return imio.read_image(saved) if os.path.isfile(saved) else None
     except imio.ImageReadError:
         return None
-    cell = g[2:2 + h, 2:2 + w]
-    return cell if cell.shape[:2] == (h, w) else None
-
-
-def unique_stems(paths: Sequence[str]) -> list:
-    seen, out = {}, []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
-    return out
 
 
 def image_loader(align: bool = False) -> tuple:
@@ -252,7 +233,7 @@ def invert_images(inverter, paths: Sequence[str], n_iters: int, batch_size: int,
     """Invert image files -> ([Item] with unbatched final deltas, [(path, reason)] skipped)."""
     load, skip_errors = image_loader(align)
     run = inverter.batched_inverter(batch_size, n_iters)
-    stems = dict(zip(paths, unique_stems(paths)))
+    stems = dict(zip(paths, imio.unique_stems(paths)))
     items, bad = [], []
     bar = Progress(len(paths), "invert")
     try:
@@ -440,14 +421,15 @@ def load_model(args: argparse.Namespace):
     """--checkpoint (+ --w_encoder with --images) -> Inverter."""
     from hyperstyle_jax.inference import load_inverter, load_renderer
 
+    precision = getattr(args, "precision", "fp32")
     if args.align and not args.images:
         raise EditError("--align applies to --images (an --inversion folder is already aligned)")
     if args.images:
         image_loader(args.align)  # fail before loading the model if the extra is missing
         if not args.w_encoder:
             raise EditError("--images needs --w_encoder (or pass --inversion DIR from invert)")
-        return load_inverter(args.checkpoint, args.w_encoder)
-    return load_renderer(args.checkpoint)
+        return load_inverter(args.checkpoint, args.w_encoder, precision=precision)
+    return load_renderer(args.checkpoint, precision=precision)
 
 
 def run_subcommand(args: argparse.Namespace) -> int:

@@ -198,3 +198,15 @@ def parse_index_ranges(spec: str) -> list[int]:
 def chunks(items: Sequence, n: int) -> Iterable[Sequence]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def unique_stems(paths: Sequence[str]) -> list:
+    """File stems, disambiguated with a counter where two inputs share one (a.png, a.jpg
+    -> a, a_1): the names every CLI writes its outputs under."""
+    seen, out = {}, []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
