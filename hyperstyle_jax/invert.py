@@ -6,7 +6,8 @@
 Output layout (OUT/...):
     iterations/<k>/<stem>.png   k = 0 (initial W inversion) .. n (final)
     final/<stem>.png            the last iteration's reconstruction
-    grids/<stem>.png            input | initial | iteration 1 .. n
+    inputs/<stem>.png           the input as the model saw it (aligned, resized)
+    grids/<stem>.png            labelled: input | initial | iteration 1 .. n
     latents.npy                 {stem: codes [n_styles, 512]} (with --save_latents; the
                                 official script's format, a pickled dict: np.load(...,
                                 allow_pickle=True).item())
