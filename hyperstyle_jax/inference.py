@@ -170,10 +170,10 @@ def load_renderer(checkpoint: str, per_sample: str = "auto", precision: str = "f
     frozen = {"generator": tree["generator"],
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
     return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
-                    _stored_for(tree["hypernet"], precision), opts)
+                    stored_for_precision(tree["hypernet"], precision), opts)
 
 
-def _stored_for(hyper_vars, precision: str):
+def stored_for_precision(hyper_vars, precision: str):
     """bf16: the shared hypernet's w1/w2 (0.5 GB of the 1.3 GB) stored in bf16, the dtype
     its products read them in, so each call reads half the bytes and skips a cast pass."""
     if precision == "fp32":
@@ -214,7 +214,7 @@ def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
     frozen = {"generator": tree["generator"], "w_encoder": wvars,
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
     return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
-                    _stored_for(tree["hypernet"], precision), opts)
+                    stored_for_precision(tree["hypernet"], precision), opts)
 
 
 # ----------------------------------------------------------------------------- ReStyle-e4e

@@ -119,7 +119,8 @@ def build(config) -> BuiltModel:
                      "run); the hypernetwork learns to undo the per-image weight offsets")
     model = HyperStyle(HyperStyleConfig(generator=gcfg, hypernet=hcfg, w_encoder=wcfg,
                                         feedback_hw=fb_hw, cars_crop=config.model.cars_crop),
-                       per_sample=config.model.per_sample)
+                       per_sample=config.model.per_sample,
+                       precision="bf16" if config.compute_dtype == "bfloat16" else "fp32")
 
     weights = LossWeights.from_config(config.loss)
     nets = LossNets.load(lpips=ck.lpips or None, id=ck.arcface or None, moco=ck.moco or None)
