@@ -25,7 +25,8 @@ Your own domain (a folder of images and a StyleGAN2 trained on them, rosinality 
     python tools/convert_weights.py stylegan2 my_stylegan2.pt ckpt/stylegan2_mine
     python -m hyperstyle_jax.data.build --dataset image_folder --source /data/mine \
         --split_by ratio --test_fraction 0.05 --data_dir /data/tfds
-    python -m hyperstyle_jax.train --config configs/w_encoder_cars.py --workdir /ckpt/w_encoder_mine \
+    python -m hyperstyle_jax.train --config configs/w_encoder_cars.py \
+        --workdir /ckpt/w_encoder_mine \
         --config.data.data_dir=/data/tfds --config.data.name=image_folder \
         --config.data.eval_name= --config.checkpoints.generator=ckpt/stylegan2_mine \
         --config.model.feedback_hw='(256, 256)' --config.model.cars_crop=False

@@ -25,7 +25,8 @@ Then HyperStyle on its codes, and inversion with it, exactly as with the officia
     python -m hyperstyle_jax.invert --checkpoint /ckpt/hyperstyle_ffhq/export \
         --w_encoder /ckpt/w_encoder_ffhq/export --images photos/ --out out/
 Fine-tune the official encoder instead (convert_weights.py w_encoder faces_w_encoder.pt
-ckpt/faces_w_encoder): --config.w_encoder.backbone_init= --config.w_encoder.init_from=ckpt/faces_w_encoder
+ckpt/faces_w_encoder):
+    ... --config.w_encoder.backbone_init= --config.w_encoder.init_from=ckpt/faces_w_encoder
 """
 from hyperstyle_jax.training.config import base_config
 

@@ -1,8 +1,13 @@
-r"""Train HyperStyle's hypernetwork: data-parallel over every device of every host.
+r"""Train HyperStyle's hypernetwork or its W-encoder, data-parallel over every device and host.
 
     python -m hyperstyle_jax.train --config configs/tiny.py --workdir /tmp/hyperstyle_tiny
     python -m hyperstyle_jax.train --config configs/ffhq.py --workdir /ckpt/ffhq \
         --config.checkpoints.generator=... --config.batch_size=32
+    python -m hyperstyle_jax.train --config configs/w_encoder_ffhq.py --workdir /ckpt/w_enc
+
+`config.task` selects what is trained: 'hyperstyle' (the hypernetwork) or 'w_encoder'
+(the W-encoder, `hyperstyle_jax.training.w_encoder_setup`); both export a converted
+folder (<workdir>/export) that `invert` reads.
 
 `--config` defaults to configs/tiny.py (a 3-6 minute CPU demo). Overrides are
 `--config.a.b=value`; unknown keys and wrong types are rejected. A workdir that holds a
@@ -12,7 +17,8 @@ JAX_PROCESS_ID); automatic on a TPU pod slice. See docs/training.md.
 
 The loop reads top to bottom in sections, as big_vision's train.py: distributed and mesh,
 model and frozen networks, optimizer, train state (created sharded), steps, input,
-checkpoint and resume, evaluation, loop. The step itself is `hyperstyle_jax.training.step`.
+checkpoint and resume, evaluation, loop. The steps are `hyperstyle_jax.training.step` and
+`hyperstyle_jax.training.w_encoder_step`.
 """
 from __future__ import annotations
 

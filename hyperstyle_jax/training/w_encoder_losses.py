@@ -1,7 +1,8 @@
 """The W-encoder's extra terms (the seed's, from e4e/pSp); pure functions of arrays.
 
     w_norm(w_delta)                        mean_b ||w_b - latent_avg||^2, given w - latent_avg
-    d_loss_nonsaturating(real, fake)       e4e `discriminator_loss`: softplus(-D(real)) + softplus(D(fake))
+    d_loss_nonsaturating(real, fake)       e4e `discriminator_loss`:
+                                           softplus(-D(real)) + softplus(D(fake))
     g_loss_nonsaturating(fake)             e4e `adv_loss`: softplus(-D(fake))
     r1_penalty(d_fn, w_real)               mean_b ||dD(w_b)/dw_b||^2 (e4e `discriminator_r1_loss`)
 

@@ -152,7 +152,8 @@ def build_task(config, tx) -> model_setup.Task:
 
     def export_tree(host: dict):
         cfg = dict(ecfg, opts={"trained_with": "hyperstyle_jax.train (task w_encoder)",
-                               "feedback_hw": list(fb_hw), "cars_crop": bool(config.model.cars_crop),
+                               "feedback_hw": list(fb_hw),
+                               "cars_crop": bool(config.model.cars_crop),
                                "generator_size": int(gcfg.size)})
         return cfg, {"params": host["params"], "batch_stats": host["batch_stats"]}
 
