@@ -168,9 +168,12 @@ async function poll(item) {
     const mine = item.key === state.current;
     for (const url of j.images) {
       if (mine) {
-        const im = document.createElement("img");
-        im.src = url; im.alt = `iteration ${since}`; im.title = since ? `iteration ${since}` : "W-encoder";
-        $("iterations").appendChild(im);
+        const fig = document.createElement("figure");
+        fig.innerHTML = `<img alt=""><figcaption></figcaption>`;
+        fig.querySelector("img").src = url;
+        fig.querySelector("img").alt = since ? `iteration ${since}` : "W-encoder";
+        fig.querySelector("figcaption").textContent = since ? `iteration ${since}` : "W-encoder";
+        $("iterations").appendChild(fig);
       }
       if (since === 0) $("gallery").querySelector(`[data-key="${item.key}"] img`).src = url;
       since += 1;
