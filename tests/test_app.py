@@ -267,6 +267,8 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
     # every iteration image was shown (W-encoder + N_ITERS), the panels are filled
     assert pg.locator("#iterations img").count() == N_ITERS + 1
     assert pg.locator("#gallery button").count() == 2
+    pg.wait_for_function("() => document.getElementById('recon-img').complete"
+                         " && document.getElementById('recon-img').naturalWidth > 0")
     assert pg.evaluate("document.getElementById('recon-img').naturalWidth") == 128
     unedited = _edit_pixels(pg)
     assert unedited.shape == (128, 128, 3)
@@ -358,11 +360,22 @@ def test_bad_uploads_get_a_message(page, server, files):
     pg.click("#upload-btn")
     _wait_inverted(pg)
     _wait_version(pg, 1)
+    # alignment: a photo without a face is used whole, with a note saying so
+    pg.check("#align")
+    pg.set_input_files("#file-input", str(photos["photo0.png"]))
+    pg.click("#upload-btn")
+    pg.wait_for_function("() => !document.getElementById('message').textContent"
+                         ".startsWith('uploading')", timeout=60_000)
+    assert pg.get_attribute("#message", "data-kind") == "note"
+    assert "no face found in photo0.png" in pg.inner_text("#message")
+    _wait_inverted(pg)
+    _wait_version(pg, 2)
+    pg.uncheck("#align")
     # an example works the same way
     pg.locator("#example-select").select_option("colours.png")
     pg.click("#example-btn")
-    pg.wait_for_selector("#gallery button[data-done='1'] >> nth=1", timeout=120_000)
-    _wait_version(pg, 2)
+    pg.wait_for_selector("#gallery button[data-done='1'] >> nth=2", timeout=120_000)
+    _wait_version(pg, 3)
 
 
 def test_concurrent_renders_queue(server):
