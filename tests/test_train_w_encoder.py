@@ -192,7 +192,7 @@ def _saved_state(workdir, step):
 
 
 def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_path):
-    steps, every = 30, 3
+    steps, every = 45, 3
     cache = str(tmp_path / "cache")
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -208,16 +208,13 @@ def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_
                                  str(every)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
-    victim_dir = tmp_path / "killed"
-    victim = spawn(victim_dir)
-    # The uninterrupted reference runs here meanwhile (same config, one device).
     ns = {}
     exec(MICRO_CONFIG, ns)
-    from hyperstyle_jax.train import train_and_evaluate
+    from hyperstyle_jax.data.synthetic import synthetic_data
 
-    ref = train_and_evaluate(ns["micro_config"](cache, steps, every), str(tmp_path / "ref"),
-                             progress=False)
-    assert ref["status"] == "done"
+    synthetic_data(ns["micro_config"](cache, steps, every).data)  # render and cache once
+    victim_dir = tmp_path / "killed"
+    victim = spawn(victim_dir)
     first = victim_dir / "checkpoints" / str(every)
     deadline = time.time() + 300
     while not first.is_dir() and victim.poll() is None and time.time() < deadline:
@@ -229,6 +226,12 @@ def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_
     assert done and max(done) < steps, f"the child finished before the kill: {done}"
 
     resumed = spawn(victim_dir)
+    # The uninterrupted reference runs here meanwhile (same config, one device).
+    from hyperstyle_jax.train import train_and_evaluate
+
+    ref = train_and_evaluate(ns["micro_config"](cache, steps, every), str(tmp_path / "ref"),
+                             progress=False)
+    assert ref["status"] == "done"
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-4000:]
     assert "resuming from" in out and f"RESULT done {steps}" in out, out[-2000:]

@@ -122,6 +122,9 @@ def check_config(c) -> None:
     w_task = c.task == "w_encoder"
     if w_task:
         _check_w_encoder(c.w_encoder)
+        if c.compute_dtype != "float32":
+            raise ValueError(f"config.compute_dtype={c.compute_dtype!r}: task='w_encoder' "
+                             "trains in float32 only")
     if c.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"config.compute_dtype={c.compute_dtype!r}: use one of {COMPUTE_DTYPES}")
     if c.w_code not in W_CODES:
