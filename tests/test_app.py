@@ -161,7 +161,8 @@ def server(files):
            "--clip", str(d / "clip"), "--fs3", os.path.join(F10, "fs3_narrow.npy"),
            "--s_stats", os.path.join(F10, "S_mean_std_narrow"), "--restyle", str(d / "restyle"),
            "--generator", str(d / "toon"), "--max_upload_mb", str(MAX_UPLOAD_MB), "--cache_items", "4", "--port", str(port)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # JAX logs every compilation: none may happen after warm-up (checked at the end).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -192,6 +193,9 @@ def server(files):
     reader.join(5)
     tmp = [m.group(1) for m in (re.search(r"temp folder (\S+)", x) for x in lines) if m]
     assert tmp and not os.path.exists(tmp[0]), "the app's temp folder was not removed"
+    served = next(i for i, x in enumerate(lines) if x.startswith("serving on"))
+    late = [x for x in lines[served:] if "ompil" in x]
+    assert not late, "compiled while serving:\n" + "".join(late[:20])
 
 
 @pytest.fixture(scope="module")
