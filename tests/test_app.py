@@ -448,3 +448,21 @@ def test_device_lock_serves_renders_before_inversion_steps():
     for t in (h, bg, fg):
         t.join(5)
     assert order == ["render", "step"]
+
+
+def test_oversized_body_is_refused_before_parsing(server):
+    """A body over the per-request bound is answered 413 from its Content-Length alone
+    (the headers are sent, the body never is)."""
+    import http.client
+
+    port = int(server[0].rsplit(":", 1)[1])
+    size = int((MAX_UPLOAD_MB * 16 + 1) * 2 ** 20) + 10
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/api/upload")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"too large" in resp.read()
+    conn.close()
+    assert _get(server[0] + "/api/health")[0] == 200  # and the server goes on
