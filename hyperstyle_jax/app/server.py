@@ -25,7 +25,6 @@ import os
 import queue
 import threading
 import time
-from typing import Optional
 
 from hyperstyle_jax.app.engine import EditSpec, Engine, UploadError, png_bytes, stem_of
 from hyperstyle_jax.editing import EditError
