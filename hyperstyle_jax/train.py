@@ -238,7 +238,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     # ---------------------------------------------------------------- evaluation
     writer = MetricsWriter(workdir, enabled=is_main, resume_step=start if start else None)
 
-    def evaluate(step: int, log_images: bool = True) -> dict:
+    def evaluate(step: int, log_images: bool = True, log: bool = True) -> dict:
         it = make_eval_iterator(config.data, global_batch_size=config.eval_batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
@@ -262,7 +262,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
             it.close()
         count = max(sums.get("count", 0.0), 1.0)
         summary = {k: (v if k == "count" else v / count) for k, v in sums.items()}
-        writer.scalars(step, {k: v for k, v in summary.items() if k != "count"}, split="val")
+        if log:
+            writer.scalars(step, {k: v for k, v in summary.items() if k != "count"}, split="val")
         if grid_rows:
             from hyperstyle_jax.utils.images import make_grid
 
@@ -330,7 +331,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
 
     final_step = int(parallel.to_host(state.step))
     if status == "done" and last_val is None:
-        last_val = evaluate(final_step, log_images=False)
+        # Resumed after the last step: the run already logged this evaluation.
+        last_val = evaluate(final_step, log_images=False, log=False)
     writer.close()
     best_step, best_loss = ckpt.best()
     ckpt.close()
@@ -396,6 +398,7 @@ def _define_flags() -> dict:
 
 
 def _config_path(argv) -> str:
+    """The --config value as given (`configs/tiny.py` or `configs/tiny.py:stage`)."""
     for i, a in enumerate(argv):
         if a.startswith("--config="):
             return a.split("=", 1)[1]
@@ -418,11 +421,12 @@ def _help_text(argv) -> str:
             ("--debug", "off", "show tracebacks instead of one-line errors")]
     lines += [f"  {n:<24} {d}  (default: {v})" for n, v, d in opts]
     path = _config_path(argv)
+    file, _, arg = path.partition(":")   # config_flags' `file.py:arg` form
     try:
-        spec = importlib.util.spec_from_file_location("_help_config", path)
+        spec = importlib.util.spec_from_file_location("_help_config", file)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        config = mod.get_config()
+        config = mod.get_config(arg) if arg else mod.get_config()
     except Exception as e:  # noqa: BLE001 - help should still print
         lines += ["", f"(cannot list config keys: {path}: {cli.one_line(e)})"]
         return "\n".join(lines)
