@@ -146,6 +146,8 @@ def train_row(size, batch, n_iters, precision, smoke):
         c.n_iters_per_batch = n_iters
         c.compute_dtype = "bfloat16" if precision == "bf16" else "float32"
         r = ts_bench.run(c, steps=2, optimizer="adam")
+    if r["finite"] != 1.0:
+        raise FloatingPointError("the training step's loss or gradient is not finite")
     return {"ms/image": 1000 * r["step_s"] / batch, "images/s": r["images_per_s"],
             "compile s": r["compile_s"], "mem": "n/a"}
 

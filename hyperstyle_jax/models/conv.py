@@ -38,10 +38,11 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 PER_SAMPLE_FORMS = ("grouped", "map", "loop", "matmul")
 AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "grouped",
                    "tpu": "grouped"}
-# bf16 operands on CPU: at >= this many input channels the shifted-matmul form runs on the
-# bf16 GEMM path (AMX/AVX-512 BF16) at ~1.5x XLA's conv (which computes bf16 at its fp32
-# rate); below it the matmuls are memory bound and the conv wins (docs/benchmarks.md).
-AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 512}
+# bf16 operands on CPU: at >= this many input channels convs take the shifted-matmul form,
+# which runs on the bf16 GEMM path (AMX / AVX-512 BF16; XLA's CPU conv computes bf16 at its
+# fp32 rate). With few channels the per-tap matmuls are memory bound and the conv wins.
+# 128 beat 512 and 0 on whole networks (generator, hypernetwork; docs/benchmarks.md).
+AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 128}
 
 PRECISIONS = ("fp32", "bf16")
 
