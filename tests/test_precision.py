@@ -104,6 +104,18 @@ def test_flax_conv_bf16_close_to_fp32(stride, cin):
     assert rel(y16, y32) < 1e-2
 
 
+def test_flax_conv_bf16_1x1_rule():
+    x = jnp.asarray(np.random.RandomState(4).randn(2, 4, 4, 8).astype(np.float32))
+    m32, m16 = conv2d(16, 1, 2, 0), conv2d(16, 1, 2, 0, precision="bf16")
+    v = m32.init(jax.random.PRNGKey(0), x)
+    y32, y16 = m32.apply(v, x), m16.apply(v, x)
+    assert y16.dtype == jnp.float32
+    if not conv.BF16_1X1_CONVS.get(jax.default_backend(), True):
+        np.testing.assert_array_equal(y16, y32)
+    else:
+        assert rel(y16, y32) < 1e-2
+
+
 @pytest.mark.parametrize("delta", ["none", "per_sample"])
 @pytest.mark.parametrize("form", ["map", "matmul"])
 def test_modulated_conv2d_bf16_close_to_fp32(delta, form):

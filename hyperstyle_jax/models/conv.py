@@ -43,6 +43,10 @@ AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "g
 # fp32 rate). With few channels the per-tap matmuls are memory bound and the conv wins.
 # 128 beat 512 and 0 on whole networks (generator, hypernetwork; docs/benchmarks.md).
 AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 128}
+# 1x1 Flax convs in bf16? On CPU no: they are memory bound (the refinement blocks' 512 ->
+# in*out heads), so casting their large fp32 weights costs more than bf16 saves (the
+# hypernetwork forward measured 268 ms/image with them in bf16, 237-242 ms in fp32).
+BF16_1X1_CONVS = {"cpu": False}
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -129,15 +133,22 @@ def flax_conv(precision: str) -> Optional[Callable]:
     None for 'fp32' (XLA's conv, unchanged); for 'bf16' the operands are cast to bf16 and
     convolved with fp32 accumulation and an fp32 result, as the shifted-matmul form where
     it is measured faster (plain NHWC/HWIO convs with >= AUTO_MATMUL_MIN_CHANNELS_BF16
-    input channels and a spatial kernel), else as XLA's conv."""
+    input channels and a spatial kernel), else as XLA's conv; 1x1 convs stay in their
+    operands' dtype where BF16_1X1_CONVS says so."""
     if precision == "fp32":
         return None
     dt = compute_dtype(precision)
 
     def conv_fn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                 dimension_numbers=None, feature_group_count=1, precision=None):
-        lhs, rhs = lhs.astype(dt), rhs.astype(dt)
         s = tuple(window_strides)
+        dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        if (all(rhs.shape[d] == 1 for d in dn.rhs_spec[2:])
+                and not BF16_1X1_CONVS.get(jax.default_backend(), True)):
+            return lax.conv_general_dilated(lhs, rhs, s, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count,
+                                            precision=precision)
+        lhs, rhs = lhs.astype(dt), rhs.astype(dt)
         plain = (feature_group_count == 1 and not isinstance(padding, str)
                  and all(d == 1 for d in (lhs_dilation or (1, 1)))
                  and all(d == 1 for d in (rhs_dilation or (1, 1))) and s[0] == s[1]
