@@ -21,16 +21,8 @@ import time
 
 from hyperstyle_jax.align import api
 from hyperstyle_jax.align import detect as det
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, except the uninformative None/False of required args and flags."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _face_arg(value: str):
@@ -42,7 +34,7 @@ def _face_arg(value: str):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.align", description=__doc__,
-                                formatter_class=_Formatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--images", required=True, help="an image file, a folder (recursive) or a glob")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--size", type=int, default=1024,

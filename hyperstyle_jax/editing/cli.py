@@ -44,29 +44,11 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.utils import cli as ucli
 from hyperstyle_jax.utils import images as imio
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps description layout (indented lines as they are, long plain lines wrapped);
-    appends '(default: ...)' to options that have one."""
-
-    def _fill_text(self, text, width, indent):
-        import textwrap
-
-        out = []
-        for line in text.splitlines():
-            if len(line) > width and not line.startswith(" "):
-                out.extend(textwrap.wrap(line, width))
-            else:
-                out.append(line)
-        return "\n".join(indent + line for line in out)
-
-    def _get_help_string(self, action):
-        h = action.help or ""
-        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in h:
-            h += " (default: %(default)s)"
-        return h
+HelpFormatter = ucli.HelpFormatter  # the subcommands' name for the shared formatter
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -440,6 +422,7 @@ def run_subcommand(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
+        ucli.out_dir(args.out)  # before loading: a file in the way is a one-line error
         ctx = EditContext(args, load_model(args))
         args.run(args, ctx)
     except ValueError as e:  # EditError, CheckpointError, ImageReadError are ValueErrors

@@ -156,6 +156,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """--help keeps the docstring's layout and shows each option's default (not for
     required options, flags that are off by default, or options without one)."""
 
+    def _fill_text(self, text, width, indent):
+        # Indented lines (commands, tables) keep their layout; long prose lines wrap.
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            out.extend(textwrap.wrap(line, width) if len(line) > width and not
+                       line.startswith(" ") else [line])
+        return "\n".join(indent + line for line in out)
+
     def _get_help_string(self, action):
         if (action.required or action.default in (None, False, argparse.SUPPRESS)
                 or "default" in (action.help or "")):
