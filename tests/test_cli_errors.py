@@ -96,6 +96,17 @@ def test_out_that_is_an_existing_file_is_one_line(tmp_path, capsys):
     assert err.count(f"error: --out {f}: is an existing file") == 2 and "Traceback" not in err
 
 
+def test_edit_out_that_is_an_existing_file_is_one_line(tmp_path, capsys):
+    from hyperstyle_jax import edit
+
+    f = tmp_path / "taken"
+    f.write_text("x")
+    assert edit.main(["interpolate", "--inversion", str(tmp_path), "--checkpoint",
+                      str(tmp_path / "nope"), "--pair", "a", "b", "--out", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --out {f}: is an existing file" in err and "Traceback" not in err
+
+
 def test_evaluate_out_that_is_a_folder_is_one_line(tmp_path, capsys):
     from hyperstyle_jax import evaluate
 
