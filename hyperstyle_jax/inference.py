@@ -78,39 +78,7 @@ class Inverter:
         [n, out, in, k, k]) -> numpy [n, size, size, 3] (un-clipped; the cars crop applied
         when `crop`). One compiled function serves every edit of that batch size.
         """
-        repl, batch, frozen = self._placed(batch_size)
-        shapes = self.model.tuned_delta_shapes()
-
-        def fn(frozen, codes, deltas):
-            img, _ = self.model.generator.apply(frozen["generator"], codes, input_space="w+",
-                                                randomize_noise=False, weights_deltas=deltas)
-            return self.model.crop(img) if crop else img
-
-        g = self.generator_config
-        specs = (jax.ShapeDtypeStruct((batch_size, g.n_latent, g.style_dim), jnp.float32,
-                                      sharding=batch),
-                 [None if s is None else jax.ShapeDtypeStruct((batch_size,) + s, jnp.float32,
-                                                              sharding=batch) for s in shapes])
-        compiled = jax.jit(fn, in_shardings=(repl, batch, batch)).lower(frozen, *specs).compile()
-
-        def render(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
-            n = codes.shape[0]
-            if len(deltas) != len(shapes):
-                raise ValueError(f"deltas has {len(deltas)} entries, the generator has "
-                                 f"{len(shapes)} layers")
-            ds = []
-            for j, (d, s) in enumerate(zip(deltas, shapes)):
-                if s is None:
-                    ds.append(None)
-                    continue
-                d = np.zeros((n,) + s, np.float32) if d is None else np.asarray(d, np.float32)
-                if d.shape != (n,) + s:
-                    raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {(n,) + s}")
-                ds.append(jax.device_put(parallel.pad_batch(d, batch_size), batch))
-            c = jax.device_put(parallel.pad_batch(np.asarray(codes, np.float32), batch_size), batch)
-            return np.asarray(jax.device_get(compiled(frozen, c, ds)))[:n]
-
-        return render
+        return self._renderer(batch_size, crop=crop, shared_deltas=False)
 
     # ---- editing support (issue 11: hyperstyle_jax/editing, hyperstyle_jax/edit.py)
 
@@ -123,20 +91,31 @@ class Inverter:
         Returns render(codes [n <= batch_size, n_styles, D], deltas: list (None at untuned
         layers) of [out, in, k, k]) -> numpy [n, size, size, 3], un-clipped, uncropped.
         """
+        return self._renderer(batch_size, crop=False, shared_deltas=True)
+
+    def _renderer(self, batch_size: int, crop: bool, shared_deltas: bool):
+        """The two renderers above: deltas per code ([n, out, in, k, k], batch-sharded and
+        padded like the codes) or one set for the whole batch ([out, in, k, k], replicated)."""
         repl, batch, frozen = self._placed(batch_size)
         shapes = self.model.tuned_delta_shapes()
+        d_sharding = repl if shared_deltas else batch
 
         def fn(frozen, codes, deltas):
             img, _ = self.model.generator.apply(frozen["generator"], codes, input_space="w+",
                                                 randomize_noise=False, weights_deltas=deltas)
-            return img
+            return self.model.crop(img) if crop else img
+
+        def lead(n):  # the leading dims of one layer's deltas
+            return () if shared_deltas else (n,)
 
         g = self.generator_config
         specs = (jax.ShapeDtypeStruct((batch_size, g.n_latent, g.style_dim), jnp.float32,
                                       sharding=batch),
-                 [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32, sharding=repl)
+                 [None if s is None else jax.ShapeDtypeStruct(lead(batch_size) + s, jnp.float32,
+                                                              sharding=d_sharding)
                   for s in shapes])
-        compiled = jax.jit(fn, in_shardings=(repl, batch, repl)).lower(frozen, *specs).compile()
+        compiled = jax.jit(fn, in_shardings=(repl, batch, d_sharding)).lower(
+            frozen, *specs).compile()
 
         def render(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
             n = codes.shape[0]
@@ -148,10 +127,12 @@ class Inverter:
                 if s is None:
                     ds.append(None)
                     continue
-                d = np.zeros(s, np.float32) if d is None else np.asarray(d, np.float32)
-                if d.shape != s:
-                    raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {s}")
-                ds.append(jax.device_put(d, repl))
+                want = lead(n) + s
+                d = np.zeros(want, np.float32) if d is None else np.asarray(d, np.float32)
+                if d.shape != want:
+                    raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {want}")
+                ds.append(jax.device_put(d if shared_deltas else
+                                         parallel.pad_batch(d, batch_size), d_sharding))
             c = jax.device_put(parallel.pad_batch(np.asarray(codes, np.float32), batch_size), batch)
             return np.asarray(jax.device_get(compiled(frozen, c, ds)))[:n]
 
