@@ -22,6 +22,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import saved_train_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MICRO_CONFIG = textwrap.dedent('''
@@ -101,22 +103,6 @@ def _finish(proc, timeout=240):
     return out
 
 
-def _state(workdir, step):
-    """The saved train state (numpy leaves, by path) of checkpoint `step`."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        meta = getattr(meta, "item_metadata", meta)
-        # Host numpy targets: the checkpoint was written from other device layouts.
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
-        tree = ckptr.restore(path, target)
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
-
-
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """Render the synthetic data once (cache), so children only load it."""
@@ -139,13 +125,13 @@ def test_one_process_eight_devices_equals_two_processes_four_devices(micro):
     outs = [_finish(p) for p in [single] + multi]
     for out in outs:
         assert f"RESULT done {steps}" in out, out[-2000:]
-    a, b = _state(micro / "p1x8", steps), _state(micro / "p2x4", steps)
+    a, b = saved_train_state(micro / "p1x8", steps), saved_train_state(micro / "p2x4", steps)
     assert a.keys() == b.keys()
     params = [k for k in a if k.startswith("['params']")]
     stats = [k for k in a if k.startswith("['batch_stats']")]
     assert params and stats
     # The runs trained: parameters moved between the first and the last step.
-    first = _state(micro / "p1x8", 1)
+    first = saved_train_state(micro / "p1x8", 1)
     assert max(float(np.max(np.abs(a[k] - first[k]))) for k in params) > 1e-4
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a if a[k].dtype.kind == "f")
     assert worst <= 1e-6, worst
@@ -170,7 +156,8 @@ def test_sigkill_then_resume_is_bit_identical(micro):
     resumed = _finish(_spawn(micro, victim_dir, steps, every, 2))
     assert "resuming from" in resumed and f"RESULT done {steps}" in resumed, resumed[-2000:]
     _finish(ref)
-    a, b = _state(micro / "uninterrupted", steps), _state(victim_dir, steps)
+    a = saved_train_state(micro / "uninterrupted", steps)
+    b = saved_train_state(victim_dir, steps)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -202,7 +189,7 @@ def test_damaged_last_checkpoint_resumes_from_the_previous_one(micro):
     assert f"checkpoint step {steps} in" in out and "cannot be read" in out, out[-3000:]
     assert f"resuming from the last good checkpoint, step {steps - every}" in out
     assert f"RESULT done {steps}" in out
-    a, b = _state(src, steps), _state(damaged, steps)
+    a, b = saved_train_state(src, steps), saved_train_state(damaged, steps)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 

@@ -25,6 +25,8 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import saved_train_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -178,19 +180,6 @@ CHILD = MICRO_CONFIG + textwrap.dedent('''
 ''')
 
 
-def _saved_state(workdir, step):
-    import orbax.checkpoint as ocp
-
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        meta = getattr(meta, "item_metadata", meta)
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
-        tree = ckptr.restore(path, target)
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
-
-
 def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_path):
     steps, every = 45, 3
     cache = str(tmp_path / "cache")
@@ -235,7 +224,7 @@ def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-4000:]
     assert "resuming from" in out and f"RESULT done {steps}" in out, out[-2000:]
-    a, b = _saved_state(tmp_path / "ref", steps), _saved_state(victim_dir, steps)
+    a, b = saved_train_state(tmp_path / "ref", steps), saved_train_state(victim_dir, steps)
     assert a.keys() == b.keys()
     assert any(k.startswith("['disc_params']") for k in a)
     assert any(k.startswith("['disc_opt_state']") for k in a)
