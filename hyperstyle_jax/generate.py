@@ -85,6 +85,7 @@ def _renderer(config, per_sample: str, space: str, truncation: float):
     """A jitted (variables, styles, noise, truncation_latent) -> images [B, H, W, 3]; cached so
     that repeated runs in one process (tests, notebooks) compile once."""
     import jax
+
     from hyperstyle_jax.models.stylegan2 import Generator
 
     gen = Generator(config, per_sample=per_sample)
@@ -145,7 +146,8 @@ def run(args) -> int:
 
     from hyperstyle_jax.checkpoints import CheckpointError, load_generator_with_latent_avg
     from hyperstyle_jax.models.stylegan2 import Generator, random_init
-    from hyperstyle_jax.utils.images import make_grid, parse_index_ranges, save_image, to_uint8
+    from hyperstyle_jax.utils.images import make_grid, save_image, to_uint8
+    from hyperstyle_jax.utils.paths import parse_index_ranges
 
     if args.batch_size < 1:
         raise GenerateError(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -33,6 +33,7 @@ import numpy as np
 
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax.utils.paths import list_images, unique_stems
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         cli.out_dir(args.out)
     except cli.UserError as e:
         return cli.fail(str(e))
-    paths = imio.list_images(args.images)
+    paths = list_images(args.images)
     if not paths:
         print(f"error: no images found at {args.images!r}", file=sys.stderr)
         return 2
@@ -109,8 +110,9 @@ def main(argv=None) -> int:
 
     # Imported here so that --help stays fast.
     import jax
-    from hyperstyle_jax.inference import load_inverter
+
     from hyperstyle_jax.checkpoints import CheckpointError
+    from hyperstyle_jax.inference import load_inverter
 
     try:
         inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     n = args.n_iters
     for sub in ["inputs", "final", "grids"] + [f"iterations/{k}" for k in range(n + 1)]:
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    stems = dict(zip(paths, imio.unique_stems(paths)))
+    stems = dict(zip(paths, unique_stems(paths)))
     print(f"compiling the {n}-iteration inversion for batches of {args.batch_size} ...", flush=True)
     run = inverter.batched_inverter(args.batch_size, n, resize_outputs=args.resize_outputs)
 

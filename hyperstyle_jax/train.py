@@ -34,14 +34,14 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
 from hyperstyle_jax import parallel
-from hyperstyle_jax.utils import cli
+from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
 from hyperstyle_jax.training import model_setup
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
 from hyperstyle_jax.training.optim import make_optimizer
+from hyperstyle_jax.utils import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "tiny.py")

@@ -36,8 +36,15 @@ pixels, for `size` in place of its `output_size` constant (fixture 12). Where we
   landmarks and the crop still use the full image.
 - size > 1024 samples the quad at `size` (the official never exceeds 1024).
 """
-from hyperstyle_jax.align.api import (AlignedFace, AlignError, NoFaceError, align_faces,
-                                      align_image, load, parse_face)
+from hyperstyle_jax.align.api import (
+                                      AlignedFace,
+                                      AlignError,
+                                      NoFaceError,
+                                      align_faces,
+                                      align_image,
+                                      load,
+                                      parse_face,
+)
 from hyperstyle_jax.align.detect import AlignUnavailableError, require
 from hyperstyle_jax.align.steps import align_from_landmarks, prepare, quad_from_landmarks
 

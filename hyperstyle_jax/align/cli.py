@@ -23,6 +23,7 @@ from hyperstyle_jax.align import api
 from hyperstyle_jax.align import detect as det
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax.utils.paths import list_images, unique_stems
 
 
 def _face_arg(value: str):
@@ -148,14 +149,14 @@ def main(argv=None) -> int:
     except det.AlignUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = imio.list_images(args.images)
+    paths = list_images(args.images)
     if not paths:
         print(f"error: no images found at {args.images!r}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     opts = {"out": args.out, "size": args.size, "face": args.face,
             "detect_max_side": args.detect_max_side, "save_landmarks": args.save_landmarks}
-    jobs = list(zip(paths, imio.unique_stems(paths)))
+    jobs = list(zip(paths, unique_stems(paths)))
     workers = min(args.workers, len(jobs))
 
     progress = _Progress(len(jobs), args.log_every)

@@ -89,7 +89,7 @@ def build_engine(args):
     from hyperstyle_jax.app.state import InversionCache
     from hyperstyle_jax.editing import EditError, ganspace
     from hyperstyle_jax.inference import load_inverter
-    from hyperstyle_jax.utils import images as imio
+    from hyperstyle_jax.utils import paths
     from hyperstyle_jax.utils.cli import UserError
 
     if args.demo:
@@ -126,10 +126,10 @@ def build_engine(args):
                                           args.checkpoint)
     examples = {}
     if args.examples:
-        paths = imio.list_images(args.examples)
-        if not paths:
+        found = paths.list_images(args.examples)
+        if not found:
             raise EditError(f"--examples {args.examples}: no images")
-        examples = {os.path.basename(p): p for p in paths[:24]}
+        examples = {os.path.basename(p): p for p in found[:24]}
     cache = InversionCache(args.cache_items, int(args.cache_mb * 2 ** 20))
     return Engine(inverter, n_iters=args.n_iters, directions=directions, pca=pca,
                   styleclip_parts=parts, restyle=restyle, generators=gens,

@@ -28,10 +28,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
 from hyperstyle_jax.editing import EditError, ganspace, interfacegan, interpolate
 from hyperstyle_jax.utils import images as imio
-
-from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
 
 DIRECTION_EXTENSIONS = (".pt", ".pth", ".npy")
 

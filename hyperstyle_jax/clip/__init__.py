@@ -2,8 +2,19 @@
 
     from hyperstyle_jax.clip import ClipEncoder, load_clip, tokenize, preprocess_images
 """
-from hyperstyle_jax.clip.encoder import (ClipEncoder, KIND, averaged_text_features,  # noqa: F401
-                                         delta_i_from_features, load_clip, styleclip_templates)
-from hyperstyle_jax.clip.preprocess import (CLIP_MEAN, CLIP_STD, preprocess_batch,  # noqa: F401
-                                            preprocess_image, preprocess_images)
+from hyperstyle_jax.clip.encoder import (  # noqa: F401
+                                         KIND,
+                                         ClipEncoder,
+                                         averaged_text_features,
+                                         delta_i_from_features,
+                                         load_clip,
+                                         styleclip_templates,
+)
+from hyperstyle_jax.clip.preprocess import (  # noqa: F401
+                                         CLIP_MEAN,
+                                         CLIP_STD,
+                                         preprocess_batch,
+                                         preprocess_image,
+                                         preprocess_images,
+)
 from hyperstyle_jax.clip.tokenizer import SimpleTokenizer, get_tokenizer, tokenize  # noqa: F401

@@ -38,9 +38,16 @@ from typing import Callable, Mapping
 import numpy as np
 
 from hyperstyle_jax.clip.encoder import KIND
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, _shape,
-                                           check_tree_matches, from_state_dict, load_torch_file,
-                                           to_numpy_state_dict, unwrap_state_dict)
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    _shape,
+    check_tree_matches,
+    from_state_dict,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
+)
 
 OPENAI_INT_ENTRIES = ("input_resolution", "context_length", "vocab_size")
 EXPORT_HINT = ("python -c \"import torch; torch.save(torch.jit.load('ViT-B-32.pt', "

@@ -30,9 +30,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, _consume_prefix, _f32,
-                                           _json_safe, _shape, check_tree_matches,
-                                           eval_shape_init, from_state_dict)
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    _consume_prefix,
+    _f32,
+    _json_safe,
+    _shape,
+    check_tree_matches,
+    eval_shape_init,
+    from_state_dict,
+)
 from hyperstyle_jax.utils.trees import leaves_with_paths
 
 # ----------------------------------------------------------------------------- ResNet-50 (MoCo)
@@ -212,8 +220,12 @@ def _count_convs(src: SourceDict, key: str) -> int:
 
 def hypernet_config_from_state_dict(src: SourceDict, opts: Mapping, generator_config):
     """`HyperNetConfig` from the official `opts` and the shapes under `src.prefix` ('hypernet.')."""
-    from hyperstyle_jax.models.hypernetwork import (DEFAULT_LAYERS_TO_TUNE, ENCODER_TYPES,
-                                                    SHARED_LAYERS, HyperNetConfig)
+    from hyperstyle_jax.models.hypernetwork import (
+        DEFAULT_LAYERS_TO_TUNE,
+        ENCODER_TYPES,
+        SHARED_LAYERS,
+        HyperNetConfig,
+    )
 
     what = "hypernetwork architecture"
     encoder_type = opts.get("encoder_type")
@@ -422,13 +434,17 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
 
 # ----------------------------------------------------------------------------- files and CLI
 
-from hyperstyle_jax.checkpoints import (KIND_BACKBONE_INIT as KIND_RESNET34,  # noqa: E402
-                                        KIND_HYPERSTYLE, KIND_W_ENCODER)
+from hyperstyle_jax.checkpoints import KIND_BACKBONE_INIT as KIND_RESNET34  # noqa: E402
+from hyperstyle_jax.checkpoints import KIND_HYPERSTYLE, KIND_W_ENCODER
 
 
 def _read(path: str) -> tuple[dict, dict]:
     """(state dict as numpy, other top-level entries) of a torch checkpoint file."""
-    from hyperstyle_jax.convert.common import load_torch_file, to_numpy_state_dict, unwrap_state_dict
+    from hyperstyle_jax.convert.common import (
+        load_torch_file,
+        to_numpy_state_dict,
+        unwrap_state_dict,
+    )
 
     obj = load_torch_file(path)
     sd, top = unwrap_state_dict(obj, path, ("state_dict",))

@@ -30,9 +30,15 @@ from typing import Mapping
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           conv_weight, load_torch_file,
-                                           to_numpy_state_dict, unwrap_state_dict)
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    check_tree_matches,
+    conv_weight,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
+)
 
 LPIPS_KIND, ARCFACE_KIND, MOCO_KIND = "lpips", "arcface", "moco"
 

@@ -26,8 +26,15 @@ from typing import Mapping
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, _f32, _json_safe,
-                                           _shape, check_tree_matches, from_state_dict)
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    _f32,
+    _json_safe,
+    _shape,
+    check_tree_matches,
+    from_state_dict,
+)
 from hyperstyle_jax.convert.hyperstyle import infer_ir_units
 
 KIND = "restyle_e4e"

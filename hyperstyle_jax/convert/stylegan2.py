@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           conv_weight, from_state_dict, load_torch_file,
-                                           to_numpy_state_dict, unwrap_state_dict)
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    check_tree_matches,
+    conv_weight,
+    from_state_dict,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
+)
 
 KIND = "stylegan2"
 
@@ -148,8 +155,8 @@ def latent_avg_from(top: dict, config, origin: str):
 
 def convert_stylegan2(src_path: str, out_dir: str, which: str | None = None, log=print):
     """Read a rosinality .pt, convert, check against the model, write `out_dir`."""
-    from hyperstyle_jax.models.stylegan2 import init_shapes
     from hyperstyle_jax.checkpoints import save_converted
+    from hyperstyle_jax.models.stylegan2 import init_shapes
 
     obj = load_torch_file(src_path)
     candidates = (which,) if which else ("g_ema", "g")

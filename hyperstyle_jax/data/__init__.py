@@ -32,8 +32,12 @@ Build datasets with `python -m hyperstyle_jax.data.build --help`. No TensorFlow 
 when building or reading.
 """
 from hyperstyle_jax.data.config import check_data_config, default_data_config
-from hyperstyle_jax.data.pipeline import (DataIterator, GlobalOrder, make_eval_iterator,
-                                          make_train_iterator)
+from hyperstyle_jax.data.pipeline import (
+                                          DataIterator,
+                                          GlobalOrder,
+                                          make_eval_iterator,
+                                          make_train_iterator,
+)
 
 __all__ = ["default_data_config", "check_data_config", "make_train_iterator",
            "make_eval_iterator", "DataIterator", "GlobalOrder"]

@@ -46,7 +46,8 @@ import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from hyperstyle_jax.utils.images import IMAGE_EXTENSIONS, ImageReadError, pil_to_rgb8
+from hyperstyle_jax.utils.images import ImageReadError, pil_to_rgb8
+from hyperstyle_jax.utils.paths import IMAGE_EXTENSIONS
 
 DATASET_VERSION = "1.0.0"
 

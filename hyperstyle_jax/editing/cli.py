@@ -46,7 +46,7 @@ import numpy as np
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.utils import cli as ucli
 from hyperstyle_jax.utils import images as imio
-
+from hyperstyle_jax.utils.paths import list_images, unique_stems
 
 HelpFormatter = ucli.HelpFormatter  # the subcommands' name for the shared formatter
 
@@ -215,7 +215,7 @@ def invert_images(inverter, paths: Sequence[str], n_iters: int, batch_size: int,
     """Invert image files -> ([Item] with unbatched final deltas, [(path, reason)] skipped)."""
     load, skip_errors = image_loader(align)
     run = inverter.batched_inverter(batch_size, n_iters)
-    stems = dict(zip(paths, imio.unique_stems(paths)))
+    stems = dict(zip(paths, unique_stems(paths)))
     items, bad = [], []
     bar = Progress(len(paths), "invert")
     try:
@@ -296,7 +296,7 @@ class EditContext:
         if a.inversion:
             return read_inversion(a.inversion, self.inverter.model.tuned_delta_shapes(),
                                   self.n_styles, self.style_dim)
-        paths = imio.list_images(a.images)
+        paths = list_images(a.images)
         if not paths:
             raise EditError(f"no images found at {a.images!r}")
         items, self.failed = invert_images(self.inverter, paths, a.n_iters, a.batch_size,

@@ -30,8 +30,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hyperstyle_jax.models.irse import (Unit, build_input_and_body, get_blocks,
-                                        input_and_body_forward)
+from hyperstyle_jax.models.irse import (
+    Unit,
+    build_input_and_body,
+    get_blocks,
+    input_and_body_forward,
+)
 from hyperstyle_jax.models.layers import check_1x1, conv2d, leaky_relu
 from hyperstyle_jax.models.ops import EqualLinear
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d

@@ -22,8 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hyperstyle_jax.models.refinement import (HyperRefinementBlock, RefinementBlock,
-                                              RefinementBlockSeparable, SharedWeightsHypernet)
+from hyperstyle_jax.models.refinement import (
+    HyperRefinementBlock,
+    RefinementBlock,
+    RefinementBlockSeparable,
+    SharedWeightsHypernet,
+)
 from hyperstyle_jax.models.resnet import RESNET34_STAGES, build_stem_and_body, stem_and_body_forward
 
 DEFAULT_LAYERS_TO_TUNE = "0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24"

@@ -6,8 +6,8 @@ image resize); when m > n cells replicate pixels, as PyTorch does.
 """
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 
 def _pool_matrix(n: int, m: int) -> np.ndarray:

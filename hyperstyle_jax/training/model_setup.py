@@ -194,8 +194,12 @@ def build_task(config, tx) -> Task:
     """HyperStyle's hypernetwork training (SPEC §4.1) as a `Task`."""
     import jax.numpy as jnp
 
-    from hyperstyle_jax.training.step import (TrainState, format_eval, make_eval_step,
-                                              make_train_step)
+    from hyperstyle_jax.training.step import (
+        TrainState,
+        format_eval,
+        make_eval_step,
+        make_train_step,
+    )
 
     built = build(config)
 

@@ -26,10 +26,14 @@ from hyperstyle_jax.models.irse import WEncoder, get_block, get_blocks
 from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.training import model_setup
-from hyperstyle_jax.training.w_encoder_step import (ExtraTerms, WEncoderModel,
-                                                    WEncoderTrainState, format_w_encoder_eval,
-                                                    make_w_encoder_eval_step,
-                                                    make_w_encoder_train_step)
+from hyperstyle_jax.training.w_encoder_step import (
+    ExtraTerms,
+    WEncoderModel,
+    WEncoderTrainState,
+    format_w_encoder_eval,
+    make_w_encoder_eval_step,
+    make_w_encoder_train_step,
+)
 
 
 def encoder_units(wc) -> tuple:

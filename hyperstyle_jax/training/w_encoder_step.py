@@ -37,7 +37,7 @@ from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.training import w_encoder_losses as wl
-from hyperstyle_jax.training.step import eval_terms, _masked_rows
+from hyperstyle_jax.training.step import _masked_rows, eval_terms
 
 
 @flax.struct.dataclass

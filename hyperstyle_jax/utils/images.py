@@ -5,14 +5,13 @@ on disk they are 8-bit RGB.
 """
 from __future__ import annotations
 
-import glob
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+from hyperstyle_jax.utils.paths import atomic_write
 
 
 class ImageReadError(ValueError):
@@ -95,8 +94,9 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def save_image(path: str, x: np.ndarray) -> None:
     """Save float [-1, 1] or uint8 [H, W, 3] as an image (format from the extension)."""
     arr = x if x.dtype == np.uint8 else to_uint8(x)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(arr).save(path)
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG")
+    with atomic_write(path) as f:
+        Image.fromarray(arr).save(f, format=fmt)
 
 
 def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
@@ -154,59 +154,3 @@ def _label_font(size: int):
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError, OSError, ImportError):
         return ImageFont.load_default()
-
-
-def list_images(spec: str) -> list[str]:
-    """A file, a folder (recursively, image extensions only) or a glob -> sorted paths.
-
-    A single file or glob match is returned whatever its extension, so a misnamed or
-    broken file is reported by the reader rather than silently dropped.
-    """
-    if os.path.isfile(spec):
-        return [spec]
-    if os.path.isdir(spec):
-        out = []
-        for root, _, files in os.walk(spec):
-            for f in files:
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    out.append(os.path.join(root, f))
-        return sorted(out)
-    matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-    return matches
-
-
-def parse_index_ranges(spec: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part[1:]:
-            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
-            a, b = int(a), int(b)
-            if b < a:
-                raise ValueError(f"bad range {part!r}: end before start")
-            out.extend(range(a, b + 1))
-        else:
-            out.append(int(part))
-    if not out:
-        raise ValueError(f"no indices in {spec!r}")
-    return out
-
-
-def chunks(items: Sequence, n: int) -> Iterable[Sequence]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def unique_stems(paths: Sequence[str]) -> list:
-    """File stems, disambiguated with a counter where two inputs share one (a.png, a.jpg
-    -> a, a_1): the names every CLI writes its outputs under."""
-    seen, out = {}, []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
-    return out
