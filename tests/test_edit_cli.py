@@ -219,7 +219,7 @@ def test_inversion_input_panel_from_invert_inputs(ref, inversion, tmp_path):
     inputs/<stem>.png (the image as the model saw it)."""
     import shutil
 
-    from hyperstyle_jax.editing.cli import read_inversion
+    from hyperstyle_jax.inversion_files import read_inversion
     from hyperstyle_jax.utils import images as imio
 
     d = tmp_path / "inv"

@@ -86,7 +86,7 @@ def _demo_paths(args) -> None:
 def build_engine(args):
     """The options -> a built `Engine` (every file read and checked first)."""
     from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
-    from hyperstyle_jax.app.state import InversionCache
+    from hyperstyle_jax.app.inversion_cache import InversionCache
     from hyperstyle_jax.editing import EditError, ganspace
     from hyperstyle_jax.inference import load_inverter
     from hyperstyle_jax.utils import paths
