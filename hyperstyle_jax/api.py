@@ -73,14 +73,12 @@ class Model:
                                   desc="invert"):
             for i, (path, stem) in enumerate(zip(batch.paths, batch.stems)):
                 by_path[path] = _item(stem, batch.result, i, batch.inputs[i])
-        arrays = [(i, _as_uint8(x)) for i, x in enumerate(inputs) if not isinstance(x, str)]
+        index = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
         by_index: dict = {}
-        for s in range(0, len(arrays), self.batch_size):
-            chunk = arrays[s:s + self.batch_size]
-            x = np.stack([images.resize(a, self.input_hw) for _, a in chunk])
+        if index:  # the compiled inverter takes them in batches, the last one padded
+            x = np.stack([images.resize(_as_uint8(inputs[i]), self.input_hw) for i in index])
             result = run(images.to_float(x))
-            for k, (i, _) in enumerate(chunk):
-                by_index[i] = _item(f"image_{i}", result, k, x[k])
+            by_index = {i: _item(f"image_{i}", result, k, x[k]) for k, i in enumerate(index)}
         return [by_path[x] if isinstance(x, str) else by_index[i] for i, x in enumerate(inputs)]
 
     def render(self, codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
