@@ -3,6 +3,8 @@ numbers of the batched inverter the CLIs use, renders and edits, and saves a fol
 edit CLI reads; the stepwise inverter of the page gives the same numbers."""
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +12,7 @@ from PIL import Image
 import hyperstyle_jax
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.editing import interfacegan
-from hyperstyle_jax.inference import StepwiseInverter
+from hyperstyle_jax.inference import StepwiseInverter, compile_for_batch
 from hyperstyle_jax.utils import images
 
 E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
@@ -99,3 +101,23 @@ def test_stepwise_inverter_equals_batched(model, ref):
     for j, d in enumerate(ref["deltas"]):
         if d is not None:
             np.testing.assert_allclose(deltas[j], d[1], atol=1e-5)
+
+
+def test_compile_for_batch_pads_and_chunks():
+    """5 examples through a batch-3 function: 3 + 2 (padded), outputs cut along out_axes;
+    None leaves pass through; shared arguments reach every chunk."""
+    def fn(w, x, ds, s):
+        return {"a": x * w + s, "b": jnp.stack([x.sum(1), x.sum(1)]), "c": w,
+                "d": [None if d is None else d * 2 for d in ds]}
+
+    def f32(*shape):
+        return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+    f = compile_for_batch(fn, 3, bound=(np.float32(2),), batched=(f32(3), [None, f32(2)]),
+                          shared=(f32(),), out_axes={"a": 0, "b": 1, "c": None, "d": 0})
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    out = f(x, [None, np.ones((5, 2), np.float32)], np.float32(1))
+    np.testing.assert_array_equal(out["a"], x * 2 + 1)
+    np.testing.assert_array_equal(out["b"], np.stack([x.sum(1)] * 2))
+    assert out["c"] == 2 and out["d"][0] is None
+    np.testing.assert_array_equal(out["d"][1], np.full((5, 2), 2, np.float32))
