@@ -247,14 +247,14 @@ def create_app(engine: Engine, max_pending: int = 64):
         return Response(png_bytes(img), media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{stem}_edit.png"'})
 
-    @app.get("/api/latents/{key}.npy")
+    @app.get("/api/latents/{key}.npz")
     def latents(key: str):
         try:
             inv = lookup(key)
         except KeyError:
             return error(gone, 404)
         return Response(engine.latents_bytes([inv]), media_type="application/octet-stream",
-                        headers={"Content-Disposition": 'attachment; filename="latents.npy"'})
+                        headers={"Content-Disposition": 'attachment; filename="latents.npz"'})
 
     @app.get("/api/deltas/{key}.npz")
     def deltas(key: str):
