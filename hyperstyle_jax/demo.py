@@ -32,7 +32,7 @@ from hyperstyle_jax.checkpoints import load_hyperstyle
 from hyperstyle_jax.data.synthetic import synthetic_data
 from hyperstyle_jax.editing import ganspace_pca
 from hyperstyle_jax.train import train_and_evaluate
-from hyperstyle_jax.utils import images
+from hyperstyle_jax.utils import cli, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -213,19 +213,20 @@ def _summary_grid(path, heldout, inv, edits, stems, n_styles, cell=96):
 
 
 def main(argv=None) -> int:
+    """The CLI's entry point: a failure is one `error:` line (exit status 1)."""
+    return cli.run(_main, argv, user_error_code=1)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--workdir", default="workdirs/demo",
                    help="output folder (default: workdirs/demo); a second run resumes")
     p.add_argument("--quick", action="store_true", help="10x fewer training steps (a smoke run)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        run(args.workdir, quick=args.quick, progress=not args.no_progress)
-    except (RuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run(args.workdir, quick=args.quick, progress=not args.no_progress)
     return 0
 
 

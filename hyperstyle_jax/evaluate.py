@@ -199,14 +199,6 @@ def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
     return fn
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 @functools.lru_cache(maxsize=8)
 def _sharded_metric_fn(metrics: tuple[str, ...], devices: tuple):
     """(jitted metric fn, batch sharding, replicated sharding) on the local devices' mesh.
@@ -290,7 +282,7 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
     read_gt = functools.lru_cache(maxsize=16)(load_image_256)
     per_image: dict[str, dict[str, dict]] = {}
     pending = None
-    bar = cli.progress_bar(len(pairs), desc="evaluate", unit="img") if progress else _NoBar()
+    bar = cli.progress_bar(len(pairs), desc="evaluate", unit="img", enabled=progress)
 
     def collect(done):
         batch_preds, out = done
@@ -440,17 +432,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The CLI's entry point: a bad input is one `error:` line and exit status 2."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
     if args.out and os.path.isdir(args.out):
-        return cli.fail(f"--out {args.out}: is an existing folder; give the JSON report's "
-                        "file path")
-    try:
-        nets = load_nets(args.metrics, args.lpips_weights, args.id_weights)
-        report = evaluate(args.pred, args.gt, args.metrics, nets, args.batch_size,
-                          args.pred_format, progress=not args.no_progress)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--out {args.out}: is an existing folder; give the JSON "
+                            "report's file path")
+    nets = load_nets(args.metrics, args.lpips_weights, args.id_weights)
+    report = evaluate(args.pred, args.gt, args.metrics, nets, args.batch_size,
+                      args.pred_format, progress=not args.no_progress)
     out = args.out or os.path.join(args.pred, "metrics.json")
     md = write_report(report, out)
     for s in report["skipped"]:
@@ -459,9 +452,9 @@ def main(argv=None) -> int:
     c = report["counts"]
     print(f"scored {c['scored']} images, skipped {c['skipped']} files; wrote {out} and {md}")
     if c["scored"] == 0:
-        print("error: nothing was scored", file=sys.stderr)
+        print("nothing was scored", file=sys.stderr)
     return 1 if c["skipped"] or c["scored"] == 0 else 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

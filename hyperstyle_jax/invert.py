@@ -29,7 +29,6 @@ import sys
 import jax
 
 from hyperstyle_jax import align, inversion_files
-from hyperstyle_jax.checkpoints import CheckpointError
 from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils.paths import list_images
@@ -69,26 +68,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The CLI's entry point: a bad input is one `error:` line and exit status 2."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
-    try:
-        cli.out_dir(args.out)
-    except cli.UserError as e:
-        return cli.fail(str(e))
+    cli.out_dir(args.out)
     paths = list_images(args.images)
     if not paths:
-        print(f"error: no images found at {args.images!r}", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"no images found at {args.images!r}")
     if args.align:
         try:
             image_loader(align_faces=True)
         except align.AlignUnavailableError as e:
-            print(f"error: --align: {e}", file=sys.stderr)
-            return 2
-    try:
-        inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise cli.UserError(f"--align: {e}") from None
+    inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
 
     out, n = args.out, args.n_iters
     print(f"compiling the {n}-iteration inversion for batches of {args.batch_size} ...", flush=True)
@@ -121,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

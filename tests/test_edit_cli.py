@@ -214,10 +214,10 @@ def test_help_shows_defaults(capsys):
 def test_progress_plain_lines_without_tty():
     import io
 
-    from hyperstyle_jax.editing.cli import Progress
+    from hyperstyle_jax.utils.cli import progress_bar
 
     buf = io.StringIO()  # not a TTY: periodic plain lines, no carriage returns
-    bar = Progress(20, "interfacegan", file=buf)
+    bar = progress_bar(20, "interfacegan", unit="", file=buf)
     for _ in range(20):
         bar.update()
     bar.close()

@@ -23,8 +23,8 @@ import tempfile
 import time
 
 from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
-from hyperstyle_jax.app.server import serve
 from hyperstyle_jax.app.inversion_cache import InversionCache
+from hyperstyle_jax.app.server import serve
 from hyperstyle_jax.clip import ClipEncoder
 from hyperstyle_jax.editing import EditError, cli_domain, domain, ganspace, styleclip
 from hyperstyle_jax.inference import load_inverter, load_restyle

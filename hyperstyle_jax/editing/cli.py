@@ -41,7 +41,6 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from hyperstyle_jax import align, inversion_files
 from hyperstyle_jax.editing import EditError
@@ -81,57 +80,6 @@ def common_parser() -> argparse.ArgumentParser:
     o.add_argument("--save_inversion", action="store_true",
                    help="with --images: also write latents.npz and deltas/ (the invert format)")
     return p
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """tqdm on a terminal; plain periodic lines (every 10 % or 10 s) when stderr is not one."""
-
-    def __init__(self, total: int, desc: str, file=None, every_s: float = 10.0):
-        self.file = file or sys.stderr
-        self.total, self.desc, self.done = total, desc, 0
-        self.t0 = self._last = time.perf_counter()
-        self.every_s = every_s
-        self.step = max(1, total // 10)
-        self.bar = None
-        if getattr(self.file, "isatty", lambda: False)():
-            self.bar = tqdm(total=total, desc=desc, unit="img", file=self.file, dynamic_ncols=True)
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.perf_counter()
-        if (self.done >= self.total or self.done % self.step == 0
-                or now - self._last >= self.every_s):
-            self._last = now
-            rate = (now - self.t0) / max(self.done, 1)
-            percent = 100 * self.done // max(self.total, 1)
-            print(f"{self.desc}: {self.done}/{self.total} ({percent}%), {rate:.2f} s/item",
-                  file=self.file, flush=True)
-
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg, file=self.file)
-        else:
-            print(msg, file=self.file, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def iterate(items: Sequence, desc: str) -> Iterable:
-    bar = Progress(len(items), desc)
-    try:
-        for it in items:
-            yield it
-            bar.update()
-    finally:
-        bar.close()
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -214,7 +162,7 @@ class EditContext:
         return self.renderer(codes, deltas)
 
     def progress(self, seq: Sequence, desc: str) -> Iterable:
-        return iterate(seq, desc)
+        return cli.progress(seq, desc=desc, unit="img")
 
     # outputs; each file is written under a temporary name and renamed, so a file that
     # exists is complete even if the run is killed.
@@ -289,22 +237,15 @@ def load_model(args: argparse.Namespace):
 
 
 def run_subcommand(args: argparse.Namespace) -> int:
-    """Load the model, call the subcommand, turn errors into one line and an exit status."""
+    """Load the model and call the subcommand. Errors (EditError, CheckpointError,
+    ImageReadError: ValueErrors) propagate to `cli.run`, which prints the one line."""
     if args.n_iters < 1 or args.batch_size < 1:
-        print(f"error: --n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
-              f"{args.batch_size})", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
+                            f"{args.batch_size})")
     t0 = time.perf_counter()
-    try:
-        cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
-        ctx = EditContext(args, load_model(args))
-        args.run(args, ctx)
-    except ValueError as e:  # EditError, CheckpointError, ImageReadError are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+    cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
+    ctx = EditContext(args, load_model(args))
+    args.run(args, ctx)
     n = len(ctx._items or [])
     print(f"{args.command}: {n} input(s) edited into {args.out} in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)

@@ -72,7 +72,7 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[
     try:
         return int(main(args) or 0)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
+        print("\nerror: interrupted; finished outputs are kept", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except SystemExit:
         raise
