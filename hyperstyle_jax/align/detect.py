@@ -1,8 +1,13 @@
 """dlib face detection and 68 landmarks (the optional `align` extra).
 
-The predictor is the one inside the `face-recognition-models` wheel, found without
-importing that package (its `__init__` needs `pkg_resources`, gone from new setuptools).
-Models are loaded once per process.
+Two detectors: 'hog' (`get_frontal_face_detector`, the official's; upsample 1) and 'cnn'
+(dlib's MMOD CNN, `mmod_human_face_detector.dat`; upsample 0), which also finds tilted
+and turned faces that HOG misses, at about 50x the CPU time per pixel; so it searches a
+copy downscaled to CNN_MAX_SIDE (its smallest face is about 80 px there). The 68-point
+predictor then runs on the chosen box at full resolution, for either detector.
+The models are those inside the `face-recognition-models` wheel, found without importing
+that package (its `__init__` needs `pkg_resources`, gone from new setuptools). Each model
+is loaded once per process.
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from PIL import Image
 
 INSTALL_HINT = "pip install -e '.[align]'  (dlib-bin, face-recognition-models, scipy)"
 PREDICTOR_FILE = os.path.join("models", "shape_predictor_68_face_landmarks.dat")
-UPSAMPLE = 1  # the official `detector(img, 1)`
-DETECT_MAX_SIDE = 2048
+CNN_FILE = os.path.join("models", "mmod_human_face_detector.dat")
+DETECTORS = ("hog", "cnn")
+UPSAMPLE = 1  # the official `detector(img, 1)`; the CNN runs at 0 (upsampling costs 4x)
+DETECT_MAX_SIDE = 2048  # HOG
+CNN_MAX_SIDE = 640  # measured in docs/benchmarks.md: about 1.5 s per image on one core
 
 
 class AlignUnavailableError(RuntimeError):
@@ -35,22 +43,40 @@ class Detection:
         return (self.box[2] - self.box[0] + 1) * (self.box[3] - self.box[1] + 1)
 
 
-def predictor_path() -> str:
+def model_path(file: str) -> str:
+    """A model file inside the installed `face-recognition-models` package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise AlignUnavailableError(f"face alignment needs face-recognition-models: {INSTALL_HINT}")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), PREDICTOR_FILE)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), file)
     if not os.path.isfile(path):
         raise AlignUnavailableError(f"face alignment: {path} is missing; reinstall: {INSTALL_HINT}")
     return path
 
 
-def require() -> None:
-    """Raise AlignUnavailableError (one line) unless dlib, the predictor and scipy exist."""
+def predictor_path() -> str:
+    return model_path(PREDICTOR_FILE)
+
+
+def check_detector(detector: str) -> str:
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    return detector
+
+
+def default_max_side(detector: str) -> int:
+    """The longer side faces are searched at by default: 2048 for HOG, 640 for the CNN."""
+    return CNN_MAX_SIDE if check_detector(detector) == "cnn" else DETECT_MAX_SIDE
+
+
+def require(detector: str = "hog") -> None:
+    """Raise AlignUnavailableError (one line) unless dlib, the models and scipy exist."""
     for mod, pkg in (("dlib", "dlib-bin"), ("scipy", "scipy")):
         if importlib.util.find_spec(mod) is None:
             raise AlignUnavailableError(f"face alignment needs {pkg}: {INSTALL_HINT}")
     predictor_path()
+    if check_detector(detector) == "cnn":
+        model_path(CNN_FILE)
 
 
 _MODELS: dict = {}
@@ -60,31 +86,52 @@ def models():
     """(detector, predictor), built once per process."""
     if not _MODELS:
         require()
-        import dlib
+        import dlib  # noqa: PLC0415  optional extra
 
         _MODELS["detector"] = dlib.get_frontal_face_detector()
         _MODELS["predictor"] = dlib.shape_predictor(predictor_path())
     return _MODELS["detector"], _MODELS["predictor"]
 
 
-def detect(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[Detection]:
-    """Faces in uint8 RGB [H, W, 3], in dlib's order.
+def cnn_model():
+    """dlib's MMOD CNN face detector, built once per process."""
+    if "cnn" not in _MODELS:
+        require("cnn")
+        import dlib  # noqa: PLC0415  optional extra
 
-    Images whose longer side exceeds max_side (0: never) are searched at a downscaled
-    copy (PIL bilinear, antialiased) and the boxes scaled back: detection with one
-    upsampling pass costs about 4x the pixel count, and faces in such photos are large.
+        _MODELS["cnn"] = dlib.cnn_face_detection_model_v1(model_path(CNN_FILE))
+    return _MODELS["cnn"]
+
+
+def _run(rgb: np.ndarray, detector: str):
+    """[(box, score)] in dlib's order at the image's own scale."""
+    if detector == "cnn":
+        found = cnn_model()(rgb, 0)
+        return [((r.rect.left(), r.rect.top(), r.rect.right(), r.rect.bottom()), r.confidence)
+                for r in found]
+    boxes, scores, _ = models()[0].run(rgb, UPSAMPLE, 0.0)
+    return [((b.left(), b.top(), b.right(), b.bottom()), s) for b, s in zip(boxes, scores)]
+
+
+def detect(rgb: np.ndarray, max_side: int | None = None, detector: str = "hog") -> list[Detection]:
+    """Faces in uint8 RGB [H, W, 3], in dlib's order, by detector 'hog' or 'cnn'.
+
+    Images whose longer side exceeds max_side (None: `default_max_side(detector)`; 0:
+    never) are searched at a downscaled copy (PIL bilinear, antialiased) and the boxes
+    scaled back: detection costs grow with the pixel count, and faces in such photos are
+    large. Scores: HOG's SVM margin, or the CNN's confidence.
     """
-    detector, _ = models()
+    if max_side is None:
+        max_side = default_max_side(detector)
+    check_detector(detector)
     h, w = rgb.shape[:2]
     scale = 1.0
     if max_side and max(h, w) > max_side:
         scale = max(h, w) / max_side
         small = (max(1, round(w / scale)), max(1, round(h / scale)))
         rgb = np.asarray(Image.fromarray(rgb).resize(small, Image.Resampling.BILINEAR))
-    boxes, scores, _ = detector.run(np.ascontiguousarray(rgb), UPSAMPLE, 0.0)
     out = []
-    for i, (b, s) in enumerate(zip(boxes, scores)):
-        box = (b.left(), b.top(), b.right(), b.bottom())
+    for i, (box, s) in enumerate(_run(np.ascontiguousarray(rgb), detector)):
         if scale != 1.0:
             box = tuple(round(v * scale) for v in box)
         out.append(Detection(i, box, float(s)))
@@ -93,7 +140,7 @@ def detect(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[Detection]:
 
 def landmarks(rgb: np.ndarray, box) -> np.ndarray:
     """68 (x, y) integer pixel positions [68, 2] int64 for one detection box."""
-    import dlib
+    import dlib  # noqa: PLC0415  optional extra
 
     _, predictor = models()
     shape = predictor(np.ascontiguousarray(rgb), dlib.rectangle(*(int(v) for v in box)))
