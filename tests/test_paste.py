@@ -48,11 +48,9 @@ def _fixture_face(fx, case, size=1024):
 
 def _support(face, shape, mask=None):
     """float32 [H, W]: the blend weight paste_back uses (mask x trusted) on the photo."""
-    region = paste.quad_region(face)
-    m = paste.face_mask(face) if mask is None else mask
-    a = paste.unwarp(m, face, region) * paste.trusted(face, region)
+    alpha, box = paste.blend_weight(face, mask)
     full = np.zeros(shape[:2], np.float32)
-    full[region[1]:region[3], region[0]:region[2]] = np.where(a < 1 / 512, 0, a)
+    full[box[1]:box[3], box[0]:box[2]] = alpha
     return full
 
 

@@ -68,29 +68,34 @@ def quad_region(face: AlignedFace) -> tuple[int, int, int, int]:
     return left, top, max(right, left), max(bottom, top)
 
 
-def unwarp(image: np.ndarray, face: AlignedFace, region=None) -> np.ndarray:
+def unwarp(image: np.ndarray, face: AlignedFace, region=None,
+           resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
     """Map a crop-sized image (any square side) back onto the photo's pixel grid.
 
-    image: uint8 [n, n, 3] or [n, n] (sampled bicubic), or float32 [n, n] (a mask, sampled
-    bilinear). region: the photo box (left, top, right, bottom) to fill, default
-    `quad_region(face)`. Returns the pixels of that box, same dtype; outside the quad 0.
-    When the crop has more pixels than the quad spans in the photo, it is first
-    downscaled (LANCZOS, antialiased) to the quad's side, so shrinking does not alias.
+    image: [n, n] or [n, n, C], any real dtype. region: the photo box (left, top, right,
+    bottom) to fill, default `quad_region(face)`. Returns float32 [h, w] or [h, w, C] for
+    that box, 0 outside the quad. Sampling is in float (PIL's 8-bit transforms truncate,
+    which would darken by half a level). When the crop has more pixels than the quad
+    spans in the photo it is first downscaled (LANCZOS, antialiased) to the quad's side.
     """
     region = quad_region(face) if region is None else tuple(int(v) for v in region)
-    width, height = region[2] - region[0], region[3] - region[1]
-    arr = np.asarray(image)
-    pil = Image.fromarray(arr.astype(np.float32) if arr.dtype != np.uint8 else arr)
-    side_in_photo = math.ceil(float(np.hypot(*crop_to_original(face, 1)[:2, 0])))
-    if arr.shape[0] > side_in_photo:
-        pil = pil.resize((max(side_in_photo, 1),) * 2, Image.Resampling.LANCZOS)
+    size = (max(region[2] - region[0], 0), max(region[3] - region[1], 0))
+    arr = np.asarray(image, dtype=np.float32)
+    side = arr.shape[0]
+    side_in_photo = max(math.ceil(float(np.hypot(*crop_to_original(face, 1)[:2, 0]))), 1)
+    if side > side_in_photo:
+        side = side_in_photo
     # PIL's AFFINE data maps output (x + 0.5, y + 0.5) to input coordinates.
-    to_crop = np.linalg.inv(crop_to_original(face, pil.size[0]))
+    to_crop = np.linalg.inv(crop_to_original(face, side))
     data = (to_crop @ np.array([[1, 0, region[0]], [0, 1, region[1]], [0, 0, 1.0]]))[:2].ravel()
-    resample = Image.Resampling.BILINEAR if pil.mode == "F" else Image.Resampling.BICUBIC
-    out = pil.transform((max(width, 0), max(height, 0)), Image.Transform.AFFINE, tuple(data),
-                        resample)
-    return np.asarray(out, dtype=arr.dtype if arr.dtype == np.uint8 else np.float32)
+    planes = []
+    for c in range(1 if arr.ndim == 2 else arr.shape[2]):
+        pil = Image.fromarray(arr if arr.ndim == 2 else np.ascontiguousarray(arr[..., c]))
+        if pil.size[0] != side:
+            pil = pil.resize((side, side), Image.Resampling.LANCZOS)
+        planes.append(np.asarray(pil.transform(size, Image.Transform.AFFINE, tuple(data),
+                                               resample)))
+    return planes[0] if arr.ndim == 2 else np.stack(planes, axis=-1)
 
 
 def trusted(face: AlignedFace, region) -> np.ndarray:
@@ -182,38 +187,55 @@ def paste_back(original: np.ndarray, edited_crop: np.ndarray, face: AlignedFace,
     original = np.asarray(original)
     crop = np.asarray(edited_crop)
     _check(original, crop, face, mask)
-    region = quad_region(face)
-    left, top, right, bottom = region
     out = original.copy()
-    if right <= left or bottom <= top:
+    alpha, box = blend_weight(face, mask)
+    if box is None:
         return out
-    alpha = unwarp(face_mask(face) if mask is None else np.asarray(mask, np.float32), face, region)
-    alpha = np.clip(alpha, 0.0, 1.0) * trusted(face, region)
-    alpha[alpha < 1.0 / 512] = 0.0  # below half a level: not pasted at all
-    rows, cols = np.nonzero(alpha.any(axis=1))[0], np.nonzero(alpha.any(axis=0))[0]
-    if rows.size == 0:
-        return out
-    # Only the box the mask supports is resampled and blended.
-    box = (left + cols[0], top + rows[0], left + cols[-1] + 1, top + rows[-1] + 1)
-    alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     gray = original.ndim == 2
     source = np.asarray(Image.fromarray(crop).convert("L")) if gray else crop
-    warped = unwarp(source, face, box).astype(np.float32)
+    warped = unwarp(source, face, box)
     target = out[box[1]:box[3], box[0]:box[2]]
-    photo = (target if gray else target[..., :3]).astype(np.float32)
+    if not gray:
+        target = target[..., :3]  # a view: alpha stays as it is
+    photo = target.astype(np.float32)
     if color_match:
         band = (alpha > 0) & (alpha < 1)
         if band.any():
             warped += photo[band].mean(axis=0) - warped[band].mean(axis=0)
     a = alpha if gray else alpha[..., None]
     blended = np.clip(np.rint(photo + (warped - photo) * a), 0, 255).astype(np.uint8)
-    keep = (alpha == 0) if gray else (alpha == 0)[..., None]
-    pasted = np.where(keep, target if gray else target[..., :3], blended)
-    if gray:
-        out[box[1]:box[3], box[0]:box[2]] = pasted
-    else:
-        out[box[1]:box[3], box[0]:box[2], :3] = pasted
+    keep = alpha == 0
+    target[...] = np.where(keep if gray else keep[..., None], target, blended)
     return out
+
+
+def blend_weight(face: AlignedFace, mask=None):
+    """(alpha float32 [h, w] in [0, 1], box) on the photo, as paste_back blends: the mask
+    (default `face_mask`) unwarped, times `trusted`; values under half a level are 0.
+    box (left, top, right, bottom) bounds the support; (None, None) when it is empty."""
+    m = face_mask(face) if mask is None else np.clip(np.asarray(mask, np.float32), 0.0, 1.0)
+    box = _support_box(m, face)
+    if box is None:
+        return None, None
+    alpha = unwarp(m, face, box, Image.Resampling.BILINEAR) * trusted(face, box)
+    alpha[alpha < 1.0 / 512] = 0.0  # below half a level: not pasted at all
+    return alpha, box
+
+
+def _support_box(mask: np.ndarray, face: AlignedFace):
+    """The photo box (left, top, right, bottom) the mask's nonzero part can reach, or None."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    x0, x1, y0, y1 = cols[0] - 1, cols[-1] + 2, rows[0] - 1, rows[-1] + 2  # +1: resampling
+    corners = np.array([[x0, y0, 1], [x0, y1, 1], [x1, y1, 1], [x1, y0, 1.0]]).T
+    pts = crop_to_original(face, mask.shape[0]) @ corners
+    region = quad_region(face)
+    box = (max(int(math.floor(pts[0].min())) - 4, region[0]),
+           max(int(math.floor(pts[1].min())) - 4, region[1]),
+           min(int(math.ceil(pts[0].max())) + 4, region[2]),
+           min(int(math.ceil(pts[1].max())) + 4, region[3]))
+    return box if box[2] > box[0] and box[3] > box[1] else None
 
 
 def _check(original, crop, face, mask):
