@@ -241,6 +241,22 @@ def test_cnn_detector_finds_the_fixture_face(fx):
     assert np.abs(cnn.quad - hog.quad).max() < 0.05 * qsize
 
 
+@needs_dlib
+def test_cnn_aligns_a_face_hog_misses(fx):
+    """The tight crop turned by 60 degrees: HOG finds nothing; the CNN finds it and the
+    roll search (detect.upright_landmarks) aligns it: the quad is the turned one."""
+    img = Image.open(TIGHT).convert("RGB")
+    rot = img.rotate(60, Image.Resampling.BICUBIC, expand=True, fillcolor=(60, 60, 60))
+    with pytest.raises(align.NoFaceError):
+        align.align_faces(np.asarray(rot), size=256)
+    [face] = align.align_faces(np.asarray(rot), size=256, detector="cnn")
+    t = np.deg2rad(60)
+    turn = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    lm = (fx["tight_landmarks"] + 0.5 - np.array(img.size) / 2) @ turn.T
+    quad, qsize = steps.quad_from_landmarks(lm + np.array(rot.size) / 2 - 0.5)
+    assert np.abs(face.quad - quad).max() < 0.05 * qsize
+
+
 def test_detector_option():
     assert cli.parse_args(["--images", "x", "--out", "y", "--detector", "cnn"]).detector == "cnn"
     assert cli.parse_args(["--images", "x", "--out", "y"]).detector == "hog"

@@ -252,7 +252,10 @@ def align_faces(src, size: int = 1024, face="largest", name: str | None = None,
                   im.image.size)
     out = []
     for d in dets:
-        lm = det.landmarks(im.detect_rgb, d.box)
+        if detector == "cnn":
+            lm = det.upright_landmarks(im.detect_rgb, d.box)
+        else:
+            lm = det.landmarks(im.detect_rgb, d.box)
         out.append(align_landmarks(im.image, lm, size, d, detector))
     return out
 

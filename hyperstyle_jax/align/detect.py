@@ -4,7 +4,9 @@ Two detectors: 'hog' (`get_frontal_face_detector`, the official's; upsample 1) a
 (dlib's MMOD CNN, `mmod_human_face_detector.dat`; upsample 0), which also finds tilted
 and turned faces that HOG misses, at about 50x the CPU time per pixel; so it searches a
 copy downscaled to CNN_MAX_SIDE (its smallest face is about 80 px there). The 68-point
-predictor then runs on the chosen box at full resolution, for either detector.
+predictor then runs on the chosen box at full resolution: directly for HOG (the
+official), and for the CNN after `upright_landmarks` has turned the face upright, since
+the predictor (like HOG) fails past about 35 degrees of roll.
 The models are those inside the `face-recognition-models` wheel, found without importing
 that package (its `__init__` needs `pkg_resources`, gone from new setuptools). Each model
 is loaded once per process.
@@ -24,7 +26,7 @@ CNN_FILE = os.path.join("models", "mmod_human_face_detector.dat")
 DETECTORS = ("hog", "cnn")
 UPSAMPLE = 1  # the official `detector(img, 1)`; the CNN runs at 0 (upsampling costs 4x)
 DETECT_MAX_SIDE = 2048  # HOG
-CNN_MAX_SIDE = 640  # measured in docs/benchmarks.md: about 1.5 s per image on one core
+CNN_MAX_SIDE = 640  # docs/benchmarks.md: the CNN's seconds per image at this size
 
 
 class AlignUnavailableError(RuntimeError):
@@ -136,6 +138,62 @@ def detect(rgb: np.ndarray, max_side: int | None = None, detector: str = "hog") 
             box = tuple(round(v * scale) for v in box)
         out.append(Detection(i, box, float(s)))
     return out
+
+
+ROLL_ANGLES = (0, 30, -30, 60, -60, 90, -90)  # degrees tried by upright_landmarks
+ROLL_SEARCH_SIDE = 200  # the box's side (px) in the search copies
+
+
+def _turned(img: Image.Image, centre, angle: float, scale: float, size: int):
+    """The square `size` around `centre` of img, turned by `angle` degrees (counter-
+    clockwise on screen) and scaled by `scale`, and the [3, 3] map from its continuous
+    coordinates back to img's."""
+    t = np.deg2rad(angle)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) / scale
+    back = np.eye(3)
+    back[:2, :2] = rot
+    back[:2, 2] = np.asarray(centre, np.float64) + 0.5 - rot @ np.array([size / 2, size / 2])
+    out = img.transform((size, size), Image.Transform.AFFINE, tuple(back[:2].ravel()),
+                        Image.Resampling.BILINEAR)
+    return np.asarray(out), back
+
+
+def upright_landmarks(rgb: np.ndarray, box) -> np.ndarray:
+    """68 landmarks float64 [68, 2] for a box whose face may be turned in the image plane.
+
+    The 68-point predictor starts from an upright mean shape, so past about 35 degrees of
+    roll it returns a plausible upright face that is not there (as does HOG, which then
+    finds nothing). This searches the box's surroundings turned by ROLL_ANGLES with HOG,
+    keeps the angle with HOG's best score near the box, and runs the predictor on HOG's
+    box in that turned copy at full resolution; landmarks are mapped back to rgb's pixels.
+    No HOG hit at any angle (profiles, say): the predictor on the box as it is.
+    """
+    import dlib  # noqa: PLC0415  optional extra
+
+    hog, predictor = models()
+    img = Image.fromarray(rgb)
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    side = max(box[2] - box[0], box[3] - box[1]) + 1
+    scale = min(1.0, ROLL_SEARCH_SIDE / side)
+    best = None
+    for angle in ROLL_ANGLES:
+        roi, back = _turned(img, centre, angle, scale, int(round(2 * side * scale)))
+        found, scores, _ = hog.run(np.ascontiguousarray(roi), UPSAMPLE, 0.0)
+        mid = roi.shape[0] / 2
+        for r, score in zip(found, scores):
+            if r.left() <= mid <= r.right() and r.top() <= mid <= r.bottom():
+                if best is None or score > best[0]:
+                    corners = np.array([[r.left() + 0.5, r.top() + 0.5, 1],
+                                        [r.right() + 0.5, r.bottom() + 0.5, 1]])
+                    best = (score, angle, corners @ back.T)  # continuous, in img
+    if best is None:
+        return landmarks(rgb, box).astype(np.float64)
+    _, angle, corners = best
+    roi, back = _turned(img, centre, angle, 1.0, 2 * side)
+    found = np.rint(corners @ np.linalg.inv(back).T - 0.5)[:, :2].ravel()
+    shape = predictor(np.ascontiguousarray(roi), dlib.rectangle(*(int(v) for v in found)))
+    lm = np.array([[p.x + 0.5, p.y + 0.5, 1.0] for p in shape.parts()])
+    return (lm @ back.T)[:, :2] - 0.5
 
 
 def landmarks(rgb: np.ndarray, box) -> np.ndarray:

@@ -80,11 +80,13 @@ def unwarp(image: np.ndarray, face: AlignedFace, region=None,
     """
     region = quad_region(face) if region is None else tuple(int(v) for v in region)
     size = (max(region[2] - region[0], 0), max(region[3] - region[1], 0))
-    arr = np.asarray(image, dtype=np.float32)
-    side = arr.shape[0]
+    arr = np.asarray(image)
     side_in_photo = max(math.ceil(float(np.hypot(*crop_to_original(face, 1)[:2, 0]))), 1)
-    if side > side_in_photo:
-        side = side_in_photo
+    if arr.dtype == np.uint8 and arr.shape[0] > side_in_photo:  # one 8-bit pass (it rounds)
+        arr = np.asarray(Image.fromarray(arr).resize((side_in_photo,) * 2,
+                                                     Image.Resampling.LANCZOS))
+    arr = arr.astype(np.float32)
+    side = min(arr.shape[0], side_in_photo)
     # PIL's AFFINE data maps output (x + 0.5, y + 0.5) to input coordinates.
     to_crop = np.linalg.inv(crop_to_original(face, side))
     data = (to_crop @ np.array([[1, 0, region[0]], [0, 1, region[1]], [0, 0, 1.0]]))[:2].ravel()
