@@ -86,7 +86,7 @@ _MODELS: dict = {}
 
 def models():
     """(detector, predictor), built once per process."""
-    if not _MODELS:
+    if "predictor" not in _MODELS:  # the CNN may have been loaded alone
         require()
         import dlib  # noqa: PLC0415  optional extra
 
@@ -162,38 +162,50 @@ def upright_landmarks(rgb: np.ndarray, box) -> np.ndarray:
     """68 landmarks float64 [68, 2] for a box whose face may be turned in the image plane.
 
     The 68-point predictor starts from an upright mean shape, so past about 35 degrees of
-    roll it returns a plausible upright face that is not there (as does HOG, which then
-    finds nothing). This searches the box's surroundings turned by ROLL_ANGLES with HOG,
-    keeps the angle with HOG's best score near the box, and runs the predictor on HOG's
-    box in that turned copy at full resolution; landmarks are mapped back to rgb's pixels.
-    No HOG hit at any angle (profiles, say): the predictor on the box as it is.
+    roll it returns a plausible upright face that is not there (and HOG finds nothing).
+    So: turn the box's surroundings by each of ROLL_ANGLES (at a small scale) and keep the
+    angle where HOG finds a face over the box's centre with its best score; run the
+    predictor there on the box (turned with it); turn once more by the eye line's
+    remaining roll and run it again. Landmarks are mapped back to rgb's pixels. No HOG
+    hit at any angle (profiles, say): the predictor on the box as it is.
     """
-    import dlib  # noqa: PLC0415  optional extra
-
-    hog, predictor = models()
+    hog, _ = models()
     img = Image.fromarray(rgb)
     centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     side = max(box[2] - box[0], box[3] - box[1]) + 1
     scale = min(1.0, ROLL_SEARCH_SIDE / side)
     best = None
     for angle in ROLL_ANGLES:
-        roi, back = _turned(img, centre, angle, scale, int(round(2 * side * scale)))
+        roi, _ = _turned(img, centre, angle, scale, int(round(2 * side * scale)))
         found, scores, _ = hog.run(np.ascontiguousarray(roi), UPSAMPLE, 0.0)
         mid = roi.shape[0] / 2
         for r, score in zip(found, scores):
-            if r.left() <= mid <= r.right() and r.top() <= mid <= r.bottom():
-                if best is None or score > best[0]:
-                    corners = np.array([[r.left() + 0.5, r.top() + 0.5, 1],
-                                        [r.right() + 0.5, r.bottom() + 0.5, 1]])
-                    best = (score, angle, corners @ back.T)  # continuous, in img
+            inside = r.left() <= mid <= r.right() and r.top() <= mid <= r.bottom()
+            if inside and (best is None or score > best[0]):
+                best = (score, angle)
     if best is None:
         return landmarks(rgb, box).astype(np.float64)
-    _, angle, corners = best
+    angle = best[1]
+    lm, roll = _turned_landmarks(img, centre, angle, side)
+    if abs(roll) > 1.0:
+        lm, _ = _turned_landmarks(img, centre, angle - roll, side)
+    return lm
+
+
+def _turned_landmarks(img: Image.Image, centre, angle: float, side: int):
+    """(landmarks [68, 2] in img's pixels, the eye line's roll in degrees) from the box of
+    `side` at `centre`, turned by `angle`."""
+    import dlib  # noqa: PLC0415  optional extra
+
+    _, predictor = models()
     roi, back = _turned(img, centre, angle, 1.0, 2 * side)
-    found = np.rint(corners @ np.linalg.inv(back).T - 0.5)[:, :2].ravel()
-    shape = predictor(np.ascontiguousarray(roi), dlib.rectangle(*(int(v) for v in found)))
-    lm = np.array([[p.x + 0.5, p.y + 0.5, 1.0] for p in shape.parts()])
-    return (lm @ back.T)[:, :2] - 0.5
+    lo = side - side // 2
+    shape = predictor(np.ascontiguousarray(roi), dlib.rectangle(lo, lo, lo + side - 1,
+                                                                lo + side - 1))
+    pts = np.array([[p.x + 0.5, p.y + 0.5, 1.0] for p in shape.parts()])
+    eyes = pts[42:48, :2].mean(axis=0) - pts[36:42, :2].mean(axis=0)
+    roll = float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+    return (pts @ back.T)[:, :2] - 0.5, roll
 
 
 def landmarks(rgb: np.ndarray, box) -> np.ndarray:

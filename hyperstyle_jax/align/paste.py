@@ -46,8 +46,7 @@ def crop_to_original(face: AlignedFace, side: int) -> np.ndarray:
     and pad offsets cancel, leaving the shrunk photo's coordinates, which the shrink's
     resize scales by W / round(W / shrink) (not exactly `shrink`) back to the photo's.
     """
-    nw, _, _, ne = face.quad
-    sw = face.quad[1]
+    nw, sw, _, ne = face.quad
     size = np.asarray(face.original_size, np.float64)
     scale = size / np.asarray(shrunk_size(face.original_size, face.shrink), np.float64)
     origin = (nw / face.shrink + 0.5) * scale
