@@ -257,6 +257,14 @@ def test_cnn_aligns_a_face_hog_misses(fx):
     assert np.abs(face.quad - quad).max() < 0.05 * qsize
 
 
+@needs_dlib
+def test_models_load_after_the_cnn_alone(monkeypatch):
+    monkeypatch.setattr(det, "_MODELS", {})
+    det.cnn_model()
+    hog, predictor = det.models()
+    assert hog is not None and predictor is not None
+
+
 def test_detector_option():
     assert cli.parse_args(["--images", "x", "--out", "y", "--detector", "cnn"]).detector == "cnn"
     assert cli.parse_args(["--images", "x", "--out", "y"]).detector == "hog"

@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "'all' (writes <stem>_face<k>.png); or an index K in dlib's order")
     p.add_argument("--detector", choices=det.DETECTORS, default="hog",
                    help="dlib's HOG (the official's) or its CNN (finds tilted and turned "
-                        "faces; about 50x slower per pixel)")
+                        "faces; about 20x slower: seconds per photo on a CPU)")
     p.add_argument("--workers", type=int, default=1, help="processes (each loads the 100 MB predictor)")
     p.add_argument("--save_landmarks", action="store_true",
                    help="with --face all, also <stem>.json: box, score, landmarks [68, 2] and "

@@ -2,8 +2,8 @@
 
 Two detectors: 'hog' (`get_frontal_face_detector`, the official's; upsample 1) and 'cnn'
 (dlib's MMOD CNN, `mmod_human_face_detector.dat`; upsample 0), which also finds tilted
-and turned faces that HOG misses, at about 50x the CPU time per pixel; so it searches a
-copy downscaled to CNN_MAX_SIDE (its smallest face is about 80 px there). The 68-point
+and turned faces that HOG misses, at about 20x HOG's time on the same image; so it
+searches a copy downscaled to CNN_MAX_SIDE (its smallest face is about 80 px there). The 68-point
 predictor then runs on the chosen box at full resolution: directly for HOG (the
 official), and for the CNN after `upright_landmarks` has turned the face upright, since
 the predictor (like HOG) fails past about 35 degrees of roll.
