@@ -307,6 +307,15 @@ def test_stylegan3_unknown_truncated_and_missing_network(cli, tmp_path, capsys):
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
+def test_tensor_views_stay_inside_their_storage():
+    storage = (np.arange(6, dtype=np.float32), 4)
+    np.testing.assert_array_equal(ada._tensor(storage, 1, (2, 2), (2, 1)), [[1, 2], [3, 4]])
+    for offset, size, stride in ((0, (7,), (1,)), (5, (2,), (1,)), (0, (2, 3), (4, 1)),
+                                 (-1, (2,), (1,)), (0, (2,), (-1,))):
+        with pytest.raises(pickle.UnpicklingError, match="outside its storage"):
+            ada._tensor(storage, offset, size, stride)
+
+
 def test_conditional_generator_needs_labels(snapshots):
     config, variables, _ = ada.generator_from_network(snapshots["cond32"]["G_ema"], "cond32")
     z = np.zeros((1, config.style_dim), np.float32)

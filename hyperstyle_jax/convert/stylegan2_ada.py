@@ -152,6 +152,23 @@ def _scalar(dtype, data=None):
     return np.frombuffer(data, dtype.dtype.newbyteorder(order), count=1)[0]
 
 
+def _tensor(storage, offset, size, stride, *rest):
+    """`torch._utils._rebuild_tensor(_v2)` stand-in: a copy of the viewed elements, after
+    checking that the view stays inside its storage (as_strided itself does not check)."""
+    arr = storage[0] if isinstance(storage, tuple) and len(storage) == 2 else None
+    ok = (isinstance(arr, np.ndarray) and isinstance(offset, int) and
+          isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+          and len(size) == len(stride) and all(isinstance(v, int) and v >= 0
+                                                for v in (offset, *size, *stride)))
+    if not ok or (0 not in size and
+                  offset + sum((n - 1) * st for n, st in zip(size, stride)) >= len(arr)):
+        raise _Refused(f"a tensor view (offset {offset!r:.20}, size {size!r:.40}) outside its "
+                       "storage")
+    if 0 in size:
+        return np.zeros(tuple(size), arr.dtype)
+    return _rebuild_tensor(storage, offset, size, stride, *rest)
+
+
 def _parameter(data, *_rest):          # torch._utils._rebuild_parameter(_with_state)
     return data
 
@@ -225,8 +242,8 @@ def _network_class(name: str) -> type:
 
 _GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
+    ("torch._utils", "_rebuild_tensor"): _tensor,
     ("torch._utils", "_rebuild_parameter"): _parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
     ("torch.storage", "_load_from_bytes"): _load_from_bytes,
@@ -281,7 +298,7 @@ def read_snapshot(path: str) -> dict:
         raise ConversionError(f"{path}: refused: {msg}; nothing from the file was run "
                               "(only StyleGAN2-ADA network data is read)") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, MemoryError) as e:
+            AttributeError, MemoryError, RecursionError) as e:
         raise ConversionError(f"{path}: not a readable network pickle (truncated or corrupt?): "
                               f"{type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
     if not isinstance(obj, dict) or not any(isinstance(obj.get(k), Network) for k in NETWORKS):
