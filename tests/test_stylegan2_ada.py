@@ -198,6 +198,17 @@ def test_cli_discriminator_folders(cli, tmp_path, outputs, capsys):
     assert rel(logits, outputs["cond32_d_logits"][:, 0]) <= TOL
 
 
+def test_rosinality_discriminator_parity(cli, tmp_path, outputs):
+    """rosinality's own D (official HyperStyle code, narrowed) through the `discriminator` kind."""
+    assert cli(["discriminator", os.path.join(HERE, "rosinality_d32.pt"), str(tmp_path / "d")]) == 0
+    config, variables = checkpoints.load_discriminator(str(tmp_path / "d"))
+    assert config == dmodel.DiscriminatorConfig(size=32, channels=tuple((r, 32) for r in
+                                                                        (4, 8, 16, 32)))
+    logits = jax.jit(dmodel.Discriminator(config).apply)(
+        variables, np.transpose(outputs["ros32_d_images"], (0, 2, 3, 1)))
+    assert rel(logits, outputs["ros32_d_logits"][:, 0]) <= TOL
+
+
 def test_rosinality_discriminator_matches_nvidia_layout(cli, tmp_path, snapshots, outputs):
     """skip64's D (resnet, group 4, no effective clamp) written in rosinality's key layout
     converts through the `discriminator` kind to the same logits."""
