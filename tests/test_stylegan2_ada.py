@@ -286,6 +286,9 @@ def test_persistent_source_is_never_run(tmp_path):
     assert isinstance(snap["G_ema"], ada.Network) and not ran.exists()
     with pytest.raises(ConversionError, match="init_kwargs lack"):
         ada.generator_from_network(snap["G_ema"], str(path))
+    bad = ada.Network("Generator", {"_parameters": {"weight": "not a tensor"}})
+    with pytest.raises(ConversionError, match=r"src.pkl: weight is a str, not a tensor"):
+        ada.network_state_dict(bad, str(path))
 
 
 def test_stylegan3_unknown_truncated_and_missing_network(cli, tmp_path, capsys):

@@ -103,8 +103,11 @@ class Network:
         skip = set(st.get("_non_persistent_buffers_set") or ())
         for group in ("_parameters", "_buffers"):
             for k, v in (st.get(group) or {}).items():
-                if v is not None and k not in skip:
-                    out[prefix + k] = np.asarray(v, np.float32)
+                if v is None or k in skip:
+                    continue
+                if not isinstance(v, np.ndarray):
+                    raise ConversionError(f"{prefix}{k} is a {type(v).__name__}, not a tensor")
+                out[prefix + k] = v.astype(np.float32)
         for k, m in (st.get("_modules") or {}).items():
             if isinstance(m, Network):
                 out.update(m.state_dict(f"{prefix}{k}."))
@@ -308,6 +311,14 @@ def read_snapshot(path: str) -> dict:
     return obj
 
 
+def network_state_dict(net: Network, origin: str) -> dict[str, np.ndarray]:
+    """`net.state_dict()`, its problems reported as one line naming `origin`."""
+    try:
+        return net.state_dict()
+    except ConversionError as e:
+        raise ConversionError(f"{origin}: {e}") from None
+
+
 def snapshot_network(snapshot: Mapping, which: str, path: str) -> Network:
     """snapshot[which] ('G_ema', 'G' or 'D'), or one line naming what the pickle holds."""
     net = snapshot.get(which)
@@ -440,7 +451,7 @@ def generator_from_state_dict(src: SourceDict, config: GeneratorConfig):
 def generator_from_network(net: Network, origin: str):
     """(GeneratorConfig, {'params', 'noises'}, w_avg [w_dim] or None) of an NVIDIA Generator."""
     config = generator_config(net, origin)
-    src = SourceDict(net.state_dict(), origin)
+    src = SourceDict(network_state_dict(net, origin), origin)
     variables, w_avg = generator_from_state_dict(src, config)
     src.finish("StyleGAN2-ADA generator")
     check_tree_matches(variables, init_shapes(config), origin, "generator variables")
@@ -507,7 +518,7 @@ def discriminator_from_state_dict(src: SourceDict, config: dmodel.DiscriminatorC
 def convert_nvidia_discriminator(net, origin: str, out_dir: str, log=print):
     """An NVIDIA `D` (a `Network` stand-in) -> a discriminator folder."""
     config = discriminator_config(net, origin)
-    src = SourceDict(net.state_dict(), origin)
+    src = SourceDict(network_state_dict(net, origin), origin)
     variables = discriminator_from_state_dict(src, config)
     src.finish("StyleGAN2-ADA discriminator")
     return discriminator.save(variables, config, origin, out_dir, log)
