@@ -271,3 +271,25 @@ def load_restyle_e4e(path: str) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: latent_avg has shape {tuple(tree['latent_avg'].shape)}, "
                               f"expected {(n, d)}")
     return {"encoder": config["encoder"], "generator": gen, "opts": config.get("opts", {})}, tree
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+KIND_DISCRIMINATOR = "discriminator"
+
+
+def load_discriminator(path: str):
+    """A `discriminator` folder -> (DiscriminatorConfig, variables {'params'})."""
+    import jax
+    import jax.numpy as jnp
+
+    from hyperstyle_jax.models.discriminator import DiscriminatorConfig, init_shapes
+
+    cfg_dict, tree = load_converted(path, kind=KIND_DISCRIMINATOR)
+    try:
+        config = DiscriminatorConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad discriminator config.json: {e}") from None
+    variables = {"params": tree.get("params", {})}
+    check_loaded(variables, init_shapes(config), path, "discriminator params")
+    return config, jax.tree_util.tree_map(jnp.asarray, variables)

@@ -4,9 +4,11 @@
   python tools/convert_weights.py stylegan2  stylegan2-ffhq-config-f.pt  ckpt/stylegan2_ffhq
   python tools/convert_weights.py hyperstyle hyperstyle_ffhq.pt          ckpt/hyperstyle_ffhq
   python tools/convert_weights.py w_encoder  faces_w_encoder.pt          ckpt/w_encoder_faces
+  python tools/convert_weights.py stylegan2_ada network-snapshot.pkl ckpt/my_gan [--which G]
   python tools/convert_weights.py --help     (every kind, with its options)
 
 Files are read with torch.load(weights_only=True): nothing pickled is ever executed.
+NVIDIA's .pkl snapshots are read by a restricted unpickler (convert/stylegan2_ada.py).
 Needs torch (pip install 'hyperstyle_jax[convert]').
 """
 import argparse

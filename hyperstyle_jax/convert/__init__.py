@@ -10,4 +10,6 @@ FAMILIES = (
     "hyperstyle_jax.convert.losses",      # lpips, arcface, moco
     "hyperstyle_jax.convert.restyle",     # restyle_e4e
     "hyperstyle_jax.convert.clip",        # clip
+    "hyperstyle_jax.convert.stylegan2_ada",  # stylegan2_ada (NVIDIA pickles: G_ema, G, D)
+    "hyperstyle_jax.convert.discriminator",  # discriminator (rosinality d)
 )

@@ -13,8 +13,11 @@ unexpected key. Output: `save_converted` folder of kind 'stylegan2' holding
 """
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -25,14 +28,14 @@ from hyperstyle_jax.convert.common import (
     to_numpy_state_dict,
     unwrap_state_dict,
 )
+from hyperstyle_jax.models.ops import make_kernel
+from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
 
 KIND = "stylegan2"
 
 
 def _infer_config(src: SourceDict):
     """GeneratorConfig from the shapes under `src.prefix`; raises naming what is missing."""
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     p = src.prefix
 
     def shape(key, ndim):
@@ -52,14 +55,16 @@ def _infer_config(src: SourceDict):
     c4 = shape("input.input", 4)[1]
     channels = [(4, c4)]
     n_blocks = 0
-    while src.has(f"convs.{2 * n_blocks}.conv.weight") or src.has(f"to_rgbs.{n_blocks}.conv.weight"):
+    while (src.has(f"convs.{2 * n_blocks}.conv.weight")
+           or src.has(f"to_rgbs.{n_blocks}.conv.weight")):
         channels.append((2 ** (n_blocks + 3), shape(f"convs.{2 * n_blocks}.conv.weight", 5)[1]))
         n_blocks += 1
     if n_blocks == 0:
         raise ConversionError(f"{src.origin}: no '{p}convs.0.conv.weight': not a StyleGAN2 "
                               "generator of size >= 8")
     if n_mlp == 0:
-        raise ConversionError(f"{src.origin}: no '{p}style.1.weight': the mapping network is missing")
+        raise ConversionError(f"{src.origin}: no '{p}style.1.weight': the mapping network "
+                              "is missing")
     try:
         return GeneratorConfig(size=2 ** (n_blocks + 2), style_dim=style_dim, n_mlp=n_mlp,
                                channels=tuple(channels))
@@ -123,9 +128,6 @@ def generator_from_state_dict(src: SourceDict):
       noises.noise_{i} [1, 1, H, W]        -> noises/noise_{i}            [1, H, W, 1]
     with L in conv1, to_rgb1, convs_{n}, to_rgbs_{b} (dots become underscores).
     """
-    from hyperstyle_jax.models.ops import make_kernel
-    from hyperstyle_jax.models.stylegan2 import init_shapes
-
     config = _infer_config(src)
     variables = from_state_dict(src, init_shapes(config), rules=GENERATOR_RULES)
     blur = make_kernel(config.blur_kernel) * 4
@@ -155,9 +157,6 @@ def latent_avg_from(top: dict, config, origin: str):
 
 def convert_stylegan2(src_path: str, out_dir: str, which: str | None = None, log=print):
     """Read a rosinality .pt, convert, check against the model, write `out_dir`."""
-    from hyperstyle_jax.checkpoints import save_converted
-    from hyperstyle_jax.models.stylegan2 import init_shapes
-
     obj = load_torch_file(src_path)
     candidates = (which,) if which else ("g_ema", "g")
     sd, top = unwrap_state_dict(obj, src_path, candidates)
@@ -194,7 +193,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "stylegan2", help="rosinality StyleGAN2 generator (.pt) -> generator folder",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="rosinality checkpoint .pt ({'g_ema', 'latent_avg'}, "
                                "a training checkpoint's 'g', or a bare state dict)")
     p.add_argument("out_dir", help="new output folder (config.json + arrays/)")

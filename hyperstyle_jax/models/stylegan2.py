@@ -5,6 +5,11 @@ parameter names mirror its state dict (`style_1`, `input`, `conv1`, `to_rgb1`, `
 `to_rgbs_N`, `modulation`, `noise`, `activate`), so the converter's table is one line per
 key. Images are NHWC, un-clipped (no tanh), nominally in [-1, 1].
 
+`GeneratorConfig.family='stylegan2_ada'` holds NVIDIA's StyleGAN2-ADA generator
+(stylegan2-ada-pytorch `training/networks.py` `Generator`, architecture 'skip') in the same
+module: its math is rosinality's plus a label embedding in the mapping (`c_dim > 0`) and
+the `conv_clamp` clipping; `convert/stylegan2_ada.py` maps its keys onto these names.
+
 Official layer index j (the position in `weights_deltas`, SPEC §1.3):
   0 = conv1, 1 = to_rgb1, then per block b: 2+3b = convs_{2b} (up-conv),
   3+3b = convs_{2b+1}, 4+3b = to_rgbs_{b}.
@@ -26,6 +31,9 @@ Array = Any
 
 
 # ----------------------------------------------------------------------------- config
+
+
+FAMILIES = ("rosinality", "stylegan2_ada")
 
 
 def official_channels(size: int, channel_multiplier: int = 2) -> tuple:
@@ -50,9 +58,13 @@ def _resolutions(size: int) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
-    """Architecture of a rosinality StyleGAN2 generator (what config.json stores).
+    """Architecture of a StyleGAN2 generator (what config.json stores).
 
     channels: ((4, c4), (8, c8), ..., (size, c_size)) widths per resolution.
+    family: 'rosinality' (HyperStyle's) or 'stylegan2_ada' (NVIDIA's, where z_dim = w_dim =
+    style_dim). c_dim: label size of a conditional NVIDIA generator (0 = unconditional): its
+    mapping normalises z and embed(label) and maps their concatenation. conv_clamp: NVIDIA's
+    clamp of every conv output to [-conv_clamp, conv_clamp] (None = off).
     """
     size: int
     style_dim: int = 512
@@ -60,9 +72,21 @@ class GeneratorConfig:
     channels: tuple = ()
     lr_mlp: float = 0.01
     blur_kernel: tuple = (1, 3, 3, 1)
+    family: str = "rosinality"
+    c_dim: int = 0
+    conv_clamp: Optional[float] = None
 
     def __post_init__(self):
         _check_size(self.size)
+        if self.family not in FAMILIES:
+            raise ValueError(f"GeneratorConfig: family must be one of {FAMILIES}, "
+                             f"got {self.family!r}")
+        if self.family == "rosinality" and (self.c_dim or self.conv_clamp is not None):
+            raise ValueError("GeneratorConfig: c_dim and conv_clamp exist only in the "
+                             "'stylegan2_ada' family")
+        if self.c_dim < 0 or (self.conv_clamp is not None and self.conv_clamp <= 0):
+            raise ValueError(f"GeneratorConfig: c_dim must be >= 0 and conv_clamp > 0 or None: "
+                             f"{self}")
         chans = tuple((int(r), int(c)) for r, c in self.channels) if self.channels else \
             official_channels(self.size)
         object.__setattr__(self, "channels", chans)
@@ -72,7 +96,8 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig: channels must list resolutions {want} in order, "
                              f"got {[r for r, _ in chans]}")
         if any(c < 1 for _, c in chans) or self.style_dim < 1 or self.n_mlp < 1:
-            raise ValueError(f"GeneratorConfig: widths, style_dim and n_mlp must be positive: {self}")
+            raise ValueError(
+                f"GeneratorConfig: widths, style_dim and n_mlp must be positive: {self}")
 
     @classmethod
     def official(cls, size: int, style_dim: int = 512, n_mlp: int = 8,
@@ -124,10 +149,24 @@ class GeneratorConfig:
             prev = c
         return shapes
 
+    @classmethod
+    def stylegan2_ada(cls, size: int, w_dim: int = 512, n_mlp: int = 8, channel_base: int = 32768,
+                      channel_max: int = 512, c_dim: int = 0, conv_clamp: Optional[float] = None,
+                      lr_mlp: float = 0.01) -> "GeneratorConfig":
+        """NVIDIA's generator: widths min(channel_base // res, channel_max) (networks.py)."""
+        _check_size(size)
+        return cls(size=size, style_dim=w_dim, n_mlp=n_mlp, lr_mlp=lr_mlp,
+                   channels=tuple((r, min(channel_base // r, channel_max))
+                                  for r in _resolutions(size)),
+                   family="stylegan2_ada", c_dim=c_dim, conv_clamp=conv_clamp)
+
     def to_dict(self) -> dict:
-        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
-                "channels": [list(p) for p in self.channels], "lr_mlp": self.lr_mlp,
-                "blur_kernel": list(self.blur_kernel)}
+        d = {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+             "channels": [list(p) for p in self.channels], "lr_mlp": self.lr_mlp,
+             "blur_kernel": list(self.blur_kernel)}
+        if self.family != "rosinality":  # rosinality configs keep their old config.json
+            d.update(family=self.family, c_dim=self.c_dim, conv_clamp=self.conv_clamp)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
@@ -167,6 +206,7 @@ class StyledConv(nn.Module):
     blur_kernel: Sequence = (1, 3, 3, 1)
     per_sample: str = "auto"
     precision: str = "fp32"
+    conv_clamp: Optional[float] = None
 
     @nn.compact
     def __call__(self, x, style, noise, weights_delta=None):
@@ -175,7 +215,7 @@ class StyledConv(nn.Module):
                                   blur_kernel=self.blur_kernel, per_sample=self.per_sample,
                                   precision=self.precision, name="conv")(x, style, weights_delta)
         out = NoiseInjection(name="noise")(out, noise)
-        return FusedLeakyReLU(self.out_channel, name="activate")(out)
+        return _clamp(FusedLeakyReLU(self.out_channel, name="activate")(out), self.conv_clamp)
 
 
 class ToRGB(nn.Module):
@@ -186,16 +226,22 @@ class ToRGB(nn.Module):
     blur_kernel: Sequence = (1, 3, 3, 1)
     per_sample: str = "auto"
     precision: str = "fp32"
+    conv_clamp: Optional[float] = None
 
     @nn.compact
     def __call__(self, x, style, skip=None, weights_delta=None):
         out = ops.ModulatedConv2d(self.in_channel, 3, 1, self.style_dim, demodulate=False,
                                   per_sample=self.per_sample, precision=self.precision,
                                   name="conv")(x, style, weights_delta)
-        out = out + self.param("bias", nn.initializers.zeros, (3,))
+        out = _clamp(out + self.param("bias", nn.initializers.zeros, (3,)), self.conv_clamp)
         if skip is not None:
             out = out + ops.upsample(skip, self.blur_kernel)
         return out
+
+
+def _clamp(x: Array, conv_clamp: Optional[float]) -> Array:
+    """NVIDIA `bias_act(..., clamp=conv_clamp)`: clip after the activation (None = off)."""
+    return x if conv_clamp is None else jnp.clip(x, -conv_clamp, conv_clamp)
 
 
 class ConstantInput(nn.Module):
@@ -226,33 +272,53 @@ class Generator(nn.Module):
     def setup(self):
         cfg = self.config
         bk = cfg.blur_kernel
-        self.style_layers = [ops.EqualLinear(cfg.style_dim, cfg.style_dim, lr_mul=cfg.lr_mlp,
+        # A conditional NVIDIA mapping maps [z, embed(label)] (both normalised): 2x wide input.
+        in_dims = [cfg.style_dim * (2 if cfg.c_dim else 1)] + [cfg.style_dim] * (cfg.n_mlp - 1)
+        self.style_layers = [ops.EqualLinear(d, cfg.style_dim, lr_mul=cfg.lr_mlp,
                                              activation="fused_lrelu", name=f"style_{i + 1}")
-                             for i in range(cfg.n_mlp)]
+                             for i, d in enumerate(in_dims)]
+        if cfg.c_dim:
+            self.embed = ops.EqualLinear(cfg.c_dim, cfg.style_dim, name="embed")
         c4 = cfg.channel(4)
         self.input = ConstantInput(c4, name="input")
-        ps, pr = self.per_sample, self.precision
+        ps, pr, cc = self.per_sample, self.precision, cfg.conv_clamp
         self.conv1 = StyledConv(c4, c4, 3, cfg.style_dim, blur_kernel=bk,
-                                per_sample=ps, precision=pr, name="conv1")
+                                per_sample=ps, precision=pr, conv_clamp=cc, name="conv1")
         self.to_rgb1 = ToRGB(c4, cfg.style_dim, upsample=False, blur_kernel=bk,
-                             per_sample=ps, precision=pr, name="to_rgb1")
+                             per_sample=ps, precision=pr, conv_clamp=cc, name="to_rgb1")
         convs, to_rgbs = [], []
         prev = c4
         for b, r in enumerate(_resolutions(cfg.size)[1:]):
             c = cfg.channel(r)
             convs.append(StyledConv(prev, c, 3, cfg.style_dim, upsample=True, blur_kernel=bk,
-                                    per_sample=ps, precision=pr, name=f"convs_{2 * b}"))
-            convs.append(StyledConv(c, c, 3, cfg.style_dim, blur_kernel=bk,
-                                    per_sample=ps, precision=pr, name=f"convs_{2 * b + 1}"))
+                                    per_sample=ps, precision=pr, conv_clamp=cc,
+                                    name=f"convs_{2 * b}"))
+            convs.append(StyledConv(c, c, 3, cfg.style_dim, blur_kernel=bk, per_sample=ps,
+                                    precision=pr, conv_clamp=cc, name=f"convs_{2 * b + 1}"))
             to_rgbs.append(ToRGB(c, cfg.style_dim, blur_kernel=bk, per_sample=ps,
-                                 precision=pr, name=f"to_rgbs_{b}"))
+                                 precision=pr, conv_clamp=cc, name=f"to_rgbs_{b}"))
             prev = c
         self.convs = convs
         self.to_rgbs = to_rgbs
 
-    def mapping(self, z: Array) -> Array:
-        """z [..., style_dim] -> W [..., style_dim]: pixel norm + n_mlp EqualLinear (lr 0.01)."""
+    def mapping(self, z: Array, labels: Optional[Array] = None) -> Array:
+        """z [..., style_dim] -> W [..., style_dim]: pixel norm + n_mlp EqualLinear (lr 0.01).
+
+        labels: [..., c_dim] (one-hot class, NVIDIA's `c`), needed when `config.c_dim > 0`.
+        """
         x = ops.pixel_norm(z)
+        if self.config.c_dim:
+            if labels is None:
+                raise ValueError(f"Generator: this generator is conditional (c_dim "
+                                 f"{self.config.c_dim}): mapping z needs labels [B, c_dim]")
+            labels = jnp.asarray(labels, jnp.float32)
+            if labels.shape[-1] != self.config.c_dim:
+                raise ValueError(f"Generator: labels have shape {labels.shape}; expected "
+                                 f"[..., {self.config.c_dim}]")
+            y = ops.pixel_norm(self.embed(labels))
+            x = jnp.concatenate(jnp.broadcast_arrays(x, y), axis=-1)
+        elif labels is not None:
+            raise ValueError("Generator: labels given to an unconditional generator (c_dim 0)")
         for layer in self.style_layers:
             x = layer(x)
         return x
@@ -280,7 +346,7 @@ class Generator(nn.Module):
     def __call__(self, styles: Array, *, input_space: str = "w", truncation=1.0,
                  truncation_latent: Optional[Array] = None, noise: Optional[Sequence] = None,
                  randomize_noise: bool = False, weights_deltas: Optional[Sequence] = None,
-                 return_latents: bool = False):
+                 return_latents: bool = False, labels: Optional[Array] = None):
         """Render images.
 
         styles: z or W [B, style_dim], or W+ [B, n_latent, style_dim] (for 'z', each row is
@@ -293,12 +359,14 @@ class Generator(nn.Module):
           'noise' rng when randomize_noise=True.
         weights_deltas: None or `n_convs` entries, each None, [B, out, in, k, k] or
           [out, in, k, k] (shared by the batch), applied as weight * (1 + Δ).
+        labels: [B, c_dim] class labels for input_space 'z' of a conditional generator.
         Returns (image [B, size, size, 3], latents [B, n_latent, style_dim] or None).
         """
         cfg = self.config
         styles = jnp.asarray(styles)
         if input_space not in ("z", "w", "w+"):
-            raise ValueError(f"Generator: input_space must be 'z', 'w' or 'w+', got {input_space!r}")
+            raise ValueError(
+                f"Generator: input_space must be 'z', 'w' or 'w+', got {input_space!r}")
         if styles.ndim not in (2, 3) or styles.shape[-1] != cfg.style_dim or (
                 styles.ndim == 3 and styles.shape[1] != cfg.n_latent):
             raise ValueError(
@@ -308,9 +376,10 @@ class Generator(nn.Module):
             raise ValueError(f"Generator: input_space 'w+' needs [B, {cfg.n_latent}, "
                              f"{cfg.style_dim}], got {styles.shape}")
         if input_space == "z":
-            styles = self.mapping(styles)
-        elif self.is_initializing():
-            self.mapping(jnp.zeros((1, cfg.style_dim), styles.dtype))  # create its params too
+            styles = self.mapping(styles, labels)
+        elif self.is_initializing():  # create its params too
+            self.mapping(jnp.zeros((1, cfg.style_dim), styles.dtype),
+                         jnp.zeros((1, cfg.c_dim)) if cfg.c_dim else None)
         batch = styles.shape[0]
         latent = styles if styles.ndim == 3 else jnp.broadcast_to(
             styles[:, None], (batch, cfg.n_latent, cfg.style_dim))
@@ -340,10 +409,16 @@ class Generator(nn.Module):
             j += 3
         return skip, (latent if return_latents else None)
 
-    def mean_latent(self, n_latent: int, key: Array) -> Array:
-        """rosinality `mean_latent`: mean of W over n_latent z ~ N(0, I). -> [1, style_dim]."""
+    def mean_latent(self, n_latent: int, key: Array, labels: Optional[Array] = None) -> Array:
+        """rosinality `mean_latent`: mean of W over n_latent z ~ N(0, I). -> [1, style_dim].
+
+        labels: [c_dim] or [n_latent, c_dim] for a conditional generator (whose converted
+        folder also holds NVIDIA's tracked `w_avg` as latent_avg).
+        """
         z = jax.random.normal(key, (n_latent, self.config.style_dim))
-        return jnp.mean(self.mapping(z), axis=0, keepdims=True)
+        if labels is not None:
+            labels = jnp.broadcast_to(labels, (n_latent, self.config.c_dim))
+        return jnp.mean(self.mapping(z, labels), axis=0, keepdims=True)
 
     def _check_deltas(self, weights_deltas, batch: int) -> list:
         cfg = self.config
