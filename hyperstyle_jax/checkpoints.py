@@ -18,7 +18,14 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+
+from hyperstyle_jax.models import e4e, hypernetwork, irse, stylegan2
+from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 KIND_STYLEGAN2 = "stylegan2"
 KIND_HYPERSTYLE = "hyperstyle"
@@ -69,8 +76,6 @@ def check_loaded(tree: Any, expected: Any, path: str, what: str) -> None:
 
 def save_converted(out_dir: str, tree: dict, config: dict, kind: str) -> None:
     """Write `tree` (nested dict of numpy/jax arrays) and `config` to `out_dir`."""
-    import orbax.checkpoint as ocp
-
     out_dir = os.path.abspath(out_dir)
     arrays = os.path.join(out_dir, "arrays")
     if os.path.exists(arrays):
@@ -87,8 +92,6 @@ def save_converted(out_dir: str, tree: dict, config: dict, kind: str) -> None:
 
 def load_converted(path: str, kind: str | None = None) -> tuple[dict, dict]:
     """Read a folder written by `save_converted`: returns (config, tree of numpy arrays)."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     cfg_path = os.path.join(path, "config.json")
     arrays = os.path.join(path, "arrays")
@@ -117,8 +120,6 @@ def load_converted(path: str, kind: str | None = None) -> tuple[dict, dict]:
 
 def _restore_target(meta: Any) -> Any:
     """Host numpy targets from orbax metadata, so restore never needs a device layout."""
-    import jax
-
     def leaf(m):
         return np.zeros(m.shape, m.dtype) if hasattr(m, "shape") else m
 
@@ -126,8 +127,6 @@ def _restore_target(meta: Any) -> Any:
 
 
 def _as_numpy(tree: Any) -> Any:
-    import jax
-
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
 
 
@@ -140,11 +139,6 @@ def load_generator_with_latent_avg(path: str):
     latent_avg is a numpy [style_dim] (or [n_latent, style_dim]) or None when the
     checkpoint had none (Flax rejects a bare array as a collection, so it is separate).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
-
     cfg_dict, tree = load_converted(path, kind=KIND_STYLEGAN2)
     try:
         config = GeneratorConfig.from_dict(cfg_dict)
@@ -170,8 +164,6 @@ def load_hyperstyle(path: str) -> tuple[dict, dict]:
     variables = {'hypernet': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
                  'latent_avg': [n_styles, style_dim]}
     """
-    from hyperstyle_jax.models import hypernetwork, stylegan2
-
     config, tree = load_converted(path, KIND_HYPERSTYLE)
     try:
         gen = stylegan2.GeneratorConfig.from_dict(config["generator"])
@@ -193,8 +185,6 @@ def load_hyperstyle(path: str) -> tuple[dict, dict]:
 def load_w_encoder(path: str) -> tuple[dict, dict]:
     """A `w_encoder` folder -> (config, {'params', 'batch_stats'}); build the module with
     `models.irse.WEncoder.from_config(config)`."""
-    from hyperstyle_jax.models import irse
-
     config, variables = load_converted(path, KIND_W_ENCODER)
     try:
         shapes = irse.w_encoder_init_shapes(config)
@@ -216,10 +206,6 @@ def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "r
     Every path of `init_tree` must exist in `variables` with the same shape (errors name
     each one); paths not in `init_tree` (PReLU, refinement blocks) are kept.
     """
-    import jax
-
-    from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
-
     out = jax.tree_util.tree_map(lambda x: x, dict(variables))
     bad = []
     for collection, tree in init_tree.items():
@@ -252,8 +238,6 @@ def load_restyle_e4e(path: str) -> tuple[dict, dict]:
     variables = {'encoder': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
                  'latent_avg': [n_styles, style_dim]}
     """
-    from hyperstyle_jax.models import e4e, stylegan2
-
     config, tree = load_converted(path, KIND_RESTYLE_E4E)
     try:
         gen = stylegan2.GeneratorConfig.from_dict(config["generator"])

@@ -62,10 +62,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm
 
 from hyperstyle_jax import parallel  # noqa: E402
+from hyperstyle_jax.checkpoints import (
+    CheckpointError,
+    load_converted,
+    load_generator,
+    load_hyperstyle,
+)
+from hyperstyle_jax.clip import load_clip
+from hyperstyle_jax.clip.preprocess import preprocess_batch
 from hyperstyle_jax.editing import EditError, styleclip  # noqa: E402
 from hyperstyle_jax.models import stylespace  # noqa: E402
+from hyperstyle_jax.models.clip import CLIP
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
 PARTIAL = "fs3_partial.npz"
@@ -178,9 +188,6 @@ def clip_image_encoder(clip_config) -> Callable:
 
     As StyleCLIP: the generator output becomes uint8 (stylegan2-ada's x·127.5 + 128,
     clamped, truncated), then CLIP's preprocessing (resize, centre crop, normalise)."""
-    from hyperstyle_jax.clip.preprocess import preprocess_batch
-    from hyperstyle_jax.models.clip import CLIP
-
     model = CLIP(clip_config)
     res = clip_config.image_resolution
 
@@ -231,8 +238,6 @@ def _jitted_step(config: GeneratorConfig, encode: Callable, mesh):
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 smoothing=0.1)
 
@@ -355,8 +360,6 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
 
 def load_any_generator(path: str):
     """A converted `stylegan2` or `hyperstyle` folder -> (GeneratorConfig, variables)."""
-    from hyperstyle_jax.checkpoints import load_converted, load_generator, load_hyperstyle
-
     try:
         with open(os.path.join(path, "config.json")) as f:
             kind = json.load(f).get("kind")
@@ -379,8 +382,6 @@ def run(gen_path: str, clip_path: str, out_dir: str, settings: StatsSettings, *,
     folders (tests use a stand-in encoder). Returns the `compute_fs3` info."""
     config, gen_vars = gen if gen is not None else load_any_generator(gen_path)
     if encode is None:
-        from hyperstyle_jax.clip import load_clip
-
         clip_config, enc_vars = load_clip(clip_path)
         encode = clip_image_encoder(clip_config)
     os.makedirs(out_dir, exist_ok=True)
@@ -440,8 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from hyperstyle_jax.checkpoints import CheckpointError
-
     args = build_parser().parse_args(argv)
     try:
         settings = StatsSettings(args.n_samples, args.n_images, args.alpha, args.seed,

@@ -18,9 +18,13 @@ import functools
 import os
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.checkpoints import CheckpointError, check_loaded, load_converted
 from hyperstyle_jax.clip.tokenizer import tokenize
+from hyperstyle_jax.models.clip import CLIP, CLIPConfig, init_shapes
 
 KIND = "clip"  # the `kind` in config.json of a converted CLIP folder
 TEMPLATES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates.txt")
@@ -35,12 +39,6 @@ def styleclip_templates() -> tuple[str, ...]:
 
 def load_clip(path: str):
     """A folder written by `tools/convert_weights.py clip` -> (CLIPConfig, variables {'params'})."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.checkpoints import CheckpointError, check_loaded, load_converted
-    from hyperstyle_jax.models.clip import CLIPConfig, init_shapes
-
     cfg, tree = load_converted(path, KIND)
     try:
         config = CLIPConfig.from_dict(cfg)
@@ -86,10 +84,6 @@ class ClipEncoder:
 
     def __init__(self, config, variables, templates: Sequence[str] | None = None,
                  text_chunk: int = 64, image_chunk: int = 16):
-        import jax
-
-        from hyperstyle_jax.models.clip import CLIP
-
         self.config = config
         self.variables = variables
         self.model = CLIP(config)

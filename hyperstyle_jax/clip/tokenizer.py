@@ -62,7 +62,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def _fix_text(text: str) -> str:
     try:
-        import ftfy
+        import ftfy  # noqa: PLC0415  optional extra (clip)
     except ImportError:
         return text
     return ftfy.fix_text(text)

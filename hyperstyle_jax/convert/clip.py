@@ -28,15 +28,18 @@ width-32 text tower has 2 heads), and a width below 64 without a flag is an erro
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import pickle
 import re
 import zipfile
 from typing import Callable, Mapping
 
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
 from hyperstyle_jax.clip.encoder import KIND
 from hyperstyle_jax.convert.common import (
     ConversionError,
@@ -48,6 +51,7 @@ from hyperstyle_jax.convert.common import (
     to_numpy_state_dict,
     unwrap_state_dict,
 )
+from hyperstyle_jax.models.clip import CLIPConfig, init_shapes
 
 OPENAI_INT_ENTRIES = ("input_resolution", "context_length", "vocab_size")
 EXPORT_HINT = ("python -c \"import torch; torch.save(torch.jit.load('ViT-B-32.pt', "
@@ -75,8 +79,6 @@ def _heads(width: int, given: int | None, tower: str, flag: str, origin: str) ->
 
 def _config(src: SourceDict, names: Mapping[str, str], text_heads, vision_heads):
     """CLIPConfig from the shapes; `names` gives the key of each shape source in this layout."""
-    from hyperstyle_jax.models.clip import CLIPConfig
-
     vocab, width = _shape(src, names["token"], 2, "vocabulary and text width")
     context = _shape(src, names["text_pos"], 2, "context length")[0]
     patch_w = _shape(src, names["conv"], 4, "vision width and patch size")
@@ -129,8 +131,6 @@ def _block_paths(config) -> list[str]:
 def openai_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
                            text_heads: int | None = None, vision_heads: int | None = None):
     """OpenAI `CLIP.state_dict()` (name -> array) -> (CLIPConfig, variables {'params'})."""
-    from hyperstyle_jax.models.clip import init_shapes
-
     if "visual.conv1.weight" not in sd:
         hint = (" (a ResNet CLIP: only the ViT branch is supported)"
                 if "visual.layer1.0.conv1.weight" in sd else "")
@@ -212,8 +212,6 @@ def _hf_qkv(prefix: str, leaf: str) -> Callable:
 def hf_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
                        text_heads: int | None = None, vision_heads: int | None = None):
     """Hugging Face `CLIPModel` weights (name -> array) -> (CLIPConfig, variables {'params'})."""
-    from hyperstyle_jax.models.clip import init_shapes
-
     src = SourceDict(sd, origin)
     config = _config(src, _HF_NAMES, text_heads, vision_heads)
     custom: dict[str, Callable] = {f"params/{p}": _hf_rule(k, t) for p, (k, t) in _HF_TOP.items()}
@@ -292,8 +290,6 @@ def read_torchscript_tensors(path: str) -> dict[str, np.ndarray]:
     for a traced module (a scripted module's extra tensor attributes, e.g. `attn_mask`, would
     surface as unexpected keys).
     """
-    import pickle
-
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
@@ -353,7 +349,7 @@ def _oneline(e: Exception) -> str:
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # noqa: PLC0415  optional extra (convert)
     except ImportError:
         raise ConversionError(f"{path}: reading .safetensors needs the safetensors package "
                               "(pip install safetensors)") from None
@@ -410,8 +406,6 @@ def convert_file(path: str, text_heads: int | None = None, vision_heads: int | N
 
 
 def _run(args) -> None:
-    from hyperstyle_jax.checkpoints import save_converted
-
     config, variables, layout = convert_file(args.src, args.text_heads, args.vision_heads)
     save_converted(args.out_dir, variables,
                    {**config.to_dict(), "source": args.src, "source_layout": layout}, KIND)
@@ -422,8 +416,6 @@ def _run(args) -> None:
 
 
 def register(subparsers) -> None:
-    import argparse
-
     p = subparsers.add_parser(
         "clip", help="OpenAI CLIP ViT (state dict .pt or Hugging Face model.safetensors)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,6 +13,7 @@ import re
 import zipfile
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (re-exported)
@@ -33,7 +34,7 @@ def load_torch_file(path: str) -> Any:
     containers is refused with an explanation.
     """
     try:
-        import torch
+        import torch  # noqa: PLC0415  optional extra (convert)
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(
             "reading .pt files needs torch: pip install 'hyperstyle_jax[convert]' "
@@ -254,8 +255,6 @@ def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Rul
 
 def eval_shape_init(model, *inputs) -> dict:
     """The model's variable shapes without computing anything: `jax.eval_shape(model.init, …)`."""
-    import jax
-
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
 
 

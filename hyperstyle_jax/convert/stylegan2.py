@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -25,14 +26,14 @@ from hyperstyle_jax.convert.common import (
     to_numpy_state_dict,
     unwrap_state_dict,
 )
+from hyperstyle_jax.models.ops import make_kernel
+from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
 
 KIND = "stylegan2"
 
 
 def _infer_config(src: SourceDict):
     """GeneratorConfig from the shapes under `src.prefix`; raises naming what is missing."""
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     p = src.prefix
 
     def shape(key, ndim):
@@ -123,9 +124,6 @@ def generator_from_state_dict(src: SourceDict):
       noises.noise_{i} [1, 1, H, W]        -> noises/noise_{i}            [1, H, W, 1]
     with L in conv1, to_rgb1, convs_{n}, to_rgbs_{b} (dots become underscores).
     """
-    from hyperstyle_jax.models.ops import make_kernel
-    from hyperstyle_jax.models.stylegan2 import init_shapes
-
     config = _infer_config(src)
     variables = from_state_dict(src, init_shapes(config), rules=GENERATOR_RULES)
     blur = make_kernel(config.blur_kernel) * 4
@@ -155,9 +153,6 @@ def latent_avg_from(top: dict, config, origin: str):
 
 def convert_stylegan2(src_path: str, out_dir: str, which: str | None = None, log=print):
     """Read a rosinality .pt, convert, check against the model, write `out_dir`."""
-    from hyperstyle_jax.checkpoints import save_converted
-    from hyperstyle_jax.models.stylegan2 import init_shapes
-
     obj = load_torch_file(src_path)
     candidates = (which,) if which else ("g_ema", "g")
     sd, top = unwrap_state_dict(obj, src_path, candidates)

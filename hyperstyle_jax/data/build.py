@@ -37,7 +37,7 @@ def build_dataset(dataset: str, source: str, data_dir: str, *, file_list: str | 
     The report is also written to `report_path(data_dir, dataset)`. Raises if the dataset
     cannot be built (missing folder, a split with no readable image, ...).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415  imported only when building
 
     cls = get_builder_class(dataset)
     if not os.path.isdir(source):

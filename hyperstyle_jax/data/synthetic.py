@@ -32,7 +32,14 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
+from hyperstyle_jax.data.sources import ArraySource
+from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
 CACHE_VERSION = 1
 RANDOM_OUTPUT_STD = 0.5
@@ -83,8 +90,6 @@ def expand_deltas(deltas: dict, gen_config) -> list:
     Entry j is [B, out, in, k, k] (the value repeated over k x k, and over 'out' for the
     'in' mode), or None for an unperturbed layer.
     """
-    import jax.numpy as jnp
-
     shapes = gen_config.delta_shapes()
     out = [None] * gen_config.n_convs
     for key, d in deltas.items():
@@ -147,8 +152,6 @@ def _fingerprint(data_config) -> tuple[str, dict]:
 
 def _pool(images, size: int, hw: tuple[int, int]):
     """The model's own resize of generator outputs: the cars crop, then face_pool."""
-    from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
-
     h, w = hw
     if h * 4 == w * 3 and h != w:  # cars: 512x512 output, content rows [64:448] (SPEC 2.4)
         images = images[:, size // 8: size - size // 8]
@@ -179,11 +182,6 @@ def draw(data_config, gen_config, split: str, indices) -> tuple[np.ndarray, dict
 @functools.lru_cache(maxsize=8)
 def _jitted(gcfg, trunc: float, hw: tuple):
     """Compiled (init, mean_w, render) for one setting; reused across calls."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import Generator
-
     gen = Generator(gcfg)
 
     def init(key):
@@ -205,12 +203,6 @@ def _jitted(gcfg, trunc: float, hw: tuple):
 
 
 def _render(data_config) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     seed = int(data_config.seed)
     gdir = data_config.get("generator_dir", "")
     if gdir:
@@ -304,8 +296,6 @@ def _save(path: str, data: dict, fp: dict) -> None:
 
 
 def _load(path: str, fp: dict) -> dict | None:
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     try:
         with np.load(path) as z:
             flat = {k: z[k] for k in z.files}
@@ -349,7 +339,5 @@ def synthetic_generator(data_config) -> SyntheticGenerator:
 
 def synthetic_source(data_config, split: str):
     """An `ArraySource` over split 'train' or 'eval' of the synthetic data."""
-    from hyperstyle_jax.data.pipeline import ArraySource
-
     digest, _ = _fingerprint(data_config)
     return ArraySource(synthetic_data(data_config)[split], f"synthetic:{digest}/{split}")

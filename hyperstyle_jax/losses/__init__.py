@@ -38,6 +38,7 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
+from hyperstyle_jax.checkpoints import load_converted
 from hyperstyle_jax.losses.id_loss import id_embed, id_loss, id_loss_terms, id_similarity
 from hyperstyle_jax.losses.l2 import l2_loss, l2_per_image
 from hyperstyle_jax.losses.lpips import lpips_distance, lpips_loss
@@ -90,8 +91,6 @@ class LossNets:
     def load(cls, lpips: str | None = None, id: str | None = None,  # noqa: A002 - official name
              moco: str | None = None) -> "LossNets":
         """Read the folders written by `tools/convert_weights.py` (None = not needed)."""
-        from hyperstyle_jax.checkpoints import load_converted
-
         out = {}
         for name, path in (("lpips", lpips), ("id", id), ("moco", moco)):
             if path is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hyperstyle_jax.losses.alexnet import ALEXNET_CHANNELS, AlexNetFeatures
@@ -80,7 +81,5 @@ def lpips_loss(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.nd
 
 def init_lpips(net_type: str = "alex", hw: int = 64, seed: int = 0) -> dict:
     """Randomly initialised variables (for shapes and tests; real ones are converted)."""
-    import jax
-
     z = jnp.zeros((1, hw, hw, 3), jnp.float32)
     return LPIPS(net_type=net_type).init(jax.random.PRNGKey(seed), z, z)
