@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperstyle_jax.losses.alexnet import ALEXNET_CHANNELS, AlexNetFeatures
-from hyperstyle_jax.losses.batching import deinterleave, interleave
+from hyperstyle_jax.losses.similarity import deinterleave, interleave
 from hyperstyle_jax.losses.vgg import VGG16_CHANNELS, VGG16Features
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
