@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from hyperstyle_jax.models import e4e, hypernetwork, irse, stylegan2
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
-from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path, tree_mismatch
 
 KIND_STYLEGAN2 = "stylegan2"
 KIND_HYPERSTYLE = "hyperstyle"
@@ -35,37 +35,6 @@ KIND_BACKBONE_INIT = "hypernet_backbone_init"
 
 class CheckpointError(ValueError):
     """A converted checkpoint folder is missing or unreadable; the message names it."""
-
-
-def tree_paths(tree: Any) -> dict[str, tuple]:
-    """{'a/b/c': shape} for every leaf of a nested dict (arrays or ShapeDtypeStructs)."""
-    out = {}
-
-    def rec(node, path):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                rec(v, f"{path}/{k}" if path else str(k))
-        else:
-            out[path] = tuple(node.shape)
-
-    rec(tree, "")
-    return out
-
-
-def tree_mismatch(got: Any, expected: Any) -> str | None:
-    """None when both trees have the same paths and shapes; else every difference, named."""
-    g, e = tree_paths(got), tree_paths(expected)
-    missing = sorted(set(e) - set(g))
-    extra = sorted(set(g) - set(e))
-    bad = sorted(f"{p}: {g[p]} vs expected {e[p]}" for p in set(g) & set(e) if g[p] != e[p])
-    lines = []
-    if missing:
-        lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
-    if extra:
-        lines.append(f"unexpected ({len(extra)}): " + ", ".join(extra))
-    if bad:
-        lines.append(f"misshaped ({len(bad)}): " + "; ".join(bad))
-    return " | ".join(lines) or None
 
 
 def check_loaded(tree: Any, expected: Any, path: str, what: str) -> None:

@@ -9,13 +9,14 @@ import jax
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES
-from hyperstyle_jax.convert.common import ConversionError, SourceDict, tree_paths
+
+from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
+from hyperstyle_jax.convert.common import ConversionError, SourceDict
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.models.ops import make_kernel
-from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import tree_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = os.path.join(FIXTURES, "01_generator", "stylegan2_narrow64_rosinality.pt")

@@ -11,19 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES
+
 from hyperstyle_jax.checkpoints import load_generator
-from hyperstyle_jax.convert.common import ConversionError, tree_paths
+from hyperstyle_jax.convert.common import ConversionError
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.convert.restyle import convert_restyle_e4e, restyle_e4e_from_state_dict
 from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
-from hyperstyle_jax.editing import EditError
-from hyperstyle_jax.editing import domain
+from hyperstyle_jax.editing import EditError, domain
 from hyperstyle_jax.inference import load_inverter, load_restyle
 from hyperstyle_jax.models import e4e, stylegan2
 from hyperstyle_jax.models.irse import get_blocks
 from hyperstyle_jax.models.ops import make_kernel
+from hyperstyle_jax.utils.trees import tree_paths
 
 F13 = os.path.join(FIXTURES, "13_restyle_domain")
 F05 = os.path.join(FIXTURES, "05_e2e")

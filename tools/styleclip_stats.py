@@ -59,12 +59,12 @@ from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
-from hyperstyle_jax import parallel  # noqa: E402
+from hyperstyle_jax import parallel
 from hyperstyle_jax.checkpoints import (
     CheckpointError,
     load_converted,
@@ -73,10 +73,11 @@ from hyperstyle_jax.checkpoints import (
 )
 from hyperstyle_jax.clip import load_clip
 from hyperstyle_jax.clip.preprocess import preprocess_batch
-from hyperstyle_jax.editing import EditError, styleclip  # noqa: E402
-from hyperstyle_jax.models import stylespace  # noqa: E402
+from hyperstyle_jax.editing import EditError, styleclip
+from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.clip import CLIP
-from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+from hyperstyle_jax.utils.paths import atomic_write
 
 PARTIAL = "fs3_partial.npz"
 SETTINGS = "stats_settings.json"
@@ -256,9 +257,8 @@ def read_partial(path: str, settings_json: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def _save_partial(path: str, sums: np.ndarray, done: np.ndarray, settings_json: str) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, sums=sums, done=done, settings=np.asarray(settings_json))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, sums=sums, done=done, settings=np.asarray(settings_json))
 
 
 def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, means, stds,

@@ -16,8 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (re-exported)
-from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path, tree_mismatch
 
 
 class ConversionError(ValueError):
@@ -88,11 +87,6 @@ def to_numpy_state_dict(sd: Mapping[str, Any], origin: str) -> dict[str, np.ndar
 def conv_weight(w: np.ndarray) -> np.ndarray:
     """PyTorch conv weight [O, I, kh, kw] -> HWIO [kh, kw, I, O]."""
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
-
-
-def linear_weight(w: np.ndarray) -> np.ndarray:
-    """PyTorch linear weight [out, in] -> Dense kernel [in, out]."""
-    return np.ascontiguousarray(w.T)
 
 
 # ----------------------------------------------------------------------------- strict mapping

@@ -40,6 +40,8 @@ from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
 from hyperstyle_jax.data.sources import ArraySource
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+from hyperstyle_jax.utils import trees
+from hyperstyle_jax.utils.paths import atomic_write
 
 CACHE_VERSION = 1
 RANDOM_OUTPUT_STD = 0.5
@@ -256,43 +258,17 @@ def _render(data_config) -> dict:
 # -------------------------------------------------------------------------------- cache
 
 
-def _flatten(tree: dict, prefix: str) -> dict:
-    flat = {}
-    for k, v in tree.items():
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key))
-        else:
-            flat[key] = np.asarray(v)
-    return flat
-
-
-def _unflatten(flat: dict, prefix: str) -> dict:
-    tree: dict = {}
-    for key, v in flat.items():
-        if not key.startswith(prefix + "/"):
-            continue
-        parts = key[len(prefix) + 1:].split("/")
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return tree
-
-
 def _save(path: str, data: dict, fp: dict) -> None:
     g = data["generator"]
     flat = {"fingerprint": np.asarray(json.dumps(fp, sort_keys=True)),
             "generator_config": np.asarray(json.dumps(g.config.to_dict())),
             "generator_description": np.asarray(g.description),
             "latent_avg": g.latent_avg}
-    flat.update(_flatten(g.variables, "variables"))
+    flat.update(trees.flatten(g.variables, "variables"))
     for split in SPLITS:
-        flat.update(_flatten(data[split], split))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+        flat.update(trees.flatten(data[split], split))
+    with atomic_write(path) as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def _load(path: str, fp: dict) -> dict | None:
@@ -303,10 +279,10 @@ def _load(path: str, fp: dict) -> dict | None:
         return None  # unreadable cache: render again and overwrite it
     if str(flat.get("fingerprint")) != json.dumps(fp, sort_keys=True):
         return None
-    out = {split: _unflatten(flat, split) for split in SPLITS}
+    out = {split: trees.unflatten(flat, split) for split in SPLITS}
     out["generator"] = SyntheticGenerator(
         GeneratorConfig.from_dict(json.loads(str(flat["generator_config"]))),
-        _unflatten(flat, "variables"), flat["latent_avg"], str(flat["generator_description"]))
+        trees.unflatten(flat, "variables"), flat["latent_avg"], str(flat["generator_description"]))
     return out
 
 
