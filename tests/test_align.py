@@ -294,14 +294,10 @@ def test_bad_face_option(capsys):
 # ---------------------------------------------------------------- invert --align
 
 @needs_dlib
-def test_invert_align(tmp_path, fx, capsys, monkeypatch):
+def test_invert_align(tmp_path, fx, capsys, monkeypatch, e2e_checkpoints):
     from hyperstyle_jax import invert
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
-    e2e = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
-    hs, we = str(tmp_path / "hs"), str(tmp_path / "we")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), hs, log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), we, log=lambda *a: None)
+    hs, we = e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(FACE, src / "face.jpg")

@@ -89,15 +89,10 @@ def _photo(seed: int, size: int = 96) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
-
+def files(tmp_path_factory, e2e_checkpoints):
     d = tmp_path_factory.mktemp("app")
-    e2e = os.path.join(HERE, "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
+    os.symlink(e2e_checkpoints.hyperstyle(), d / "hs")
+    os.symlink(e2e_checkpoints.w_encoder(), d / "we")
     r = np.random.RandomState(0)
     os.makedirs(d / "dirs")
     for name in ("age", "smile"):  # (1, D) unit directions of the 64-wide codes

@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert import hyperstyle as conv
 from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.models import irse
 from hyperstyle_jax.models.layers import BatchNorm, PReLU
 from hyperstyle_jax.models.resnet import BasicBlock, HypernetBackbone, block_table
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "04_backbone")
 ATOL, RTOL = 5e-5, 1e-5
@@ -33,10 +33,6 @@ def _sd(name, key_prefix=""):
     path = os.path.join(D, f"{name}.pt")
     sd = to_numpy_state_dict(load_torch_file(path), path)
     return SourceDict({key_prefix + k: v for k, v in sd.items()}, path)
-
-
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
 
 
 def nchw(a):

@@ -19,8 +19,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from hyperstyle_jax.clip import (ClipEncoder, load_clip, preprocess_batch, preprocess_images,
-                                 styleclip_templates, tokenize)
+from hyperstyle_jax.clip import (
+    ClipEncoder,
+    load_clip,
+    preprocess_batch,
+    preprocess_images,
+    styleclip_templates,
+    tokenize,
+)
 from hyperstyle_jax.clip.tokenizer import VOCAB_FILE, get_tokenizer
 from hyperstyle_jax.convert import clip as cc
 from hyperstyle_jax.models.clip import CLIP, CLIPConfig
@@ -107,7 +113,7 @@ def test_tokenizer_matches_every_template_exactly(fx, fx_config):
         ids = tokenize([t.format(prompt) for t in templates])
         assert ids.dtype == np.int32 and ids.shape == (79, 77)
         np.testing.assert_array_equal(ids, fx["tokens_all_templates"][i])
-    assert tokenize("a face")[0, :5].tolist() == [49406, 320, 1710, 49407, 0]  # SPEC §13.5
+    assert tokenize("a face")[0, :5].tolist() == [49406, 320, 1710, 49407, 0]  # official simple_tokenizer
     # cleaning: html entities, whitespace runs, case; digits one per token
     assert tokenize("A  &amp;\tFACE 12")[0].tolist() == tokenize("a & face 1 2")[0].tolist()
     tok = get_tokenizer()

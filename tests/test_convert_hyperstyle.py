@@ -15,18 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES
 
-from hyperstyle_jax.convert import hyperstyle as H
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           load_torch_file, to_numpy_state_dict)
 from hyperstyle_jax import checkpoints
+from hyperstyle_jax.convert import hyperstyle as H
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    check_tree_matches,
+    load_torch_file,
+    to_numpy_state_dict,
+)
 from hyperstyle_jax.models import stylegan2
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, init_shapes
-from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.irse import Backbone, WEncoder, get_blocks
+from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.resnet import RESNET34_STAGES, HypernetBackbone, ResNet50Trunk
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-from tests.conftest import FIXTURES
 
 K = os.path.join(FIXTURES, "07_key_listings")
 E2E = os.path.join(FIXTURES, "05_e2e")

@@ -11,15 +11,19 @@ import jax
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES
 
+from hyperstyle_jax.checkpoints import load_converted
 from hyperstyle_jax.convert.common import ConversionError, load_torch_file, to_numpy_state_dict
-from hyperstyle_jax.convert.losses import (arcface_from_state_dict, lpips_expected,
-                                           lpips_from_state_dict, moco_from_state_dict)
+from hyperstyle_jax.convert.losses import (
+    arcface_from_state_dict,
+    lpips_expected,
+    lpips_from_state_dict,
+    moco_from_state_dict,
+)
 from hyperstyle_jax.losses import LossNets
 from hyperstyle_jax.losses.id_loss import arcface_config_from_variables, arcface_eval_shape
 from hyperstyle_jax.losses.moco import moco_eval_shape
-from hyperstyle_jax.checkpoints import load_converted
-from tests.conftest import FIXTURES
 
 LISTINGS = os.path.join(FIXTURES, "07_key_listings")
 METRICS = os.path.join(FIXTURES, "06_metrics")

@@ -5,11 +5,10 @@ import importlib.util
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
 from hyperstyle_jax.convert.common import ConversionError, SourceDict

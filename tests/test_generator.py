@@ -7,20 +7,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
-from conftest import FIXTURES
-from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict, unwrap_state_dict
+from hyperstyle_jax.convert.common import (
+    SourceDict,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
+)
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig, init_shapes
 
 GEN = os.path.join(FIXTURES, "01_generator")
-IMG_TOL = 1e-4     # issue 3: max |diff| <= 1e-4 on every case (README: atol 1e-4)
+IMG_TOL = 1e-4     # max |diff| <= 1e-4 on every case (README: atol 1e-4)
 LATENT_TOL = 1e-5  # README: latents and mapping
 TORGB = (1, 4, 7, 10, 13)
-
-
-def nhwc(a):
-    return np.transpose(np.asarray(a), (0, 2, 3, 1))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_bad_inputs_name_the_problem(gen_setup):
 @pytest.mark.parametrize("size,n_latent,n_convs,n_noise", [(1024, 18, 26, 17), (512, 16, 23, 15),
                                                            (256, 14, 20, 13), (8, 4, 5, 3)])
 def test_sizes_and_delta_shapes_match_params(size, n_latent, n_convs, n_noise):
-    """SPEC §2.3 counts; delta_shapes()[j] is the (out, in, k, k) of layer j's weight."""
+    """The official `Generator`'s layer counts per size; delta_shapes()[j] is the (out, in, k, k) of layer j's weight."""
     cfg = GeneratorConfig.official(size) if size >= 256 else GeneratorConfig(
         size=8, style_dim=16, n_mlp=2, channels=((4, 12), (8, 10)))
     assert (cfg.n_latent, cfg.n_convs, cfg.num_layers) == (n_latent, n_convs, n_noise)

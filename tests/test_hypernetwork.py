@@ -15,13 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.common import load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.convert.hyperstyle import hyperstyle_from_state_dict
-from hyperstyle_jax.models.hypernetwork import (DEFAULT_LAYERS_TO_TUNE, HyperNetConfig,
-                                                HyperNetwork, parse_layers_to_tune)
+from hyperstyle_jax.models.hypernetwork import (
+    DEFAULT_LAYERS_TO_TUNE,
+    HyperNetConfig,
+    HyperNetwork,
+    parse_layers_to_tune,
+)
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "05_e2e")
 
@@ -31,10 +35,6 @@ def _converted(variant):
     obj = load_torch_file(path)
     sd = to_numpy_state_dict(obj["state_dict"], path)
     return hyperstyle_from_state_dict(sd, {k: v for k, v in obj.items() if k != "state_dict"}, path)
-
-
-def nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 def _run(variant):
@@ -150,7 +150,8 @@ def test_config_roundtrip_and_checks():
 
 
 def test_full_size_parameter_count():
-    """The official count (SPEC §1.9): 332,664,896 at 1024 with the default layers."""
+    """The official count (measured on `SharedWeightsHyperNetResNet`): 332,664,896 at 1024
+    with the default layers."""
     from hyperstyle_jax.models.hypernetwork import init_shapes
     shapes = init_shapes(HyperNetConfig.for_generator(GeneratorConfig.official(1024)))
     assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"])) == 332_664_896

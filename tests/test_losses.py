@@ -11,22 +11,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.common import load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.convert.losses import lpips_from_state_dict
-from hyperstyle_jax.losses import (LossWeights, compute_losses, l2_loss, l2_per_image,
-                                   lpips_distance, lpips_loss, ms_ssim, ms_ssim_per_image)
+from hyperstyle_jax.losses import (
+    LossWeights,
+    compute_losses,
+    l2_loss,
+    l2_per_image,
+    lpips_distance,
+    lpips_loss,
+    ms_ssim,
+    ms_ssim_per_image,
+)
 from hyperstyle_jax.losses.lpips import LPIPS, init_lpips
 from hyperstyle_jax.losses.moco import nearest_indices, resize_nearest
 from hyperstyle_jax.losses.ms_ssim import ms_ssim_levels
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "06_metrics")
-
-
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
 
 
 @pytest.fixture(scope="module")

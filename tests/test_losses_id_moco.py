@@ -12,16 +12,15 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn as tnn
 import torch.nn.functional as F
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.losses import arcface_from_state_dict, moco_from_state_dict
 from hyperstyle_jax.losses import LossWeights, compute_losses
-from tests.conftest import FIXTURES
 
 LISTINGS = os.path.join(FIXTURES, "07_key_listings")
 
@@ -151,10 +150,6 @@ def numpy_sd(model):
 def listing_shapes(name, key):
     with open(os.path.join(LISTINGS, name)) as f:
         return {k: tuple(v["shape"]) for k, v in json.load(f)[key].items()}
-
-
-def nhwc(t):
-    return jnp.asarray(np.transpose(t.numpy(), (0, 2, 3, 1)))
 
 
 @pytest.fixture(scope="module")

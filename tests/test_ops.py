@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
-from conftest import FIXTURES
 from hyperstyle_jax.models import conv, ops
 
 ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
@@ -17,10 +17,6 @@ ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
 @pytest.fixture(scope="module")
 def npz():
     return dict(np.load(os.path.join(FIXTURES, "02_upfirdn2d", "upfirdn2d_cases.npz")))
-
-
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
 
 
 def nchw(a):

@@ -13,13 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, nhwc
 
-from conftest import FIXTURES
 from hyperstyle_jax import parallel
 from hyperstyle_jax.convert.common import SourceDict, to_numpy_state_dict, unwrap_state_dict
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
-from hyperstyle_jax.editing import EditError
-from hyperstyle_jax.editing import styleclip
+from hyperstyle_jax.editing import EditError, styleclip
 from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
@@ -36,10 +35,6 @@ def render(gen, variables, styles, deltas=None):
 @functools.partial(jax.jit, static_argnums=0)
 def render_w(gen, variables, w, deltas=None):
     return gen.apply(variables, w, input_space="w+", weights_deltas=deltas)[0]
-
-
-def nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 @pytest.fixture(scope="module")
@@ -353,14 +348,10 @@ def test_stats_refuses_other_settings(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cli_inputs(io, tmp_path_factory):
+def cli_inputs(io, tmp_path_factory, e2e_checkpoints):
     """05's HyperStyle checkpoint (its decoder is the narrow generator of fixture 10) and
     fixture 10's codes and deltas as an `invert --save_latents --save_deltas` folder."""
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle
-
     d = tmp_path_factory.mktemp("styleclip_cli")
-    convert_hyperstyle(os.path.join(FIXTURES, "05_e2e", "hyperstyle_e2e_default.pt"),
-                       str(d / "hs"), log=lambda *a: None)
     inv = d / "inv"
     os.makedirs(inv / "deltas")
     stems = ["img0", "img1"]
@@ -370,7 +361,7 @@ def cli_inputs(io, tmp_path_factory):
         np.savez(inv / "deltas" / f"{s}.npz", **{f"layer_{int(k[-2:])}": io[k][i] for k in io
                                                if k.startswith("weights_deltas_layer")})
     np.save(d / "delta_i.npy", io["delta_i"])
-    return str(d / "hs"), str(inv), str(d / "delta_i.npy"), stems
+    return e2e_checkpoints.hyperstyle(), str(inv), str(d / "delta_i.npy"), stems
 
 
 def _edit(capsys, *argv):
@@ -460,7 +451,8 @@ def test_stats_cli_with_clip_sharded_over_two_devices(tmp_path):
     import subprocess
 
     from hyperstyle_jax.checkpoints import KIND_STYLEGAN2, save_converted
-    from hyperstyle_jax.models.clip import CLIPConfig, random_init as clip_init
+    from hyperstyle_jax.models.clip import CLIPConfig
+    from hyperstyle_jax.models.clip import random_init as clip_init
     from hyperstyle_jax.models.stylegan2 import random_init
 
     tool = _stats_tool()

@@ -1,3 +1,5 @@
+from helpers import saved_train_state
+
 """Multi-device / multi-process training and exact resume, in subprocesses.
 
 * k steps on 1 process x 8 CPU devices == 2 processes x 4 devices over a loopback
@@ -21,8 +23,6 @@ import time
 
 import numpy as np
 import pytest
-
-from tests.conftest import saved_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

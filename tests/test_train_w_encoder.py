@@ -1,3 +1,5 @@
+from helpers import saved_train_state
+
 """W-encoder training (config.task='w_encoder') and the embedded pipeline (hyperstyle_jax.demo).
 
 * The W-mean term and the latent discriminator change the step's gradients exactly as
@@ -24,8 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from tests.conftest import saved_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
