@@ -169,7 +169,8 @@ def load_hypernet_backbone_init(path: str) -> tuple[dict, dict]:
     return load_converted(path, KIND_BACKBONE_INIT)
 
 
-def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "resnet34 init") -> dict:
+def merge_backbone_init(variables: Mapping, init_tree: Mapping,
+                        origin: str = "resnet34 init") -> dict:
     """Copy a `resnet34` folder's tree into fresh HyperNetwork variables, strictly.
 
     Every path of `init_tree` must exist in `variables` with the same shape (errors name

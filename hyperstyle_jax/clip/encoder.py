@@ -1,4 +1,5 @@
-"""Loading converted CLIP weights and the StyleCLIP text pipeline (SPEC §12.4, §13).
+"""Loading converted CLIP weights and the StyleCLIP text pipeline
+(official StyleCLIP `global_direction.py`, OpenAI `clip/clip.py`).
 
     config, variables = load_clip("ckpt/clip_vit_b32")
     clip = ClipEncoder(config, variables)
@@ -102,7 +103,8 @@ class ClipEncoder:
                         self.text_chunk)
 
     def encode_texts(self, prompts: Sequence[str]) -> np.ndarray:
-        """Prompts -> text embeddings [N, embed] (unnormalised), as `model.encode_text(tokenize(p))`."""
+        """Prompts -> text embeddings [N, embed] (unnormalised), as
+        `model.encode_text(tokenize(p))`."""
         return self.encode_ids(tokenize(list(prompts), self.config.context_length))
 
     def encode_images(self, images) -> np.ndarray:

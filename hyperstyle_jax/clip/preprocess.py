@@ -1,4 +1,4 @@
-"""CLIP's image preprocessing (`clip._transform`, SPEC §13.4), NHWC.
+"""CLIP's image preprocessing (official `clip/clip.py` `_transform`), NHWC.
 
 * `preprocess_image(img)`: PIL exactly as the official: resize the shorter side to 224 with
   PIL BICUBIC (torchvision's size rule: the long side becomes int(224 * long / short)),

@@ -36,5 +36,5 @@ def save_tensor_dict(path: str, arrays: Mapping[str, np.ndarray]) -> None:
         import torch  # noqa: PLC0415  optional extra (convert)
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(f"{path}: writing .pt needs torch; write .npz instead") from e
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()},
-               path)
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32))
+                for k, v in arrays.items()}, path)

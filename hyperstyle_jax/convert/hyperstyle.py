@@ -228,8 +228,8 @@ def hypernet_config_from_state_dict(src: SourceDict, opts: Mapping, generator_co
     what = "hypernetwork architecture"
     encoder_type = opts.get("encoder_type")
     if encoder_type not in ENCODER_TYPES:
-        raise ConversionError(f"{src.origin}: opts['encoder_type'] = {encoder_type!r} is not one of "
-                              f"{ENCODER_TYPES}")
+        raise ConversionError(f"{src.origin}: opts['encoder_type'] = {encoder_type!r} is not "
+                              f"one of {ENCODER_TYPES}")
     layers_to_tune = opts.get("layers_to_tune", DEFAULT_LAYERS_TO_TUNE)
     o, input_nc = _shape(src, "conv1.weight", 4, what)[:2]
     kw: dict[str, Any] = dict(encoder_type=encoder_type, layers_to_tune=layers_to_tune,
@@ -341,7 +341,8 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
         raise ConversionError(f"{origin}: opts['n_hypernet_outputs'] = {n_out} but a "
                               f"{gen_config.size}px generator has {gen_config.n_convs} convs")
 
-    hsrc = SourceDict({k: v for k, v in sd.items() if k.startswith("hypernet.")}, origin, "hypernet.")
+    hsrc = SourceDict({k: v for k, v in sd.items() if k.startswith("hypernet.")}, origin,
+                      "hypernet.")
     if not hsrc.sd:
         raise ConversionError(f"{origin}: no hypernet.* keys: not a HyperStyle checkpoint")
     h_config = hypernet_config_from_state_dict(hsrc, opts, gen_config)
@@ -385,7 +386,8 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
     Returns (config, {'params', 'batch_stats'}) with paths conv1, bn1, body_N.
     """
     if extra_channels not in EXTRA_CHANNEL_MODES:
-        raise ConversionError(f"extra_channels must be one of {EXTRA_CHANNEL_MODES}, got {extra_channels!r}")
+        raise ConversionError(f"extra_channels must be one of {EXTRA_CHANNEL_MODES}, "
+                              f"got {extra_channels!r}")
     if input_nc < 3 or input_nc % 3:
         raise ConversionError(f"input_nc must be a multiple of 3 (RGB images), got {input_nc}")
     renamed = {}
@@ -443,7 +445,8 @@ def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
     log(f"{src_path} -> {out_dir}: HyperStyle {config['generator']['size']}px, "
         f"{h['encoder_type']}, tuned layers {h['layers_to_tune'] or 'all'}; hypernet "
         f"{_n_params(tree['hypernet']['params']):,} parameters (shared hypernet stored once), "
-        f"decoder {_n_params(tree['generator']['params']):,}, latent_avg {tree['latent_avg'].shape}")
+        f"decoder {_n_params(tree['generator']['params']):,}, "
+        f"latent_avg {tree['latent_avg'].shape}")
     return config
 
 

@@ -115,7 +115,8 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
     if fmt is None:
         raise ConversionError(
             f"{lin_origin}: no LPIPS linear-layer weights found: expected keys like "
-            f"{', '.join(repr(f.format(i=0)) for f in LIN_KEY_FORMATS)}; found {sorted(lin_sd)[:12]}")
+            f"{', '.join(repr(f.format(i=0)) for f in LIN_KEY_FORMATS)}; "
+            f"found {sorted(lin_sd)[:12]}")
     lin_src = SourceDict(lin_sd, lin_origin)
     out = {"net": trunk}
     for i, ch in enumerate(NET_CHANNELS[net_type]):
@@ -211,9 +212,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "lpips", help="LPIPS trunk (torchvision AlexNet/VGG-16) + linear layers",
         description="Convert LPIPS v0.1 weights: the torchvision AlexNet (or VGG-16) feature "
-                    "weights plus the linear-layer file (lpips package keys 'lin{i}.model.1.weight', "
-                    "or the official port's '{i}.1.weight' / 'lin.{i}.1.weight'). The two may be "
-                    "one file (a full LPIPS module state dict).")
+                    "weights plus the linear-layer file (lpips package keys "
+                    "'lin{i}.model.1.weight', or the official port's '{i}.1.weight' / "
+                    "'lin.{i}.1.weight'). The two may be one file (a full LPIPS module state "
+                    "dict).")
     p.add_argument("features", help="torchvision alexnet/vgg16 .pth (features.N.*), or an LPIPS "
                                     "module state dict (net.layers.N.*)")
     p.add_argument("lin", help="linear-layer weights, e.g. lpips/weights/v0.1/alex.pth from the "

@@ -3,8 +3,9 @@
   python tools/convert_weights.py restyle_e4e restyle_e4e_ffhq_encode.pt ckpt/restyle_e4e_ffhq
 
 Input: the official ReStyle format `{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg',
-'opts', …}` (SPEC §11.1). Only `ProgressiveBackboneEncoder` (IR-SE, the released FFHQ
-model) is supported; the ResNet-34 variant is refused by name.
+'opts', …}` (official `utils/model_utils.py` `load_model`). Only
+`ProgressiveBackboneEncoder` (IR-SE, the released FFHQ model) is supported; the ResNet-34
+variant is refused by name.
 
 Kept:
 * `encoder.*` -> the `models.e4e.ProgressiveBackboneEncoder` variables. The unit table,

@@ -53,14 +53,16 @@ def _infer_config(src: SourceDict):
     c4 = shape("input.input", 4)[1]
     channels = [(4, c4)]
     n_blocks = 0
-    while src.has(f"convs.{2 * n_blocks}.conv.weight") or src.has(f"to_rgbs.{n_blocks}.conv.weight"):
+    while (src.has(f"convs.{2 * n_blocks}.conv.weight")
+           or src.has(f"to_rgbs.{n_blocks}.conv.weight")):
         channels.append((2 ** (n_blocks + 3), shape(f"convs.{2 * n_blocks}.conv.weight", 5)[1]))
         n_blocks += 1
     if n_blocks == 0:
         raise ConversionError(f"{src.origin}: no '{p}convs.0.conv.weight': not a StyleGAN2 "
                               "generator of size >= 8")
     if n_mlp == 0:
-        raise ConversionError(f"{src.origin}: no '{p}style.1.weight': the mapping network is missing")
+        raise ConversionError(f"{src.origin}: no '{p}style.1.weight': the mapping network is "
+                              "missing")
     try:
         return GeneratorConfig(size=2 ** (n_blocks + 2), style_dim=style_dim, n_mlp=n_mlp,
                                channels=tuple(channels))

@@ -2,7 +2,8 @@
 
     python -m hyperstyle_jax.data.build --dataset ffhq --source /data/ffhq/images1024x1024 \\
         --data_dir /data/tfds
-    python -m hyperstyle_jax.data.build --dataset celeba_hq --source /data/CelebAMask-HQ/CelebA-HQ-img \\
+    python -m hyperstyle_jax.data.build --dataset celeba_hq \\
+        --source /data/CelebAMask-HQ/CelebA-HQ-img \\
         --file_list /data/celeba_hq_test_files.txt --data_dir /data/tfds
     python -m hyperstyle_jax.data.build --dataset image_folder --source /data/my_photos \\
         --split_by ratio --test_fraction 0.05 --data_dir /data/tfds

@@ -1,26 +1,11 @@
 """Synthetic data: images rendered by a StyleGAN2 generator, with their true latents.
 
-For the tiny CPU config and for tests. The generator is either a converted checkpoint
-(`data.generator_dir`) or a seeded random one (`data.generator`, a GeneratorConfig dict).
-Each image i of a split gets
-    z_i ~ N(0, I), w_i = mapping(z_i), w_i <- w_avg + truncation * (w_i - w_avg)
-    optional offsets Δ_ij ~ N(0, perturb_std²) per ('out', 'in') pair or per 'in' channel
-        of each perturbed (by default every non-toRGB) conv j, constant over k x k
-        (a per-'out' factor alone would be divided out by the demodulation)
-    image_i = face_pool(G(w_i, weights_deltas=Δ_i, noise = the fixed buffers))
-so an exact reconstruction exists, reachable from the true W only through weight offsets
-θ·(1+Δ). z and Δ come from one NumPy stream per image (`draw`), so the data does not
-depend on the render batch size; the random generator's variables are those of
-`models.stylegan2.random_init(config, seed)` (compiled once here and reused).
-
-A random generator's toRGB weights and biases are scaled by one factor so that the
-unperturbed training images have pixel std `RANDOM_OUTPUT_STD` (a random init gives
-std ~1.7); images are linear in those parameters, so this is exact and the returned
-generator is the one that rendered the data. Images are not clipped.
-
-Rendering happens once per config: split arrays are memoised in the process and cached
-in `<data_dir>/synthetic/<fingerprint>.npz` (with the generator) when `data_dir` is set.
-The trainer must build its model on `synthetic_generator(data_config)`.
+For the tiny CPU config and for tests. `synthetic_data(data_config)` renders (once per
+config; memoised, and cached under `<data_dir>/synthetic/` when `data_dir` is set) the
+train and eval arrays so that an exact reconstruction exists, reachable from the true W
+only through weight offsets. The trainer must build its model on
+`synthetic_generator(data_config)`. How the images are drawn: docs/notes.md, "Synthetic
+data".
 """
 from __future__ import annotations
 
@@ -155,7 +140,7 @@ def _fingerprint(data_config) -> tuple[str, dict]:
 def _pool(images, size: int, hw: tuple[int, int]):
     """The model's own resize of generator outputs: the cars crop, then face_pool."""
     h, w = hw
-    if h * 4 == w * 3 and h != w:  # cars: 512x512 output, content rows [64:448] (SPEC 2.4)
+    if h * 4 == w * 3 and h != w:  # cars: 512x512, content rows [64:448] (official hyperstyle.py)
         images = images[:, size // 8: size - size // 8]
     elif h != w:
         raise ValueError(f"data.image_hw={tuple(hw)}: synthetic images are square, or 3:4 "

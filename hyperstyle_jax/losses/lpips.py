@@ -42,7 +42,8 @@ class LPIPS(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         if self.net_type not in NET_CHANNELS:
-            raise ValueError(f"LPIPS net_type {self.net_type!r}: expected one of {sorted(NET_CHANNELS)}")
+            raise ValueError(f"LPIPS net_type {self.net_type!r}: expected one of "
+                             f"{sorted(NET_CHANNELS)}")
         trunk = (AlexNetFeatures if self.net_type == "alex" else VGG16Features)(
             precision=self.precision, name="net")
         shift = jnp.asarray(LPIPS_SHIFT, jnp.float32)

@@ -1,9 +1,10 @@
 """ID / MoCo similarity terms, and running a frozen network once on several batches.
 
 `similarity_terms` is the official ID/MoCo loss bookkeeping shared by `id_loss` and `moco`;
-`interleave`/`deinterleave` (also used by `lpips`) batch the network calls. The losses embed y_hat and y (and x) with one network call. Stacking them on a new axis 1
-and merging it into the batch axis interleaves the rows (y_hat_0, y_0, y_hat_1, y_1, ...),
-so the rows of a batch shard stay on their device under a batch-sharded `jit`; a plain
+`interleave`/`deinterleave` (also used by `lpips`) batch the network calls: the losses
+embed y_hat and y (and x) with one network call. Stacking them on a new axis 1 and
+merging it into the batch axis interleaves the rows (y_hat_0, y_0, y_hat_1, y_1, ...), so
+the rows of a batch shard stay on their device under a batch-sharded `jit`; a plain
 `concatenate` would move half of every shard to another device.
 """
 from __future__ import annotations
