@@ -2,7 +2,8 @@
 
 Read with `ast` (nothing is imported): every `from hyperstyle_jax... import` and
 `import hyperstyle_jax...` statement at module level is an edge; those inside functions
-are listed too but do not count, as they run only when called.
+are listed too but do not count, as they run only when called. A package's own
+`__init__`, run first when one of its modules is imported, is not an edge.
 """
 from __future__ import annotations
 

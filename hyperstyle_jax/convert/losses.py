@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax.checkpoints import save_converted
-from hyperstyle_jax.convert import hyperstyle as hs
+from hyperstyle_jax.convert import hyperstyle
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -142,9 +142,9 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
 def arcface_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "arcface"
                             ) -> tuple[dict, dict]:
     """Official `Backbone` state dict -> (variables, config)."""
-    config = hs.arcface_config_from_keys(sd, origin)
+    config = hyperstyle.arcface_config_from_keys(sd, origin)
     src = SourceDict(sd, origin)
-    variables = hs.arcface_from_state_dict(src, config)
+    variables = hyperstyle.arcface_from_state_dict(src, config)
     _skip_num_batches_tracked(src)
     src.finish(f"{config['mode']}-{config['num_layers']} backbone")
     check_tree_matches(variables, arcface_eval_shape(config), origin)
@@ -164,7 +164,7 @@ def moco_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "moco") -> 
             f"{origin}: no ResNet-50 query encoder found: expected 'module.encoder_q.conv1.weight' "
             f"(MoCo v2 checkpoint) or 'conv1.weight' (torchvision); found {sorted(sd)[:12]}")
     src = SourceDict(sd, origin, prefix)
-    variables = hs.resnet50_trunk_from_state_dict(src)
+    variables = hyperstyle.resnet50_trunk_from_state_dict(src)
     _skip_num_batches_tracked(src)
     src.skip("fc.")  # the MoCo projection head (fc.0, fc.2) or torchvision's classifier
     if prefix:  # the momentum encoder and the queue: training state, unused by the loss
