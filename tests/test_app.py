@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import ROOT, free_port, quiet
 from PIL import Image
 
 from hyperstyle_jax.app.engine import EditSpec, UploadError
@@ -32,7 +32,6 @@ from hyperstyle_jax.editing import EditError
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
 F10 = os.path.join(HERE, "10_styleclip")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -119,9 +118,9 @@ def files(tmp_path_factory, e2e_checkpoints):
 
     f13 = os.path.join(HERE, "13_restyle_domain")
     convert_restyle_e4e(os.path.join(f13, "restyle_e4e_narrow.pt"), str(d / "restyle"),
-                        log=lambda *a: None)
+                        log=quiet)
     convert_stylegan2(os.path.join(f13, "stylegan2_narrow128_finetuned.pt"), str(d / "toon"),
-                      log=lambda *a: None)
+                      log=quiet)
     os.makedirs(d / "examples")
     Image.fromarray(_photo(9)).save(d / "examples" / "colours.png")
     photos = {}
@@ -135,12 +134,6 @@ def files(tmp_path_factory, e2e_checkpoints):
     return d, photos
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.read()
@@ -149,7 +142,7 @@ def _get(url: str, timeout: float = 5.0):
 @pytest.fixture(scope="module")
 def server(files):
     d, _ = files
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "hyperstyle_jax.app", "--checkpoint", str(d / "hs"),
            "--w_encoder", str(d / "we"), "--directions", str(d / "dirs"), "--pca",
            str(d / "pca.npz"), "--examples", str(d / "examples"), "--n_iters", str(N_ITERS),

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FIXTURES, nhwc
+from helpers import FIXTURES, nchw, nhwc
 
 from hyperstyle_jax.convert import hyperstyle as conv
 from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
@@ -33,10 +33,6 @@ def _sd(name, key_prefix=""):
     path = os.path.join(D, f"{name}.pt")
     sd = to_numpy_state_dict(load_torch_file(path), path)
     return SourceDict({key_prefix + k: v for k, v in sd.items()}, path)
-
-
-def nchw(a):
-    return np.transpose(np.asarray(a), (0, 3, 1, 2))
 
 
 def _close(got, want, atol=ATOL, rtol=RTOL):

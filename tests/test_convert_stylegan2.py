@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES
+from helpers import FIXTURES, ROOT
 
 from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
 from hyperstyle_jax.convert.common import ConversionError, SourceDict
@@ -17,7 +17,6 @@ from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
 from hyperstyle_jax.utils.trees import tree_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = os.path.join(FIXTURES, "01_generator", "stylegan2_narrow64_rosinality.pt")
 
 

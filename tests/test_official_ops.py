@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hyperstyle_jax.models import ops  # noqa: E402
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from hyperstyle_jax.models import ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")

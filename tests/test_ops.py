@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FIXTURES, nhwc
+from helpers import FIXTURES, nchw, nhwc
 
 from hyperstyle_jax.models import conv, ops
 
@@ -17,10 +17,6 @@ ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
 @pytest.fixture(scope="module")
 def npz():
     return dict(np.load(os.path.join(FIXTURES, "02_upfirdn2d", "upfirdn2d_cases.npz")))
-
-
-def nchw(a):
-    return np.transpose(np.asarray(a), (0, 3, 1, 2))
 
 
 def ref_upfirdn2d(x, k, up, down, px0, px1, py0, py1):

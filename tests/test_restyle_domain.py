@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, nhwc
+from helpers import FIXTURES, nhwc, quiet
 
 from hyperstyle_jax.checkpoints import load_generator
 from hyperstyle_jax.convert.common import ConversionError
@@ -26,7 +26,7 @@ from hyperstyle_jax.utils.trees import tree_paths
 
 F13 = os.path.join(FIXTURES, "13_restyle_domain")
 F05 = os.path.join(FIXTURES, "05_e2e")
-QUIET = dict(log=lambda *a: None)
+QUIET = dict(log=quiet)
 
 
 @pytest.fixture(scope="module")

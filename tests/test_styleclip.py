@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, nhwc
+from helpers import FIXTURES, ROOT, nhwc
 
 from hyperstyle_jax import parallel
 from hyperstyle_jax.convert.common import SourceDict, to_numpy_state_dict, unwrap_state_dict
@@ -23,7 +23,6 @@ from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
 F10 = os.path.join(FIXTURES, "10_styleclip")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL_IMG, TOL_S, TOL_DS = 2e-4, 1e-5, 1e-6  # fixtures README §10
 
 

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import ROOT
 
 from hyperstyle_jax.losses import LossWeights, compute_losses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS = 2
 
 

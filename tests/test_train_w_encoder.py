@@ -1,5 +1,3 @@
-from helpers import saved_train_state
-
 """W-encoder training (config.task='w_encoder') and the embedded pipeline (hyperstyle_jax.demo).
 
 * The W-mean term and the latent discriminator change the step's gradients exactly as
@@ -26,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, saved_train_state
 
 
 def _capture_sgd():
