@@ -324,11 +324,11 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
 
     # the page's inversion is the CLI's: same codes and offsets as Inverter.batched_inverter
     from hyperstyle_jax.inference import load_inverter
-    from hyperstyle_jax.utils import images as imio
+    from hyperstyle_jax.utils import images
 
     inv = load_inverter(str(d / "hs"), str(d / "we"))
-    x = imio.resize(imio.read_image(str(photos["photo0.png"])), inv.input_hw)
-    ref = inv.batched_inverter(1, N_ITERS)(imio.to_float(x[None]))
+    x = images.resize(images.read_image(str(photos["photo0.png"])), inv.input_hw)
+    ref = inv.batched_inverter(1, N_ITERS)(images.to_float(x[None]))
     np.testing.assert_allclose(lat["photo0"], ref["codes"][0], atol=1e-5)
     for j, r in enumerate(ref["deltas"]):
         if r is not None:

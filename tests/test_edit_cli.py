@@ -210,13 +210,13 @@ def test_inversion_input_panel_from_invert_inputs(ref, inversion, tmp_path):
     import shutil
 
     from hyperstyle_jax.editing.cli import read_inversion
-    from hyperstyle_jax.utils import images as imio
+    from hyperstyle_jax.utils import images
 
     d = tmp_path / "inv"
     shutil.copytree(inversion, d)
     shutil.rmtree(d / "inputs", ignore_errors=True)
     x = np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8)
-    imio.save_image(str(d / "inputs" / "img0.png"), x)
+    images.save_image(str(d / "inputs" / "img0.png"), x)
     tuned = {int(k[-2:]): ref[k].shape[1:] for k in ref if k.startswith("deltas_layer")}
     shapes = [tuned.get(j) for j in range(17)]
     items = read_inversion(str(d), shapes, 12, 64)
