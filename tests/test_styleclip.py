@@ -66,7 +66,9 @@ def fixture_deltas(io, config):
 
 
 def test_layout_matches_official_constants(io):
-    narrow = GeneratorConfig(128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24)))
+    narrow = GeneratorConfig(
+        128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24))
+    )
     lay = stylespace.layout(narrow)
     assert list(lay.dims) == list(io["stylespace_dims"])
     assert list(lay.is_torgb) == list(io["is_torgb"])
@@ -304,7 +306,9 @@ def test_stats_structure_sign_and_resume(tmp_path):
     up, down = fs3[off[6] + C_UP], fs3[off[6] + C_DOWN]
     assert up[1] > 0.5 and np.argmax(np.abs(up)) == 1, up
     assert down[1] < -0.5 and np.argmax(np.abs(down)) == 1, down
-    dead = [off[5] + c for c in range(8)] + [off[6] + c for c in range(8) if c not in (C_UP, C_DOWN)]
+    dead = [off[5] + c for c in range(8)] + [
+        off[6] + c for c in range(8) if c not in (C_UP, C_DOWN)
+    ]
     np.testing.assert_array_equal(fs3[dead], 0)   # no effect: zero rows
     live = [r for r in range(40) if r not in dead]
     np.testing.assert_allclose(np.linalg.norm(fs3[live], axis=1), 1, atol=1e-5)
@@ -416,7 +420,9 @@ def test_edit_cli_with_clip_and_errors(io, cli_inputs, tmp_path, capsys):
     d_i = ClipEncoder(*load_clip(clip_dir)).delta_i("a smiling face", "a face")
     fs3 = styleclip.load_fs3(os.path.join(F10, "fs3_narrow.npy"))
     _, stds = styleclip.load_s_mean_std(os.path.join(F10, "S_mean_std_narrow"))
-    config = GeneratorConfig(128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24)))
+    config = GeneratorConfig(
+        128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24))
+    )
     lay = stylespace.layout(config)
     direction = styleclip.get_delta_s(fs3, d_i, stds, 0.05, lay)
     assert sum(int(np.count_nonzero(d)) for d in direction) > 0
@@ -501,6 +507,14 @@ def test_stats_files_have_the_official_structure(narrow, tmp_path):
         assert type(x) is type(y) is list
         assert [(v.shape, v.dtype) for v in x] == [(v.shape, v.dtype) for v in y]
     lay = stylespace.layout(config)
-    assert len(tool.fs3_flat_indices(lay, "all")) == np.load(os.path.join(F10, "fs3_narrow.npy")).shape[0]
-    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "all")) == 6048
-    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "edited")) == 5376
+    assert (
+        len(tool.fs3_flat_indices(lay, "all"))
+        == np.load(os.path.join(F10, "fs3_narrow.npy")).shape[0]
+    )
+    assert (
+        len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "all")) == 6048
+    )
+    assert (
+        len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "edited"))
+        == 5376
+    )
