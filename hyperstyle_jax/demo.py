@@ -25,6 +25,14 @@ import sys
 import time
 
 import numpy as np
+from absl import logging
+
+from hyperstyle_jax import edit, inversion_files, invert
+from hyperstyle_jax.checkpoints import load_hyperstyle
+from hyperstyle_jax.data.synthetic import synthetic_data
+from hyperstyle_jax.editing import ganspace_pca
+from hyperstyle_jax.train import train_and_evaluate
+from hyperstyle_jax.utils import cli, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -71,8 +79,6 @@ def run(workdir: str, quick: bool = False, progress: bool = True) -> dict:
     """Every stage; returns {'w_encoder': eval, 'hyperstyle': eval, 'invert_l2': [per
     iteration], 'timings': {stage: s}, 'paths': {...}}. `quick`: 10x fewer steps and
     fewer compiles (a smoke run, used by the tests)."""
-    from hyperstyle_jax.train import train_and_evaluate
-
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     timings, t_all = {}, time.perf_counter()
@@ -112,16 +118,12 @@ def run(workdir: str, quick: bool = False, progress: bool = True) -> dict:
 
     # ------------------------------------------------------------ 3. invert held-out images
     t0 = _stage("3/5 invert held-out images with the exports")
-    from hyperstyle_jax import invert
-    from hyperstyle_jax.data.synthetic import synthetic_data
-    from hyperstyle_jax.utils import images as imio
-
     heldout = os.path.join(workdir, "heldout")
     os.makedirs(heldout, exist_ok=True)
     x = synthetic_data(c2.data)["eval"]["image"][:N_HELDOUT]
     stems = [f"heldout_{i:03d}" for i in range(len(x))]
     for stem, img in zip(stems, x):
-        imio.save_image(os.path.join(heldout, f"{stem}.png"), img)
+        images.save_image(os.path.join(heldout, f"{stem}.png"), img)
     inv = os.path.join(workdir, "inversions")
     shutil.rmtree(inv, ignore_errors=True)
     _cli(invert, ["--checkpoint", f"{export}/hyperstyle", "--w_encoder", f"{export}/w_encoder",
@@ -129,30 +131,24 @@ def run(workdir: str, quick: bool = False, progress: bool = True) -> dict:
                   "--batch_size", str(N_HELDOUT), "--save_latents", "--save_deltas",
                   "--save_npy"])
     # L2 of what the CLI wrote against the PNGs it read (8-bit, clipped: not the float data)
-    target = [imio.to_float(imio.read_image(os.path.join(heldout, f"{s}.png"))) for s in stems]
+    target = [images.to_float(images.read_image(os.path.join(heldout, f"{s}.png"))) for s in stems]
     invert_l2 = []
     for t in range(N_ITERS + 1):
         key = "init" if t == 0 else f"iter_{t}"
         errs = []
         for s, y in zip(stems, target):
-            with np.load(os.path.join(inv, "arrays", f"{s}.npz")) as f:
-                errs.append(float(np.mean((f[key] - y) ** 2)))
+            errs.append(float(np.mean((inversion_files.read_arrays(inv, s)[key] - y) ** 2)))
         invert_l2.append(float(np.mean(errs)))
     _done(t0, timings, "invert")
 
     # ------------------------------------------------------------ 4. edit
     t0 = _stage("4/5 edit: interpolation and a GANSpace component of the tiny generator")
-    from hyperstyle_jax import edit
-    from hyperstyle_jax.editing import ganspace_pca
-
     pca = os.path.join(workdir, "ganspace_pca.npz")
     _cli(ganspace_pca, ["--generator", f"{export}/hyperstyle", "--out", pca,
                         "--n_samples", "20000" if quick else "100000",
                         "--n_components", "8", "--batch_size", "10000"])
     edits = os.path.join(workdir, "edits")
     shutil.rmtree(edits, ignore_errors=True)
-    from hyperstyle_jax.checkpoints import load_hyperstyle
-
     n_styles = load_hyperstyle(f"{export}/hyperstyle")[0]["generator"].n_latent
     common = ["--checkpoint", f"{export}/hyperstyle", "--inversion", inv,
               "--batch_size", str(N_HELDOUT)]
@@ -181,7 +177,7 @@ def run(workdir: str, quick: bool = False, progress: bool = True) -> dict:
     print(f"=== the invert CLI on {len(stems)} held-out PNGs (8-bit): "
           + ", ".join(f"iter {t} {v:.5f}" for t, v in enumerate(invert_l2)))
     print(f"\nexports: {export}/w_encoder, {export}/hyperstyle\n"
-          f"inversions: {inv} (grids/, iterations/<k>/, latents.npy, deltas/)\n"
+          f"inversions: {inv} (grids/, iterations/<k>/, latents.npz, deltas/)\n"
           f"edits: {edits}/interpolate/grids, {edits}/ganspace/grids\n"
           f"summary: {summary}\n"
           "times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), flush=True)
@@ -194,45 +190,43 @@ def run(workdir: str, quick: bool = False, progress: bool = True) -> dict:
 def _summary_grid(path, heldout, inv, edits, stems, n_styles, cell=96):
     """Rows: held-out images; columns: input | W-encoder | iterations | GANSpace edits;
     last row: the interpolation between the first two."""
-    from hyperstyle_jax.utils import images as imio
-
     def read(*p):
         f = os.path.join(*p)
-        return imio.read_image(f) if os.path.isfile(f) else None
+        return images.read_image(f) if os.path.isfile(f) else None
 
     keys = [k for k in sorted(os.listdir(os.path.join(edits, "ganspace", "edits")))]
     rows, labels = [], []
     for s in stems:
-        its = [read(inv, "iterations", str(t), f"{s}.png") for t in range(N_ITERS + 1)]
+        its = [read(inversion_files.iteration_path(inv, t, s)) for t in range(N_ITERS + 1)]
         rows.append([read(heldout, f"{s}.png")] + its
                     + [read(edits, "ganspace", "edits", k, f"{s}.png") for k in keys])
         labels.append(["input", "W-encoder"] + [f"iter {t}" for t in range(1, N_ITERS + 1)]
                       + [f"PC{PC} {k.rsplit('_', 1)[-1]}" for k in keys])
     pair = f"{stems[0]}__{stems[1]}"
     alphas = sorted(os.listdir(os.path.join(edits, "interpolate", "edits")))
-    rows.append([read(heldout, f"{stems[0]}.png"), read(inv, "final", f"{stems[0]}.png")]
+    final = [read(inversion_files.final_path(inv, s)) for s in stems[:2]]
+    rows.append([read(heldout, f"{stems[0]}.png"), final[0]]
                 + [read(edits, "interpolate", "edits", a, f"{pair}.png") for a in alphas]
-                + [read(inv, "final", f"{stems[1]}.png"), read(heldout, f"{stems[1]}.png")])
+                + [final[1], read(heldout, f"{stems[1]}.png")])
     labels.append(["input A", "A"] + [a.replace("_", " ") for a in alphas] + ["B", "input B"])
-    imio.save_image(path, imio.make_grid(rows, cell_hw=(cell, cell), labels=labels))
+    images.save_image(path, images.make_grid(rows, cell_hw=(cell, cell), labels=labels))
 
 
 def main(argv=None) -> int:
+    """The CLI's entry point: a failure is one `error:` line (exit status 1)."""
+    return cli.run(_main, argv, user_error_code=1)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--workdir", default="workdirs/demo",
                    help="output folder (default: workdirs/demo); a second run resumes")
     p.add_argument("--quick", action="store_true", help="10x fewer training steps (a smoke run)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        run(args.workdir, quick=args.quick, progress=not args.no_progress)
-    except (RuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run(args.workdir, quick=args.quick, progress=not args.no_progress)
     return 0
 
 

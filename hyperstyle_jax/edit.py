@@ -14,8 +14,9 @@ Input: --images (inverted first with --checkpoint --w_encoder --n_iters --batch_
 grids/<stem>.png, with --save_npy arrays/<stem>.npz (float32 un-clipped [H, W, 3] per key
 and 'reconstruction'). `python -m hyperstyle_jax.edit <subcommand> --help` for each one.
 
-Subcommands are plugins: each module in SUBCOMMANDS defines `register(subparsers)` and
-`run(args, ctx)`; the contract and the shared parts are in `hyperstyle_jax.editing.cli`.
+Subcommands are plugins: each module in SUBCOMMANDS (`editing/cli_<edit>.py`, beside the
+edit's math module `editing/<edit>.py`) defines `register(subparsers)` and `run(args, ctx)`;
+the contract and the shared parts are in `hyperstyle_jax.editing.cli`.
 """
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ import importlib
 import re
 import sys
 
+from hyperstyle_jax.editing.cli import run_subcommand
+from hyperstyle_jax.utils import cli
+
 SUBCOMMANDS = (
-    "hyperstyle_jax.editing.interfacegan",  # interfacegan
-    "hyperstyle_jax.editing.ganspace",      # ganspace
-    "hyperstyle_jax.editing.interpolate",   # interpolate
-    "hyperstyle_jax.editing.cli_domain",    # domain (issue 14)
-    "hyperstyle_jax.editing.cli_styleclip",  # styleclip (issue 13)
+    "hyperstyle_jax.editing.cli_interfacegan",  # interfacegan
+    "hyperstyle_jax.editing.cli_ganspace",      # ganspace
+    "hyperstyle_jax.editing.cli_interpolate",   # interpolate
+    "hyperstyle_jax.editing.cli_domain",        # domain
+    "hyperstyle_jax.editing.cli_styleclip",     # styleclip
 )
 
 _NEGATIVE_VALUE = re.compile(r"^-[\d.]")
@@ -53,7 +57,7 @@ def _join_negative_values(argv: list) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.edit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
@@ -61,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(_join_negative_values(argv))
-    from hyperstyle_jax.editing.cli import run_subcommand
+    """The command line; an editing error is one line on stderr and exit status 1."""
+    return cli.run(_main, argv, user_error_code=1)
 
-    return run_subcommand(args)
+
+def _main(argv) -> int:
+    return run_subcommand(build_parser().parse_args(_join_negative_values(list(argv))))
 
 
 if __name__ == "__main__":

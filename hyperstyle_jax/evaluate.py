@@ -1,4 +1,5 @@
-"""Score reconstructions against ground truth with the paper's metrics (SPEC §8).
+"""Score reconstructions against ground truth with the paper's metrics (official
+`scripts/calc_losses_on_images.py`).
 
     python -m hyperstyle_jax.evaluate --pred out/ --gt data/celeba_test/ \\
         --metrics l2,lpips,msssim --lpips_weights ckpt/lpips_alex [--id_weights ckpt/curricularface]
@@ -47,10 +48,14 @@ import os
 import sys
 from typing import Callable
 
+import jax
 import numpy as np
+from PIL import Image
 
-from hyperstyle_jax.utils import cli
-from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax import inversion_files, parallel
+from hyperstyle_jax.checkpoints import CheckpointError, load_converted
+from hyperstyle_jax.losses import id_similarity, l2_per_image, lpips_distance, ms_ssim_per_image
+from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import IMAGE_EXTENSIONS
 
 METRICS = ("l2", "lpips", "msssim", "id")
@@ -83,11 +88,6 @@ def _images_in(folder: str) -> list[str]:
                   if _is_image(f) and os.path.isfile(os.path.join(folder, f)))
 
 
-def _numeric_subdirs(folder: str) -> list[str]:
-    subs = [d for d in os.listdir(folder) if d.isdigit() and os.path.isdir(os.path.join(folder, d))]
-    return sorted(subs, key=int)
-
-
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
@@ -97,17 +97,14 @@ def discover(pred: str, pred_format: str) -> tuple[str, list[Pred], list[dict]]:
     if not os.path.isdir(pred):
         raise EvalError(f"--pred {pred}: not a folder")
     skipped: list[dict] = []
-    iterations_dir = os.path.join(pred, "iterations")
+    iterations_dir = os.path.join(pred, inversion_files.ITERATIONS)
     if pred_format == "npz":
-        arrays = os.path.join(pred, "arrays")
+        arrays = os.path.join(pred, inversion_files.ARRAYS)
         if not os.path.isdir(arrays):
             raise EvalError(f"--pred_format npz: {arrays} not found (write it with "
                             "`python -m hyperstyle_jax.invert ... --save_npy`)")
         preds = []
-        for f in sorted(os.listdir(arrays)):
-            path = os.path.join(arrays, f)
-            if not f.endswith(".npz"):
-                continue
+        for path in inversion_files.list_arrays(pred):
             try:
                 with np.load(path) as z:
                     keys = list(z.files)
@@ -115,29 +112,25 @@ def discover(pred: str, pred_format: str) -> tuple[str, list[Pred], list[dict]]:
                 skipped.append({"iteration": "*", "file": path,
                                 "reason": f"unreadable npz ({type(e).__name__}: {e})"})
                 continue
-            iters = _npz_iterations(keys)
+            iters = inversion_files.array_iterations(keys)
             if not iters:
                 skipped.append({"iteration": "*", "file": path,
                                 "reason": f"no 'init' / 'iter_<k>' arrays (keys: {keys})"})
             preds += [Pred(k, _stem(path), path, key) for k, key in iters]
         return f"invert output, float arrays ({arrays})", preds, skipped
     if os.path.isdir(iterations_dir):
-        subs = _numeric_subdirs(iterations_dir)
+        subs = inversion_files.list_iterations(pred)
         if not subs:
             raise EvalError(f"--pred {pred}: {iterations_dir} holds no numeric iteration folders")
-        preds = [Pred(k, _stem(p), p) for k in subs for p in _images_in(os.path.join(iterations_dir, k))]
+        preds = [Pred(k, _stem(p), p) for k in subs
+                 for p in _images_in(os.path.join(iterations_dir, k))]
         return f"invert output, images ({iterations_dir}/<k>)", preds, skipped
-    subs = _numeric_subdirs(pred)
+    subs = inversion_files.numeric_subfolders(pred)
     if subs:
         preds = [Pred(k, _stem(p), p) for k in subs for p in _images_in(os.path.join(pred, k))]
         return f"iteration folders ({pred}/<k>)", preds, skipped
-    return f"image folder ({pred})", [Pred("images", _stem(p), p) for p in _images_in(pred)], skipped
-
-
-def _npz_iterations(keys: list[str]) -> list[tuple[str, str]]:
-    out = [("0", "init")] if "init" in keys else []
-    its = sorted(int(k[5:]) for k in keys if k.startswith("iter_") and k[5:].isdigit())
-    return out + [(str(i), f"iter_{i}") for i in its]
+    preds = [Pred("images", _stem(p), p) for p in _images_in(pred)]
+    return f"image folder ({pred})", preds, skipped
 
 
 def ground_truth_index(gt: str) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -157,8 +150,6 @@ def ground_truth_index(gt: str) -> tuple[dict[str, str], dict[str, list[str]]]:
 def resize_float(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """float32 [H, W, 3] -> [h, w, 3] with PIL's bilinear (antialiased) filter per channel:
     the filter `Resize` applies to the saved images, without the 8-bit rounding."""
-    from PIL import Image
-
     if x.shape[:2] == hw:
         return x.astype(np.float32)
     chans = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32), mode="F")
@@ -168,7 +159,7 @@ def resize_float(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def load_image_256(path: str) -> np.ndarray:
     """Image file -> float32 [256, 256, 3] in [-1, 1] (Resize((256,256)), ToTensor, Normalize)."""
-    return imio.to_float(imio.resize(imio.read_image(path), EVAL_HW))
+    return images.to_float(images.resize(images.read_image(path), EVAL_HW))
 
 
 def load_pred(p: Pred) -> np.ndarray:
@@ -178,11 +169,13 @@ def load_pred(p: Pred) -> np.ndarray:
         with np.load(p.path) as z:
             arr = np.asarray(z[p.key], np.float32)
     except Exception as e:
-        raise imio.ImageReadError(f"{p.path}: array {p.key!r} unreadable ({type(e).__name__}: {e})") from None
+        raise images.ImageReadError(f"{p.path}: array {p.key!r} unreadable "
+                                    f"({type(e).__name__}: {e})") from None
     if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise imio.ImageReadError(f"{p.path}: array {p.key!r} has shape {arr.shape}, expected [H, W, 3]")
+        raise images.ImageReadError(f"{p.path}: array {p.key!r} has shape {arr.shape}, "
+                                    f"expected [H, W, 3]")
     if not np.all(np.isfinite(arr)):
-        raise imio.ImageReadError(f"{p.path}: array {p.key!r} holds NaN or inf values")
+        raise images.ImageReadError(f"{p.path}: array {p.key!r} holds NaN or inf values")
     return resize_float(arr, EVAL_HW)
 
 
@@ -191,8 +184,6 @@ def load_pred(p: Pred) -> np.ndarray:
 
 def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
     """fn(nets, pred [B,256,256,3], gt [B,256,256,3]) -> {metric: [B]}, pure and jittable."""
-    from hyperstyle_jax.losses import id_similarity, l2_per_image, lpips_distance, ms_ssim_per_image
-
     def fn(nets, pred, gt):
         out = {}
         if "l2" in metrics:
@@ -208,23 +199,11 @@ def make_metric_fn(metrics: tuple[str, ...]) -> Callable:
     return fn
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 @functools.lru_cache(maxsize=8)
 def _sharded_metric_fn(metrics: tuple[str, ...], devices: tuple):
     """(jitted metric fn, batch sharding, replicated sharding) on the local devices' mesh.
 
     Cached so that repeated runs in one process (tests, notebooks) compile once."""
-    import jax
-
-    from hyperstyle_jax import parallel
-
     mesh = parallel.make_mesh(list(devices))
     batch, repl = parallel.batch_sharded(mesh), parallel.replicated(mesh)
     fn = jax.jit(make_metric_fn(metrics), in_shardings=(repl, batch, batch), out_shardings=batch)
@@ -235,8 +214,6 @@ class ShardedScorer:
     """Runs the metric function on batches sharded over every local device."""
 
     def __init__(self, metrics: tuple[str, ...], nets: dict, batch_size: int):
-        import jax
-
         devices = tuple(jax.local_devices())
         n = len(devices)
         self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the device count
@@ -245,8 +222,6 @@ class ShardedScorer:
 
     def __call__(self, pred: np.ndarray, gt: np.ndarray):
         """Dispatch one (padded) batch; returns device arrays (call np.asarray to wait)."""
-        import jax
-
         k = pred.shape[0]
         if k < self.batch_size:  # pad the last batch; padded rows are dropped by the caller
             pad = ((0, self.batch_size - k), (0, 0), (0, 0), (0, 0))
@@ -257,8 +232,6 @@ class ShardedScorer:
 
 
 def load_nets(metrics: tuple[str, ...], lpips_weights: str | None, id_weights: str | None) -> dict:
-    from hyperstyle_jax.checkpoints import CheckpointError, load_converted
-
     nets = {}
     for metric, flag, path, kind, cmd in (
             ("lpips", "--lpips_weights", lpips_weights, "lpips",
@@ -309,7 +282,7 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
     read_gt = functools.lru_cache(maxsize=16)(load_image_256)
     per_image: dict[str, dict[str, dict]] = {}
     pending = None
-    bar = cli.progress_bar(len(pairs), desc="evaluate", unit="img") if progress else _NoBar()
+    bar = cli.progress_bar(len(pairs), desc="evaluate", unit="img", enabled=progress)
 
     def collect(done):
         batch_preds, out = done
@@ -326,13 +299,14 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
             i += 1
             try:
                 x = load_pred(p)
-            except imio.ImageReadError as e:
-                skipped.append({"iteration": p.iteration, "file": p.path, "reason": f"unreadable: {e}"})
+            except images.ImageReadError as e:
+                skipped.append({"iteration": p.iteration, "file": p.path,
+                                "reason": f"unreadable: {e}"})
                 bar.update(1)
                 continue
             try:
                 y = read_gt(g)
-            except imio.ImageReadError as e:
+            except images.ImageReadError as e:
                 skipped.append({"iteration": p.iteration, "file": p.path,
                                 "reason": f"ground truth unreadable: {e}"})
                 bar.update(1)
@@ -372,14 +346,12 @@ def evaluate(pred: str, gt: str, metrics: tuple[str, ...], nets: dict, batch_siz
         "per_image": per_image,
     }
     if "id" in metrics:
-        report["id_note"] = ("cosine similarity on the ID loss's fixed crop [35:223, 32:220] -> 112; "
-                             "the official metric aligns with MTCNN first (not ported)")
+        report["id_note"] = ("cosine similarity on the ID loss's fixed crop [35:223, 32:220] "
+                             "-> 112; the official metric aligns with MTCNN first (not ported)")
     return report
 
 
 def _device_count() -> int:
-    import jax
-
     return len(jax.local_devices())
 
 
@@ -390,7 +362,8 @@ def _iter_key(it: str):
 def markdown_table(report: dict) -> str:
     metrics = report["metrics"]
     arrows = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in metrics}
-    lines = ["| iteration | images | skipped | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
+    head = " | ".join(f"{m} {arrows[m]}" for m in metrics)
+    lines = ["| iteration | images | skipped | " + head + " |",
              "|---|---|---|" + "---|" * len(metrics)]
     for it, s in report["iterations"].items():
         cells = []
@@ -434,7 +407,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gt", required=True, help="ground-truth images (flat folder), matched by stem")
     p.add_argument("--metrics", default="l2,lpips,msssim",
                    help=f"comma-separated, from {','.join(METRICS)}")
-    p.add_argument("--lpips_weights", help="converted LPIPS folder (tools/convert_weights.py lpips)")
+    p.add_argument("--lpips_weights",
+                   help="converted LPIPS folder (tools/convert_weights.py lpips)")
     p.add_argument("--id_weights", help="converted ArcFace/CurricularFace folder "
                                         "(tools/convert_weights.py arcface)")
     p.add_argument("--pred_format", choices=("png", "npz"), default="png",
@@ -443,7 +417,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8,
                    help="images per batch over all devices (rounded up to a multiple of the "
                         "device count)")
-    p.add_argument("--out", help="JSON report path (default <pred>/metrics.json); markdown beside it")
+    p.add_argument("--out",
+                   help="JSON report path (default <pred>/metrics.json); markdown beside it")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -457,17 +432,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The CLI's entry point: a bad input is one `error:` line and exit status 2."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
     if args.out and os.path.isdir(args.out):
-        return cli.fail(f"--out {args.out}: is an existing folder; give the JSON report's "
-                        "file path")
-    try:
-        nets = load_nets(args.metrics, args.lpips_weights, args.id_weights)
-        report = evaluate(args.pred, args.gt, args.metrics, nets, args.batch_size,
-                          args.pred_format, progress=not args.no_progress)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--out {args.out}: is an existing folder; give the JSON "
+                            "report's file path")
+    nets = load_nets(args.metrics, args.lpips_weights, args.id_weights)
+    report = evaluate(args.pred, args.gt, args.metrics, nets, args.batch_size,
+                      args.pred_format, progress=not args.no_progress)
     out = args.out or os.path.join(args.pred, "metrics.json")
     md = write_report(report, out)
     for s in report["skipped"]:
@@ -476,9 +452,9 @@ def main(argv=None) -> int:
     c = report["counts"]
     print(f"scored {c['scored']} images, skipped {c['skipped']} files; wrote {out} and {md}")
     if c["scored"] == 0:
-        print("error: nothing was scored", file=sys.stderr)
+        print("nothing was scored", file=sys.stderr)
     return 1 if c["skipped"] or c["scored"] == 0 else 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

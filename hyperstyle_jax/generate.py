@@ -7,12 +7,16 @@
 
 Seeds: image for seed s uses z = numpy.random.RandomState(s).randn(style_dim) (float32),
 so a seed gives the same image whatever the batch size or the other seeds.
+
 Latents: a .npy of z or W [N, style_dim], or W+ [N, n_latent, style_dim].
+
 Truncation pulls W toward the checkpoint's latent_avg (or, if it has none, the mean of
 W over 4096 fixed z). Noise: 'const' uses the checkpoint's noise buffers; 'random' draws
 noise for image i from fold_in(PRNGKey(--noise_seed), i) (seed s for --seeds).
+
 Output: one PNG per image (seedNNNN.png or NNNNNN.png), grid.png, info.json, and with
 --save_npy the float32 un-clipped image [H, W, 3] as .npy beside each PNG.
+
 --random_init SIZE renders a seeded, randomly initialised narrow generator: its images
 are meaningless texture, useful only to check an install without any weights.
 """
@@ -25,11 +29,15 @@ import math
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.checkpoints import CheckpointError, load_generator_with_latent_avg
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig, random_init
 from hyperstyle_jax.utils import cli
-
-EXIT_BAD_INPUT = 2
+from hyperstyle_jax.utils.images import make_grid, save_image, to_uint8
+from hyperstyle_jax.utils.paths import atomic_write, parse_index_ranges
 
 
 class GenerateError(ValueError):
@@ -38,8 +46,6 @@ class GenerateError(ValueError):
 
 def random_config(size: int):
     """A small generator for --random_init: widths 32 up to 32 px, then halving to >= 8."""
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     chans, c = [], 32
     for i in range(2, int(math.log2(size)) + 1):
         r = 2 ** i
@@ -84,10 +90,6 @@ def load_latents(path: str, config, input_space: str | None):
 def _renderer(config, per_sample: str, space: str, truncation: float):
     """A jitted (variables, styles, noise, truncation_latent) -> images [B, H, W, 3]; cached so
     that repeated runs in one process (tests, notebooks) compile once."""
-    import jax
-
-    from hyperstyle_jax.models.stylegan2 import Generator
-
     gen = Generator(config, per_sample=per_sample)
 
     @jax.jit
@@ -130,25 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cli.out_dir(args.out)
-        return run(args)
-    except (GenerateError, cli.UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    """The command line; bad input is one line on stderr and exit status 2 (`cli.run`)."""
+    return cli.run(lambda args: run(build_parser().parse_args(args)), argv)
 
 
 def run(args) -> int:
-    # Heavy imports after argument parsing, so --help is instant.
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.checkpoints import CheckpointError, load_generator_with_latent_avg
-    from hyperstyle_jax.models.stylegan2 import Generator, random_init
-    from hyperstyle_jax.utils.images import make_grid, save_image, to_uint8
-    from hyperstyle_jax.utils.paths import parse_index_ranges
-
+    cli.out_dir(args.out)
     if args.batch_size < 1:
         raise GenerateError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not 0.0 < args.truncation <= 1.0:
@@ -213,7 +202,6 @@ def run(args) -> int:
     render = _renderer(config, args.per_sample, space, args.truncation)
 
     # ---- render, writing each batch as soon as it is done
-    os.makedirs(args.out, exist_ok=True)
     bs = min(args.batch_size, len(latents))
     thumbs = []
     starts = range(0, len(latents), bs)
@@ -230,12 +218,13 @@ def run(args) -> int:
         for name, img in zip(names[start:start + n], imgs):
             save_image(os.path.join(args.out, name + ".png"), to_uint8(img))
             if args.save_npy:
-                np.save(os.path.join(args.out, name + ".npy"), img.astype(np.float32))
+                with atomic_write(os.path.join(args.out, name + ".npy")) as f:
+                    np.save(f, img.astype(np.float32))
             thumbs.append(to_uint8(img))
     rows = [thumbs[i:i + args.grid_cols] for i in range(0, len(thumbs), args.grid_cols)]
     cell = min(config.size, 256)
     save_image(os.path.join(args.out, "grid.png"), make_grid(rows, cell_hw=(cell, cell)))
-    with open(os.path.join(args.out, "info.json"), "w") as f:
+    with atomic_write(os.path.join(args.out, "info.json"), "w") as f:
         json.dump({"generator": source, "config": config.to_dict(), "images": names,
                    "input": args.latents or f"seeds {args.seeds}", "input_space": space,
                    "truncation": args.truncation, "noise": args.noise,
@@ -246,4 +235,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

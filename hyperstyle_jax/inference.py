@@ -2,28 +2,142 @@
 
     inv = load_inverter("ckpt/hyperstyle_ffhq", "ckpt/w_encoder_faces")
     run = inv.batched_inverter(batch_size=4, n_iters=5)       # compiled once
-    out = run(x)            # x float32 [n <= 4, h, w, 3] in [-1, 1] -> dict of numpy
+    out = run(x)            # x float32 [n, h, w, 3] in [-1, 1] -> dict of numpy
     render = inv.batched_renderer(batch_size=4)                # codes + deltas -> images
     img = render(out["codes"], out["deltas"])                  # [n, size, size, 3]
+    for batch in invert_paths(inv, paths, n_iters=5, batch_size=4):   # files -> batches
+        ...
 
-The model (`models.hyperstyle.HyperStyle`) is pure; this layer owns the variables, places
-them on the mesh of `hyperstyle_jax.parallel`, pads a last partial batch and compiles
-ahead of time, so no call after the first retraces. Editing, the page and the CLIs call it.
+The model (`models.hyperstyle.HyperStyle`) is pure; this layer owns the variables and every
+compiled function. `compile_for_batch` is the one place that places arguments on the mesh
+of `hyperstyle_jax.parallel`, compiles ahead of time for a fixed batch and pads a last
+partial batch, so no call after the first retraces. The CLIs, editing and the page call it.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+import sys
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperstyle_jax import parallel
-from hyperstyle_jax.checkpoints import CheckpointError, load_hyperstyle, load_w_encoder
+from hyperstyle_jax import align, parallel
+from hyperstyle_jax.checkpoints import (
+    CheckpointError,
+    load_hyperstyle,
+    load_restyle_e4e,
+    load_w_encoder,
+)
 from hyperstyle_jax.models.conv import compute_dtype
+from hyperstyle_jax.models.e4e import ReStyleConfig, ReStyleE4E, default_restyle_feedback
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig, default_feedback
+from hyperstyle_jax.utils import cli, images
+from hyperstyle_jax.utils.paths import unique_stems
+
+# ----------------------------------------------------------------------------- compiling
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def _map_axes(fn, axes, tree):
+    """fn(leaf, axis) over `tree`, the axis taken from the prefix tree `axes` (None: no
+    batch axis)."""
+    return jax.tree_util.tree_map(lambda ax, sub: jax.tree_util.tree_map(
+        lambda a: fn(a, ax), sub), axes, tree, is_leaf=_is_none)
+
+
+def _first(a, n: int, axis: Optional[int]):
+    return a if axis is None else a[(slice(None),) * axis + (slice(0, n),)]
+
+
+class BatchedFunction:
+    """`fn(*bound, *batched, *shared)` compiled ahead of time for batches of exactly
+    `batch_size` on `parallel.local_mesh(batch_size)`; see `compile_for_batch`.
+
+    call(*batched, *shared): `batched` pytrees of arrays [n, ...] (numpy or jax) are padded
+    to the batch and split over the mesh's `data` axis, `shared` ones replicated. With
+    to_host, n may exceed the batch size (it goes in chunks) and the outputs come back as
+    numpy with the padding removed along `out_axes`; without, one batch's outputs stay on
+    the device as they are.
+    """
+
+    def __init__(self, fn: Callable, batch_size: int, bound: Sequence = (),
+                 batched: Sequence = (), shared: Sequence = (), out_axes: Any = 0,
+                 to_host: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.out_axes, self.to_host = int(batch_size), out_axes, to_host
+        mesh = parallel.local_mesh(self.batch_size)
+        self.replicated, self.sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        self._bound = jax.device_put(tuple(bound), self.replicated)
+        self._n_batched = len(batched)
+        self._dtypes = [jax.tree_util.tree_map(lambda s: s.dtype, t) for t in batched]
+        batched_specs = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct((self.batch_size,) + tuple(s.shape), s.dtype,
+                                           sharding=self.sharded), tuple(batched))
+        shared_specs = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(tuple(s.shape), s.dtype, sharding=self.replicated),
+            tuple(shared))
+        n_bound = len(self._bound)
+        shardings = ((self.replicated,) * n_bound + (self.sharded,) * len(batched)
+                     + (self.replicated,) * len(shared))
+        self.compiled = jax.jit(fn, in_shardings=shardings).lower(
+            *self._bound, *batched_specs, *shared_specs).compile()
+
+    def _put_batched(self, a, dtype):
+        if not isinstance(a, jax.Array):
+            a = np.asarray(a, dtype)
+        return jax.device_put(parallel.pad_batch(a, self.batch_size), self.sharded)
+
+    def _one(self, batched, shared, n: int):
+        xs = [jax.tree_util.tree_map(self._put_batched, t, d)
+              for t, d in zip(batched, self._dtypes)]
+        out = self.compiled(*self._bound, *xs, *jax.device_put(tuple(shared), self.replicated))
+        if not self.to_host:
+            return out
+        return _map_axes(lambda a, ax: _first(np.asarray(a), n, ax), self.out_axes,
+                         jax.device_get(out))
+
+    def __call__(self, *args):
+        batched, shared = args[:self._n_batched], args[self._n_batched:]
+        leaves = jax.tree_util.tree_leaves(batched)
+        n = leaves[0].shape[0] if leaves else self.batch_size
+        b = self.batch_size
+        if n <= b or not self.to_host:
+            return self._one(batched, shared, n)
+        chunks = [self._one(jax.tree_util.tree_map(lambda a, s=s: a[s:s + b], batched), shared,
+                            min(b, n - s)) for s in range(0, n, b)]
+        return jax.tree_util.tree_map(
+            lambda ax, *subs: jax.tree_util.tree_map(
+                lambda *xs: xs[0] if ax is None else np.concatenate(xs, axis=ax), *subs),
+            self.out_axes, *chunks, is_leaf=_is_none)
+
+
+def compile_for_batch(fn: Callable, batch_size: int, bound: Sequence = (),
+                      batched: Sequence = (), shared: Sequence = (), out_axes: Any = 0,
+                      to_host: bool = True) -> BatchedFunction:
+    """Compile `fn(*bound, *batched, *shared)` for a fixed batch on the inference mesh.
+
+    bound: values placed (replicated) once and passed to every call (frozen variables);
+    batched: per argument, a pytree of `jax.ShapeDtypeStruct` for ONE example (no batch
+    dim; None leaves allowed), split over the mesh; shared: full-shape specs of arguments
+    given per call and replicated (e.g. one image's offsets for a batch of edits);
+    out_axes: a prefix tree of the outputs giving each one's batch axis (None: none).
+    """
+    return BatchedFunction(fn, batch_size, bound, batched, shared, out_axes, to_host)
+
+
+def _f32(shape) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+
+
+# ----------------------------------------------------------------------------- HyperStyle
 
 
 @dataclasses.dataclass
@@ -43,33 +157,16 @@ class Inverter:
     def generator_config(self):
         return self.model.config.generator
 
-    def _placed(self, batch_size: int):
-        mesh = parallel.local_mesh(batch_size)
-        repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        return repl, batch, jax.device_put(self.frozen, repl)
-
     def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
-        """Compile the inversion of fixed-size batches; returns numpy x [n <= batch_size,
-        h, w, 3] -> {'codes', 'init', 'images' [n_iters, n, ...], 'pooled_final', 'deltas'}
-        (numpy, padding removed). `resize_outputs`: images at the feedback size."""
-        repl, batch, frozen = self._placed(batch_size)
-        hyper = jax.device_put(self.hyper_vars, repl)
-        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
-                                       resize_outputs=resize_outputs),
-                     in_shardings=(repl, repl, batch))
+        """Compile the inversion of fixed-size batches; returns numpy x [n, h, w, 3] ->
+        {'codes', 'init', 'images' [n_iters, n, ...], 'pooled_final', 'deltas'} (numpy,
+        padding removed; n > batch_size goes in chunks). `resize_outputs`: images at the
+        feedback size."""
         h, w = self.input_hw
-        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch)
-        compiled = fn.lower(frozen, hyper, x_spec).compile()
-
-        def run(x: np.ndarray) -> dict:
-            n = x.shape[0]
-            xb = jax.device_put(parallel.pad_batch(x.astype(np.float32), batch_size), batch)
-            out = jax.device_get(compiled(frozen, hyper, xb))
-            return {"codes": out["codes"][:n], "init": out["init"][:n],
-                    "images": out["images"][:, :n], "pooled_final": out["pooled_final"][:n],
-                    "deltas": [None if d is None else d[:n] for d in out["deltas"]]}
-
-        return run
+        fn = functools.partial(self.model.invert, n_iters=n_iters, resize_outputs=resize_outputs)
+        return compile_for_batch(
+            fn, batch_size, bound=(self.frozen, self.hyper_vars), batched=(_f32((h, w, 3)),),
+            out_axes={"codes": 0, "init": 0, "images": 1, "pooled_final": 0, "deltas": 0})
 
     def batched_renderer(self, batch_size: int, crop: bool = False):
         """Compile G(codes, deltas) for fixed-size batches with the checkpoint's noise.
@@ -80,45 +177,40 @@ class Inverter:
         """
         return self._renderer(batch_size, crop=crop, shared_deltas=False)
 
-    # ---- editing support (issue 11: hyperstyle_jax/editing, hyperstyle_jax/edit.py)
-
     def shared_delta_renderer(self, batch_size: int):
         """Compile G(codes, deltas) for a batch of codes that share ONE image's deltas.
 
         The official editors render every edit of image i as one batch with the unbatched
         d[i] broadcast over it. A shared delta also lets the generator take its cheap
         shared-kernel path (one W·(1+Δ) per layer, no per-sample convolution).
-        Returns render(codes [n <= batch_size, n_styles, D], deltas: list (None at untuned
-        layers) of [out, in, k, k]) -> numpy [n, size, size, 3], un-clipped, uncropped.
+        Returns render(codes [n, n_styles, D], deltas: list (None at untuned layers) of
+        [out, in, k, k]) -> numpy [n, size, size, 3], un-clipped, uncropped.
         """
         return self._renderer(batch_size, crop=False, shared_deltas=True)
 
     def _renderer(self, batch_size: int, crop: bool, shared_deltas: bool):
         """The two renderers above: deltas per code ([n, out, in, k, k], batch-sharded and
         padded like the codes) or one set for the whole batch ([out, in, k, k], replicated)."""
-        repl, batch, frozen = self._placed(batch_size)
         shapes = self.model.tuned_delta_shapes()
-        d_sharding = repl if shared_deltas else batch
 
         def fn(frozen, codes, deltas):
             img, _ = self.model.generator.apply(frozen["generator"], codes, input_space="w+",
                                                 randomize_noise=False, weights_deltas=deltas)
             return self.model.crop(img) if crop else img
 
-        def lead(n):  # the leading dims of one layer's deltas
-            return () if shared_deltas else (n,)
-
         g = self.generator_config
-        specs = (jax.ShapeDtypeStruct((batch_size, g.n_latent, g.style_dim), jnp.float32,
-                                      sharding=batch),
-                 [None if s is None else jax.ShapeDtypeStruct(lead(batch_size) + s, jnp.float32,
-                                                              sharding=d_sharding)
-                  for s in shapes])
-        compiled = jax.jit(fn, in_shardings=(repl, batch, d_sharding)).lower(
-            frozen, *specs).compile()
+        codes_spec = _f32((g.n_latent, g.style_dim))
+        deltas_spec = [None if s is None else _f32(s) for s in shapes]
+        if shared_deltas:
+            compiled = compile_for_batch(fn, batch_size, bound=(self.frozen,),
+                                         batched=(codes_spec,), shared=(deltas_spec,))
+        else:
+            compiled = compile_for_batch(fn, batch_size, bound=(self.frozen,),
+                                         batched=(codes_spec, deltas_spec))
 
         def render(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
             n = codes.shape[0]
+            lead = () if shared_deltas else (n,)  # the leading dims of one layer's deltas
             if len(deltas) != len(shapes):
                 raise ValueError(f"deltas has {len(deltas)} entries, the generator has "
                                  f"{len(shapes)} layers")
@@ -127,14 +219,12 @@ class Inverter:
                 if s is None:
                     ds.append(None)
                     continue
-                want = lead(n) + s
+                want = lead + s
                 d = np.zeros(want, np.float32) if d is None else np.asarray(d, np.float32)
                 if d.shape != want:
                     raise ValueError(f"deltas[{j}] has shape {d.shape}, expected {want}")
-                ds.append(jax.device_put(d if shared_deltas else
-                                         parallel.pad_batch(d, batch_size), d_sharding))
-            c = jax.device_put(parallel.pad_batch(np.asarray(codes, np.float32), batch_size), batch)
-            return np.asarray(jax.device_get(compiled(frozen, c, ds)))[:n]
+                ds.append(d)
+            return compiled(np.asarray(codes, np.float32), ds)
 
         return render
 
@@ -199,7 +289,7 @@ def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
 
 
 # ----------------------------------------------------------------------------- ReStyle-e4e
-# (issue 14: domain adaptation; the W+ encoder of `models.e4e`, see editing/domain.py)
+# The W+ encoder of `models.e4e`, for domain adaptation (editing/domain.py).
 
 
 @dataclasses.dataclass
@@ -224,25 +314,12 @@ class ReStyleRunner:
         h, w, 3] -> {'avg_image' [h, w, 3], 'encoder_out', 'codes' [n_iters, n, n_styles, D],
         'images' [n_iters, n, H, W, 3], 'pooled' [n_iters, n, h, w, 3], 'latent'
         [n, n_styles, D] (the final W+ codes)} (padding removed)."""
-        mesh = parallel.local_mesh(batch_size)
-        repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        variables = jax.device_put(self.variables, repl)
-        fn = jax.jit(functools.partial(self.model.invert, n_iters=n_iters,
-                                       resize_outputs=resize_outputs),
-                     in_shardings=(repl, batch))
         h, w = self.input_hw
-        x_spec = jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32, sharding=batch)
-        compiled = fn.lower(variables, x_spec).compile()
-
-        def run(x: np.ndarray) -> dict:
-            n = x.shape[0]
-            xb = jax.device_put(parallel.pad_batch(np.asarray(x, np.float32), batch_size), batch)
-            out = jax.device_get(compiled(variables, xb))
-            return {"avg_image": out["avg_image"], "encoder_out": out["encoder_out"][:, :n],
-                    "codes": out["codes"][:, :n], "images": out["images"][:, :n],
-                    "pooled": out["pooled"][:, :n], "latent": out["latent"][:n]}
-
-        return run
+        fn = functools.partial(self.model.invert, n_iters=n_iters, resize_outputs=resize_outputs)
+        return compile_for_batch(
+            fn, batch_size, bound=(self.variables,), batched=(_f32((h, w, 3)),),
+            out_axes={"avg_image": None, "encoder_out": 1, "codes": 1, "images": 1,
+                      "pooled": 1, "latent": 0})
 
 
 def load_restyle(path: str, per_sample: str = "auto",
@@ -252,9 +329,6 @@ def load_restyle(path: str, per_sample: str = "auto",
     feedback_hw: override the input / feedback size (default: 256x256, 192x256 for cars,
     i.e. the size whose encoder features match its style heads).
     """
-    from hyperstyle_jax.checkpoints import load_restyle_e4e
-    from hyperstyle_jax.models.e4e import ReStyleConfig, ReStyleE4E, default_restyle_feedback
-
     cfgs, tree = load_restyle_e4e(path)
     fb, crop = default_restyle_feedback(cfgs["encoder"], cfgs["opts"])
     if feedback_hw is not None:
@@ -267,3 +341,176 @@ def load_restyle(path: str, per_sample: str = "auto",
     variables = {"encoder": tree["encoder"], "generator": tree["generator"],
                  "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
     return ReStyleRunner(ReStyleE4E(config, per_sample=per_sample), variables, cfgs["opts"])
+
+
+# ----------------------------------------------------------------------------- stepwise
+
+
+@dataclasses.dataclass
+class StepState:
+    """One image between the steps of `StepwiseInverter` (device arrays, batch of 1)."""
+    x: Any
+    codes: Any
+    y_full: Any
+    y_pooled: Any
+    deltas: Any
+
+    def image(self) -> np.ndarray:
+        """The latest reconstruction, numpy [1, H, W, 3]."""
+        return np.asarray(jax.device_get(self.y_full))
+
+    def result(self) -> tuple:
+        """(codes [n_styles, D], per layer None or deltas [out, in, k, k]) as numpy."""
+        codes, deltas = jax.device_get((self.codes, self.deltas))
+        return (np.asarray(codes[0], np.float32),
+                [None if d is None else np.asarray(d[0], np.float32) for d in deltas])
+
+
+class StepwiseInverter:
+    """`HyperStyle.invert` for one image as 1 + n compiled calls instead of one scan, so a
+    caller (the page) can show each iteration as it comes: the same `initial_inversion` and
+    `iteration` functions the scan body calls (tests check it gives the same numbers as
+    `Inverter.batched_inverter`). Offsets stay on the device between steps."""
+
+    def __init__(self, inverter: Inverter):
+        model = inverter.model
+        repl = parallel.replicated(parallel.local_mesh(1))
+        frozen = jax.device_put(inverter.frozen, repl)  # placed once, bound by both calls
+        h, w = inverter.input_hw
+        x_spec = _f32((h, w, 3))
+        self._init = compile_for_batch(model.initial_inversion, 1, bound=(frozen,),
+                                       batched=(x_spec,), to_host=False)
+        batch_spec = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+        codes_s, _, pooled_s = jax.eval_shape(model.initial_inversion, inverter.frozen,
+                                              batch_spec)
+        one = lambda s: _f32(s.shape[1:])  # noqa: E731  (the spec of one example)
+        d_spec = [None if s is None else _f32(s) for s in model.tuned_delta_shapes()]
+
+        def step(f, hv, x, y_hat, codes, deltas):
+            y_full, y_pooled, new, _ = model.iteration(f, hv, x, y_hat, codes, deltas,
+                                                       train=False)
+            return y_full, y_pooled, new
+
+        self._step = compile_for_batch(step, 1, bound=(frozen, inverter.hyper_vars),
+                                       batched=(x_spec, one(pooled_s), one(codes_s), d_spec),
+                                       to_host=False)
+        self._zeros = lambda: jax.device_put(model.zero_deltas(1), self._step.sharded)  # noqa: E731
+
+    def start(self, x: np.ndarray) -> StepState:
+        """x float32 [1, h, w, 3] in [-1, 1] -> the W-encoder's inversion (step 0)."""
+        xd = jax.device_put(np.asarray(x, np.float32), self._init.sharded)
+        # Blocking here keeps the computation inside the caller's device lock (dispatch
+        # is asynchronous).
+        codes, y_full, y_pooled = jax.block_until_ready(self._init(xd))
+        return StepState(xd, codes, y_full, y_pooled, self._zeros())
+
+    def step(self, s: StepState) -> StepState:
+        """One hypernetwork iteration."""
+        y_full, y_pooled, deltas = jax.block_until_ready(
+            self._step(s.x, s.y_pooled, s.codes, s.deltas))
+        return StepState(s.x, s.codes, y_full, y_pooled, deltas)
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+@dataclasses.dataclass
+class InvertedBatch:
+    """What `invert_paths` yields per batch: the files inverted (in input order), their
+    output stems, the inputs as the model saw them (uint8 [n, h, w, 3]), per image the
+    `align.AlignedFace` it was cut from (None without alignment; its transform is what a
+    paste-back needs), the batched inverter's outputs for these n images, the files of
+    this batch that were skipped [(path, one-line reason)] and the seconds on the device."""
+    paths: list
+    stems: list
+    inputs: np.ndarray
+    faces: list
+    result: dict
+    skipped: list
+    seconds: float
+
+    def deltas(self, i: int) -> list:
+        """Image i's final offsets: per layer None or [out, in, k, k]."""
+        return [None if d is None else np.asarray(d[i]) for d in self.result["deltas"]]
+
+
+def image_loader(align_faces: bool = False) -> tuple:
+    """(path -> (uint8 [H, W, 3], AlignedFace or None), the errors that mean 'skip it').
+
+    align_faces: the official FFHQ crop of the largest face at 1024 (`hyperstyle_jax.align`);
+    a file with no face is skipped like an unreadable one. Raises
+    `align.AlignUnavailableError` (one line) when the align extra is missing."""
+    if not align_faces:
+        return (lambda path: (images.read_image(path), None)), (images.ImageReadError,)
+    align.require()
+
+    def load(path):
+        face = align.align_faces(path, size=1024)[0]
+        return face.image, face
+
+    return load, (images.ImageReadError, align.AlignError)
+
+
+def read_batch(paths: Sequence[str], hw: tuple, load: Callable, errors: tuple) -> tuple:
+    """Read (load: path -> (uint8 [H, W, 3], face)) and resize to hw -> (ok paths, uint8
+    [hw..., 3] arrays, [(path, reason)] for files that raised one of `errors`, faces)."""
+    ok, arrays, bad, faces = [], [], [], []
+    for path in paths:
+        try:
+            img, face = load(path)
+        except errors as e:
+            bad.append((path, str(e)))
+            continue
+        if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
+            print(f"warning: {path}: {img.shape[1]}x{img.shape[0]} is smaller than the "
+                  f"model's {hw[1]}x{hw[0]} input; upscaled (expect a blurry result)",
+                  file=sys.stderr)
+        arrays.append(images.resize(img, hw))
+        ok.append(path)
+        faces.append(face)
+    return ok, arrays, bad, faces
+
+
+def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_size: int,
+                 align_faces: bool = False, resize_outputs: bool = False,
+                 skip_unreadable: bool = True, run: Optional[Callable] = None,
+                 desc: str = "invert") -> Iterator[InvertedBatch]:
+    """Invert image files batch by batch: read (or align), resize to the model's input,
+    invert; yields an `InvertedBatch` per batch, so the caller writes (or pastes back) each
+    batch as it comes and memory does not grow with the number of files.
+
+    Files that cannot be read (or, aligning, hold no face) are named on stderr and in
+    `skipped` (`skip_unreadable=False`: the error is raised instead). Progress goes to
+    `utils.cli.progress_bar`. run: a compiled `inverter.batched_inverter(batch_size,
+    n_iters, resize_outputs)` to reuse (compiled on the first batch otherwise).
+    """
+    load, errors = image_loader(align_faces)
+    if not skip_unreadable:
+        errors = ()
+    stems = dict(zip(paths, unique_stems(paths)))
+    bar = cli.progress_bar(len(paths), desc=desc, unit="img")
+    t_run, n_done = 0.0, 0
+    try:
+        for start in range(0, len(paths), batch_size):
+            ok, arrays, bad, faces = read_batch(paths[start:start + batch_size],
+                                                inverter.input_hw, load, errors)
+            for _, reason in bad:
+                cli.write_line(bar, f"skipped: {reason}")
+            bar.update(len(bad))
+            if not ok:
+                if bad:
+                    yield InvertedBatch([], [], np.zeros((0,) + tuple(inverter.input_hw) + (3,),
+                                                         np.uint8), [], {}, bad, 0.0)
+                continue
+            if run is None:
+                run = inverter.batched_inverter(batch_size, n_iters, resize_outputs)
+            x = np.stack(arrays)
+            t0 = time.perf_counter()
+            result = run(images.to_float(x))
+            seconds = time.perf_counter() - t0
+            t_run, n_done = t_run + seconds, n_done + len(ok)
+            bar.update(len(ok))
+            bar.set_postfix_str(f"{n_done / t_run:.2f} img/s")
+            yield InvertedBatch(ok, [stems[p] for p in ok], x, faces, result, bad, seconds)
+    finally:
+        bar.close()

@@ -295,7 +295,7 @@ def test_bad_face_option(capsys):
 
 @needs_dlib
 def test_invert_align(tmp_path, fx, capsys, monkeypatch, e2e_checkpoints):
-    from hyperstyle_jax import invert
+    from hyperstyle_jax import inference, invert
 
     hs, we = e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
     src = tmp_path / "in"
@@ -305,14 +305,14 @@ def test_invert_align(tmp_path, fx, capsys, monkeypatch, e2e_checkpoints):
         src / "noise.png")
     out = tmp_path / "out"
     fed = []  # what the model was given: (hw, ok paths, uint8 arrays)
-    real = invert._read_batch
+    real = inference.read_batch
 
     def spy(paths, hw, *a):
         res = real(paths, hw, *a)
         fed.append((hw,) + res[:2])
         return res
 
-    monkeypatch.setattr(invert, "_read_batch", spy)
+    monkeypatch.setattr(inference, "read_batch", spy)
     code = invert.main(["--checkpoint", hs, "--w_encoder", we, "--images", str(src),
                         "--out", str(out), "--n_iters", "1", "--batch_size", "2", "--align"])
     err = capsys.readouterr().err

@@ -27,7 +27,7 @@ from helpers import ROOT, free_port, quiet
 from PIL import Image
 
 from hyperstyle_jax.app.engine import EditSpec, UploadError
-from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
+from hyperstyle_jax.app.inversion_cache import Inversion, InversionCache, content_key
 from hyperstyle_jax.editing import EditError
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -285,7 +285,7 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
     _act(pg, lambda: pg.locator("#domain-select").select_option(""))
     np.testing.assert_array_equal(_edit_pixels(pg), edited)
 
-    # downloads: the edited PNG, latents.npy (dict) and deltas npz (layer_<j>)
+    # downloads: the edited PNG, latents.npz ({stem: codes}) and deltas npz (layer_<j>)
     with pg.expect_download() as dl:
         pg.click("#download-png")
     got = tmp_path / "edit.png"
@@ -294,8 +294,8 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(got).convert("RGB")), edited)
     with pg.expect_download() as dl:
         pg.click("#download-latents")
-    dl.value.save_as(tmp_path / "latents.npy")
-    lat = np.load(tmp_path / "latents.npy", allow_pickle=True).item()
+    dl.value.save_as(tmp_path / "latents.npz")
+    lat = dict(np.load(tmp_path / "latents.npz"))
     assert list(lat) == ["photo0"] and lat["photo0"].shape[-1] == 64
     with pg.expect_download() as dl:
         pg.click("#download-deltas")

@@ -132,3 +132,67 @@ def test_cli_run_turns_an_unexpected_exception_into_one_line_and_debug_shows_it(
         raise KeyboardInterrupt
 
     assert cli.run(interrupted, []) == 130
+
+
+def test_help_reflows_prose_paragraphs_and_keeps_indented_lines(monkeypatch, capsys):
+    """`generate --help` at 72 columns: each prose paragraph is filled as one text (no line
+    ends short mid-sentence, e.g. before "so a seed gives"); command lines keep their layout."""
+    from hyperstyle_jax import generate
+
+    monkeypatch.setenv("COLUMNS", "72")
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    width = 72 - 2  # argparse leaves two columns
+    desc = out.split("\n\n", 1)[1].split("\noptions:")[0].splitlines()
+    assert ("  python -m hyperstyle_jax.generate --checkpoint ckpt/stylegan2_ffhq --seeds 0-7 "
+            "--out out/gen") in desc  # wider than the terminal, kept as written
+    prose = [ln for ln in desc if ln and not ln[0].isspace()]
+    assert prose and all(len(ln) <= width for ln in prose)
+    for line, nxt in zip(desc, desc[1:]):
+        if line in prose and nxt in prose:  # the next word did not fit on this line
+            assert len(line) + 1 + len(nxt.split()[0]) > width, (line, nxt)
+    assert any(ln.startswith("Latents: ") for ln in prose)  # a paragraph still starts a line
+
+
+def test_reflow_joins_prose_and_keeps_lists_tables_and_blank_lines():
+    from hyperstyle_jax.utils.cli import reflow
+
+    text = ("One sentence that was\nbroken in the source.\n\n    cmd --flag  # kept\n"
+            "- a list item\n- another item\n")
+    assert reflow(text, 30) == ["One sentence that was broken", "in the source.", "",
+                                "    cmd --flag  # kept", "- a list item", "- another item"]
+
+
+def test_progress_bar_plain_lines_postfix_write_and_disabled():
+    import io
+
+    from hyperstyle_jax.utils import cli
+
+    buf = io.StringIO()  # not a TTY: plain lines, every 10 % by default
+    bar = cli.progress_bar(20, desc="edit", unit="", file=buf)
+    for _ in range(20):
+        bar.update()
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert "\r" not in buf.getvalue() and len(lines) == 10
+    assert lines[-1].startswith("edit: 20/20 (100%), ")
+
+    buf = io.StringIO()
+    with cli.progress_bar(3, desc="align", unit="images", every=2, file=buf) as bar:
+        bar.update()
+        bar.write("failed: x.png")
+        bar.set_postfix_str("1 failed")
+        bar.update(2)
+    assert buf.getvalue().splitlines()[0] == "failed: x.png"
+    assert buf.getvalue().splitlines()[1].startswith("align: 3/3 images, 1 failed (100%), ")
+
+    buf = io.StringIO()
+    bar = cli.progress_bar(5, desc="quiet", file=buf, enabled=False)
+    bar.update(5)
+    bar.set_postfix(loss=1)
+    bar.write("a message still shows")
+    bar.close()
+    assert buf.getvalue() == "a message still shows\n"
+    assert list(cli.progress(range(4), desc="x", file=io.StringIO())) == [0, 1, 2, 3]

@@ -63,7 +63,8 @@ def test_interfacegan_cli_parity(ref, ckpts, inversion, tmp_path, capsys):
                                    nhwc(ref["interfacegan_pose_images"][i])[0], atol=IMG_ATOL)
         np.testing.assert_allclose(arr["reconstruction"], nhwc(ref["y_hat_final_full"])[i],
                                    atol=IMG_ATOL)
-        assert arr["reconstruction"].dtype == np.float32 and arr["reconstruction"].shape == (128, 128, 3)
+        assert (arr["reconstruction"].dtype == np.float32
+                and arr["reconstruction"].shape == (128, 128, 3))
         png = np.asarray(Image.open(out / "edits" / "interfacegan_random_unit_-2" / f"{stem}.png"))
         np.testing.assert_array_equal(png, np.clip(np.round(
             (arr["interfacegan_random_unit_-2"] + 1) * 127.5), 0, 255).astype(np.uint8))
@@ -103,6 +104,17 @@ def test_interpolate_cli_parity(ref, ckpts, inversion, tmp_path, capsys):
     assert (out / "grids" / "img0__img1.png").is_file()
     with Image.open(gif) as im:
         assert im.n_frames == 4 and im.size == (128, 128)
+
+
+def test_inputs_named_by_file_name(ref, ckpts, inversion, tmp_path, capsys):
+    """--pair takes an input's file name as well as its stem (img0.png == img0)."""
+    out = tmp_path / "out"
+    code, cap = run(capsys, "interpolate", "--checkpoint", ckpts[0], "--inversion", inversion,
+                    "--out", out, "--pair", "img0.png", "photos/img1.jpg", "--alphas", "0.5",
+                    "--save_npy")
+    assert code == 0, cap.err
+    np.testing.assert_allclose(np.load(out / "arrays" / "img0__img1.npz")["alpha_0.5"],
+                               nhwc(ref["interp_images"])[0], atol=IMG_ATOL)
 
 
 def test_images_path_and_kept_outputs(ref, ckpts, tmp_path, capsys):
@@ -192,10 +204,10 @@ def test_help_shows_defaults(capsys):
 def test_progress_plain_lines_without_tty():
     import io
 
-    from hyperstyle_jax.editing.cli import Progress
+    from hyperstyle_jax.utils.cli import progress_bar
 
     buf = io.StringIO()  # not a TTY: periodic plain lines, no carriage returns
-    bar = Progress(20, "interfacegan", file=buf)
+    bar = progress_bar(20, "interfacegan", unit="", file=buf)
     for _ in range(20):
         bar.update()
     bar.close()
@@ -209,7 +221,7 @@ def test_inversion_input_panel_from_invert_inputs(ref, inversion, tmp_path):
     inputs/<stem>.png (the image as the model saw it)."""
     import shutil
 
-    from hyperstyle_jax.editing.cli import read_inversion
+    from hyperstyle_jax.inversion_files import read_inversion
     from hyperstyle_jax.utils import images
 
     d = tmp_path / "inv"

@@ -14,11 +14,9 @@ import importlib
 import os
 import sys
 
+# The repository's package, also when this script is run without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from hyperstyle_jax.convert import FAMILIES  # noqa: E402
-from hyperstyle_jax.convert.common import ConversionError  # noqa: E402
-from hyperstyle_jax.checkpoints import CheckpointError  # noqa: E402
 from hyperstyle_jax.utils import cli  # noqa: E402
 
 
@@ -34,14 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The command line; an unreadable or unexpected file is one line on stderr and exit
+    status 2 (`cli.run`)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ConversionError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -2,6 +2,9 @@
 
     quad_from_landmarks -> shrink -> crop -> pad_blur -> warp -> resize_output
 
+`plan` gives the same geometry without touching pixels (shrink factor, crop box, pad
+widths): what `AlignedFace` records so that `paste.paste_back` can go the other way.
+
 Each step takes and returns a PIL image plus the quad (float64 [4, 2], NW, SW, SE, NE in
 the current image's pixel indices) and appends what it did to `steps` in the format of
 the fixture's `steps_recorded_*` (only when it acts), so each one is testable on its own.
@@ -12,8 +15,11 @@ resizes. That is what makes the output pixel-exact against fixture 12.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
+from scipy.ndimage import gaussian_filter  # the official's filter: needed for exact pixels
 
 TRANSFORM_SIZE = 1024  # the official samples the quad at 1024 and resizes after
 Steps = list  # [(name, params)], as the fixture's steps_recorded_*
@@ -57,27 +63,45 @@ def _bounds(quad):
             int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
 
 
+def shrink_factor(qsize: float, output_size: int) -> int:
+    """The integer downscale applied before cropping; 1 (none) unless qsize >= 4x output."""
+    return max(int(np.floor(qsize / output_size * 0.5)), 1)
+
+
+def shrunk_size(img_size, factor: int) -> tuple[int, int]:
+    """(W, H) of the image after `shrink` by `factor`."""
+    if factor <= 1:
+        return tuple(int(v) for v in img_size)
+    return (int(np.rint(float(img_size[0]) / factor)), int(np.rint(float(img_size[1]) / factor)))
+
+
 def shrink(img: Image.Image, quad, qsize: float, output_size: int, steps: Steps | None = None):
     """Downscale by an integer factor (LANCZOS) when the quad is >= 4x the output size.
 
     The official sampling is not antialiased, so this bounds aliasing on huge faces.
     """
-    factor = int(np.floor(qsize / output_size * 0.5))
+    factor = shrink_factor(qsize, output_size)
     if factor <= 1:
         return img, quad, qsize
-    rsize = (int(np.rint(float(img.size[0]) / factor)), int(np.rint(float(img.size[1]) / factor)))
+    rsize = shrunk_size(img.size, factor)
     _record(steps, "resize", image_size=list(img.size), size=list(rsize),
             resample=int(Image.Resampling.LANCZOS))
     img = img.resize(rsize, Image.Resampling.LANCZOS)
     return img, quad / factor, qsize / factor
 
 
-def crop(img: Image.Image, quad, qsize: float, steps: Steps | None = None):
-    """Crop to the quad's bounding box plus a border of 10 % (at least 3 px), clamped."""
+def crop_box(img_size, quad, qsize: float) -> tuple[int, int, int, int]:
+    """The quad's bounding box plus a border of 10 % (at least 3 px), clamped to the
+    image: (left, top, right, bottom), right and bottom exclusive."""
     border = border_of(qsize)
     left, top, right, bottom = _bounds(quad)
-    box = (max(left - border, 0), max(top - border, 0),
-           min(right + border, img.size[0]), min(bottom + border, img.size[1]))
+    return (max(left - border, 0), max(top - border, 0),
+            min(right + border, img_size[0]), min(bottom + border, img_size[1]))
+
+
+def crop(img: Image.Image, quad, qsize: float, steps: Steps | None = None):
+    """Crop to `crop_box` (nothing to do when that is the whole image)."""
+    box = crop_box(img.size, quad, qsize)
     if box[2] - box[0] < img.size[0] or box[3] - box[1] < img.size[1]:
         _record(steps, "crop", image_size=list(img.size), box=list(box))
         img = img.crop(box)
@@ -106,8 +130,6 @@ def pad_blur(img: Image.Image, quad, qsize: float, steps: Steps | None = None):
     pad = pad_amounts(img.size, quad, qsize)
     if pad is None:
         return img, quad
-    from scipy.ndimage import gaussian_filter  # the official's filter: needed for exact pixels
-
     pad_width = ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0))
     arr = np.float32(img)
     _record(steps, "np.pad", array_shape=list(arr.shape),
@@ -158,6 +180,27 @@ def prepare(img: Image.Image, lm, output_size: int = 1024, steps: Steps | None =
     img, quad = crop(img, quad, qsize, steps)
     img, quad = pad_blur(img, quad, qsize, steps)
     return img, quad
+
+
+class Plan(NamedTuple):
+    """The geometry of `prepare` for an image size, without the pixels."""
+    quad: np.ndarray  # float64 [4, 2] NW, SW, SE, NE in the input image's pixel indices
+    qsize: float
+    shrink: int  # integer downscale factor, 1 when none
+    crop: tuple[int, int, int, int]  # box in the shrunk image (left, top, right, bottom), excl.
+    pad: tuple[int, int, int, int]  # (left, top, right, bottom) added around the crop; 0s if none
+
+
+def plan(img_size, lm, output_size: int = 1024) -> Plan:
+    """What `prepare` does to an image of img_size (W, H): the same helpers, no pixels."""
+    quad, qsize = quad_from_landmarks(lm)
+    factor = shrink_factor(qsize, output_size)
+    size = shrunk_size(img_size, factor)
+    q, qs = quad / factor, qsize / factor
+    box = crop_box(size, q, qs)
+    pad = pad_amounts((box[2] - box[0], box[3] - box[1]), q - box[:2], qs)
+    pad = (0, 0, 0, 0) if pad is None else tuple(int(v) for v in pad)
+    return Plan(quad, qsize, factor, tuple(int(v) for v in box), pad)
 
 
 def align_from_landmarks(img: Image.Image, lm, output_size: int = 1024,

@@ -1,8 +1,9 @@
 """`python -m hyperstyle_jax.app`: the editing page (see hyperstyle_jax/app/__init__.py).
 
     python -m hyperstyle_jax.app --demo workdirs/demo          # the embedded demo's exports
-    python -m hyperstyle_jax.app --checkpoint ckpt/hyperstyle_ffhq --w_encoder ckpt/w_encoder_faces \\
-        --directions editing/interfacegan_directions/ [--pca cars_pca.pt] \\
+    python -m hyperstyle_jax.app --checkpoint ckpt/hyperstyle_ffhq \\
+        --w_encoder ckpt/w_encoder_faces --directions editing/interfacegan_directions/ \\
+        [--pca cars_pca.pt] \\
         [--clip ckpt/clip_vit_b32 --fs3 fs3.npy --s_stats S_mean_std] \\
         [--restyle ckpt/restyle_e4e_ffhq --generator ckpt/toonify --generator ckpt/pixar]
 
@@ -21,10 +22,17 @@ import sys
 import tempfile
 import time
 
+from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
+from hyperstyle_jax.app.inversion_cache import InversionCache
+from hyperstyle_jax.app.server import serve
+from hyperstyle_jax.clip import ClipEncoder
+from hyperstyle_jax.editing import EditError, cli_domain, domain, ganspace, styleclip
+from hyperstyle_jax.inference import load_inverter, load_restyle
+from hyperstyle_jax.utils import paths
+from hyperstyle_jax.utils.cli import HelpFormatter, UserError, run
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyperstyle_jax.utils.cli import HelpFormatter
-
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.app", description=__doc__,
                                 formatter_class=HelpFormatter)
     m = p.add_argument_group("model (either --demo or --checkpoint with --w_encoder)")
@@ -68,10 +76,8 @@ def _demo_paths(args) -> None:
     need = [os.path.join(exp, "hyperstyle"), os.path.join(exp, "w_encoder")]
     missing = [x for x in need if not os.path.isdir(x)]
     if missing:
-        from hyperstyle_jax.utils.cli import UserError
-
-        raise UserError(f"--demo {d}: no {', '.join(missing)}; run python -m hyperstyle_jax.demo "
-                        f"--workdir {d} first")
+        raise UserError(f"--demo {d}: no {', '.join(missing)}; run python -m "
+                        f"hyperstyle_jax.demo --workdir {d} first")
     args.checkpoint, args.w_encoder = need
     pca = os.path.join(d, "ganspace_pca.npz")
     if args.pca is None and os.path.isfile(pca):
@@ -85,13 +91,6 @@ def _demo_paths(args) -> None:
 
 def build_engine(args):
     """The options -> a built `Engine` (every file read and checked first)."""
-    from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
-    from hyperstyle_jax.app.state import InversionCache
-    from hyperstyle_jax.editing import EditError, ganspace
-    from hyperstyle_jax.inference import load_inverter
-    from hyperstyle_jax.utils import paths
-    from hyperstyle_jax.utils.cli import UserError
-
     if args.demo:
         _demo_paths(args)
     if not (args.checkpoint and args.w_encoder):
@@ -103,21 +102,16 @@ def build_engine(args):
         raise UserError("--generator needs --restyle (domain renders use ReStyle-e4e codes)")
     inverter = load_inverter(args.checkpoint, args.w_encoder)
     g = inverter.generator_config
-    directions = load_directions(args.directions, g.n_latent, g.style_dim) if args.directions else {}
+    directions = (load_directions(args.directions, g.n_latent, g.style_dim)
+                  if args.directions else {})
     pca = ganspace.load_pca(args.pca) if args.pca else None
     parts = None
     if all(clip_opts):
-        from hyperstyle_jax.clip import ClipEncoder
-        from hyperstyle_jax.editing import styleclip
-
         _, s_std = styleclip.load_s_mean_std(args.s_stats)
         parts = StyleClipParts(ClipEncoder.from_folder(args.clip), styleclip.load_fs3(args.fs3),
                                s_std)
     restyle, gens = None, []
     if args.restyle:
-        from hyperstyle_jax.editing import cli_domain, domain
-        from hyperstyle_jax.inference import load_restyle
-
         restyle = load_restyle(args.restyle)
         tuned = [j for j, s in enumerate(inverter.model.tuned_delta_shapes()) if s is not None]
         layers = domain.kept_layers(g.n_convs, tuned)
@@ -149,12 +143,15 @@ def _private_tempdir() -> str:
 
 
 def main(argv=None) -> int:
+    """The command line; a bad option or file is one line on stderr (`cli.run`)."""
+    return run(_main, argv)
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.n_iters is None and not args.demo:
         args.n_iters = 5
     if args.n_iters is not None and args.n_iters < 1:
-        from hyperstyle_jax.utils.cli import UserError
-
         raise UserError(f"--n_iters must be >= 1, got {args.n_iters}")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -168,16 +165,12 @@ def main(argv=None) -> int:
     engine = build_engine(args)
     print("loading done; compiling and warming up ...", flush=True)
     engine.warm_up()
-    from hyperstyle_jax.app.server import serve
-
-    print(f"ready in {time.perf_counter() - t0:.1f} s (compile {engine.timings['compile_s']:.1f} s);"
-          f" temp folder {tmp}", flush=True)
+    print(f"ready in {time.perf_counter() - t0:.1f} s (compile "
+          f"{engine.timings['compile_s']:.1f} s); temp folder {tmp}", flush=True)
     print(f"serving on http://{args.host}:{args.port}", flush=True)
     serve(engine, args.host, args.port)
     return 0
 
 
 if __name__ == "__main__":
-    from hyperstyle_jax.utils.cli import run
-
-    sys.exit(run(main))
+    sys.exit(main())

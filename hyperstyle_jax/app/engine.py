@@ -13,8 +13,8 @@ domain`); the web layer (`app.server`) only parses requests and calls these meth
 Serving rules kept here: every compiled function is built (and run once) in `warm_up`,
 so no request compiles; every device call holds `self.device` (one lock), so concurrent
 requests queue instead of competing for memory, and a waiting render goes before the
-next inversion step (a slider move does not wait for another user's whole inversion); uploads stay in memory (bytes), never on
-disk.
+next inversion step (a slider move does not wait for another user's whole inversion);
+uploads stay in memory (bytes), never on disk.
 """
 from __future__ import annotations
 
@@ -26,11 +26,16 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+import jax
 import numpy as np
+from PIL import Image
 
-from hyperstyle_jax.app.state import Inversion, InversionCache, content_key
-from hyperstyle_jax.editing import EditError, ganspace, interfacegan, interpolate
-from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax.app.inversion_cache import Inversion, InversionCache, content_key
+from hyperstyle_jax.editing import EditError, domain, ganspace, interfacegan, interpolate, styleclip
+from hyperstyle_jax.inference import StepwiseInverter, compile_for_batch
+from hyperstyle_jax.models import stylespace
+from hyperstyle_jax.utils import images
 
 DIRECTION_EXTENSIONS = (".pt", ".pth", ".npy")
 
@@ -240,27 +245,19 @@ class Engine:
         """Compile every device function the page can call (ahead of time)."""
         if self._built:
             return
-        import jax
-
         t0 = time.perf_counter()
         self._steps = StepwiseInverter(self.inverter)
         self._render = self.inverter.shared_delta_renderer(1)
         if self.styleclip is not None:
-            from hyperstyle_jax.editing import styleclip
-            from hyperstyle_jax.models import stylespace
-
             self._lay = stylespace.layout(self.inverter.generator_config)
             styleclip.check_files(self.styleclip.fs3, self.styleclip.s_std, self._lay)
             config = self.inverter.generator_config
             params = self.inverter.frozen["generator"]["params"]
-            styles = jax.jit(lambda p, w: stylespace.styles_from_w(p, config, w))
-            w_spec = jax.ShapeDtypeStruct((1, self.n_styles, self.style_dim), np.float32)
-            compiled = styles.lower(params, w_spec).compile()
-            self._styles = lambda w: [np.asarray(s) for s in compiled(params, w)]
+            self._styles = compile_for_batch(
+                lambda p, w: stylespace.styles_from_w(p, config, w), 1, bound=(params,),
+                batched=(jax.ShapeDtypeStruct((self.n_styles, self.style_dim), np.float32),))
             self._s_render = styleclip.StyleSpaceRenderer(self.inverter, 1)
         if self.generators:
-            from hyperstyle_jax.editing import domain
-
             tuned = [j for j, s in enumerate(self.inverter.model.tuned_delta_shapes())
                      if s is not None]
             self._domain_layers = domain.kept_layers(self.inverter.generator_config.n_convs,
@@ -305,7 +302,8 @@ class Engine:
             # compiled function (the mapping network is not needed for an example).
             codes = lat + 0.7 * rng.randn(*lat.shape).astype(np.float32) * lat.std()
             with self.device():
-                img = self._render(codes[None], [None] * len(self.inverter.model.tuned_delta_shapes()))[0]
+                untuned = [None] * len(self.inverter.model.tuned_delta_shapes())
+                img = self._render(codes[None], untuned)[0]
             out[f"generated_{i}.png"] = png_bytes(img)
         return out
 
@@ -322,12 +320,10 @@ class Engine:
         note = ""
         if align:
             img, note = self._align(img, name)
-        image = imio.resize(img, tuple(self.inverter.input_hw))
+        image = images.resize(img, tuple(self.inverter.input_hw))
         return Prepared(content_key(data, align), name, image, note)
 
     def _decode(self, data: bytes, name: str) -> np.ndarray:
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(data)) as im:  # header only: refuse huge images early
                 w, h = im.size
@@ -337,25 +333,23 @@ class Engine:
             raise UploadError(f"{name}: image too large ({w}x{h} pixels; the limit is "
                               f"{self.max_pixels / 1e6:.0f} megapixels)")
         try:
-            return imio.decode_image_bytes(data, name)
-        except imio.ImageReadError as e:
+            return images.decode_image_bytes(data, name)
+        except images.ImageReadError as e:
             raise UploadError(str(e)) from None
         except Exception as e:  # PIL raises other kinds on odd files (e.g. bomb checks)
             raise UploadError(f"{name}: unreadable image ({type(e).__name__}: "
                               f"{' '.join(str(e).split())})") from None
 
     def _align(self, img: np.ndarray, name: str) -> tuple:
-        from hyperstyle_jax import align as al
-
         try:
-            al.require()
-        except al.AlignUnavailableError as e:
+            align.require()
+        except align.AlignUnavailableError as e:
             return img, f"alignment unavailable ({e}); the whole image was used"
         try:
-            return al.align_image(img, size=1024, name=name)[0], "aligned (FFHQ crop)"
-        except al.NoFaceError:
+            return align.align_image(img, size=1024, name=name)[0], "aligned (FFHQ crop)"
+        except align.NoFaceError:
             return img, f"no face found in {name}; the whole image was used"
-        except (al.AlignError, imio.ImageReadError) as e:
+        except (align.AlignError, images.ImageReadError) as e:
             return img, f"could not align ({e}); the whole image was used"
 
     # ---- inversion
@@ -370,11 +364,11 @@ class Engine:
             if hit is not None:
                 return hit
         self.build()
-        x = imio.to_float(prep.image[None])
+        x = images.to_float(prep.image[None])
         iterations = []
 
         def shown(k, y):
-            img = imio.to_uint8(y[0])
+            img = images.to_uint8(y[0])
             iterations.append(img)
             if on_step is not None:
                 on_step(k, self.n_iters, img)
@@ -390,7 +384,7 @@ class Engine:
             codes, deltas = state.result()
             restyle_codes = None
             if self.generators:
-                xr = imio.to_float(imio.resize(prep.image, tuple(self.restyle.input_hw))[None])
+                xr = images.to_float(images.resize(prep.image, tuple(self.restyle.input_hw))[None])
                 restyle_codes = np.asarray(self._restyle_run(xr)["latent"][0], np.float32)
         inv = Inversion(prep.key, prep.name, prep.image, codes, deltas, iterations,
                         state.image()[0], restyle_codes, prep.note)
@@ -441,8 +435,6 @@ class Engine:
         if spec.alpha != 0.0 and (spec.neutral.strip() or spec.target.strip()):
             if self.styleclip is None:
                 raise EditError("StyleCLIP edits need --clip, --fs3 and --s_stats")
-            from hyperstyle_jax.editing import styleclip
-
             direction = self._styleclip_direction(spec.neutral, spec.target, spec.beta)
             with self.device():
                 s = [x[0] for x in self._styles(codes[None])]
@@ -467,8 +459,6 @@ class Engine:
             return self._domain[config](variables, codes[None], batched, [0])[0]
 
     def _styleclip_direction(self, neutral: str, target: str, beta: float) -> list:
-        from hyperstyle_jax.editing import styleclip
-
         if neutral.strip().lower() == target.strip().lower():
             raise EditError("the neutral and target prompts are the same")
         k = (neutral, target, float(beta))
@@ -481,21 +471,17 @@ class Engine:
                                                      self.styleclip.s_std, beta, self._lay)
         return self._delta_s[k]
 
-    # ---- downloads, in the `invert` formats
+    # ---- downloads, in the `invert` formats (`inversion_files`)
 
     @staticmethod
     def latents_bytes(invs: Sequence[Inversion]) -> bytes:
-        """latents.npy: a pickled dict {stem: codes [n_styles, D]} (`invert --save_latents`)."""
-        buf = io.BytesIO()
-        np.save(buf, {stem_of(i.name): i.codes for i in invs}, allow_pickle=True)
-        return buf.getvalue()
+        """latents.npz: {stem: codes [n_styles, D]} (`invert --save_latents`)."""
+        return inversion_files.codes_bytes({stem_of(i.name): i.codes for i in invs})
 
     @staticmethod
     def deltas_bytes(inv: Inversion) -> bytes:
         """deltas/<stem>.npz: layer_<j> = [out, in, k, k] at the tuned layers (`--save_deltas`)."""
-        buf = io.BytesIO()
-        np.savez(buf, **{f"layer_{j}": d for j, d in enumerate(inv.deltas) if d is not None})
-        return buf.getvalue()
+        return inversion_files.deltas_bytes(inv.deltas)
 
 
 def stem_of(name: str) -> str:
@@ -504,91 +490,10 @@ def stem_of(name: str) -> str:
 
 def png_bytes(img: np.ndarray, max_side: int = 0) -> bytes:
     """float [-1, 1] or uint8 [H, W, 3] -> PNG bytes (optionally shrunk to max_side)."""
-    from PIL import Image
-
-    arr = img if img.dtype == np.uint8 else imio.to_uint8(img)
+    arr = img if img.dtype == np.uint8 else images.to_uint8(img)
     if max_side and max(arr.shape[:2]) > max_side:
         s = max_side / max(arr.shape[:2])
-        arr = imio.resize(arr, (max(1, round(arr.shape[0] * s)), max(1, round(arr.shape[1] * s))))
+        arr = images.resize(arr, (max(1, round(arr.shape[0] * s)), max(1, round(arr.shape[1] * s))))
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)  # speed over size: local
     return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- stepwise inversion
-
-
-@dataclasses.dataclass
-class _StepState:
-    x: object
-    codes: object
-    y_full: object
-    y_pooled: object
-    deltas: object
-
-    def image(self) -> np.ndarray:
-        import jax
-
-        return np.asarray(jax.device_get(self.y_full))
-
-    def result(self) -> tuple:
-        import jax
-
-        codes, deltas = jax.device_get((self.codes, self.deltas))
-        return (np.asarray(codes[0], np.float32),
-                [None if d is None else np.asarray(d[0], np.float32) for d in deltas])
-
-
-class StepwiseInverter:
-    """`HyperStyle.invert` for one image as 1 + n compiled calls instead of one scan, so
-    the page can show each iteration as it comes: the same `initial_inversion` and
-    `iteration` functions the scan body calls (tests check it gives the same numbers as
-    `Inverter.batched_inverter`). Offsets stay on the device between steps."""
-
-    def __init__(self, inverter):
-        import jax
-        import jax.numpy as jnp
-
-        from hyperstyle_jax import parallel
-
-        model = inverter.model
-        mesh = parallel.local_mesh(1)
-        repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        self._batch = batch
-        self._frozen = jax.device_put(inverter.frozen, repl)
-        self._hyper = jax.device_put(inverter.hyper_vars, repl)
-        h, w = inverter.input_hw
-        x_spec = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=batch)
-        init = jax.jit(lambda f, x: model.initial_inversion(f, x), in_shardings=(repl, batch))
-        self._init = init.lower(self._frozen, x_spec).compile()
-        codes_s, full_s, pooled_s = jax.eval_shape(lambda f, x: model.initial_inversion(f, x),
-                                                   self._frozen, x_spec)
-        spec = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch)  # noqa: E731
-        self._zeros = lambda: jax.device_put(model.zero_deltas(1), batch)  # noqa: E731
-        d_spec = [None if s is None else jax.ShapeDtypeStruct((1,) + s, jnp.float32,
-                                                               sharding=batch)
-                  for s in model.tuned_delta_shapes()]
-
-        def step(f, hv, x, y_hat, codes, deltas):
-            y_full, y_pooled, new, _ = model.iteration(f, hv, x, y_hat, codes, deltas,
-                                                       train=False)
-            return y_full, y_pooled, new
-
-        self._step = jax.jit(step, in_shardings=(repl, repl, batch, batch, batch, batch)).lower(
-            self._frozen, self._hyper, x_spec, spec(pooled_s), spec(codes_s), d_spec).compile()
-
-    def start(self, x: np.ndarray) -> _StepState:
-        import jax
-
-        xd = jax.device_put(np.asarray(x, np.float32), self._batch)
-        # Blocking here keeps the computation inside the caller's device lock (dispatch
-        # is asynchronous).
-        codes, y_full, y_pooled = jax.block_until_ready(self._init(self._frozen, xd))
-        return _StepState(xd, codes, y_full, y_pooled, self._zeros())
-
-    def step(self, s: _StepState) -> _StepState:
-        import jax
-
-        y_full, y_pooled, deltas = jax.block_until_ready(
-            self._step(self._frozen, self._hyper, s.x, s.y_pooled, s.codes, s.deltas))
-        return _StepState(s.x, s.codes, y_full, y_pooled, deltas)

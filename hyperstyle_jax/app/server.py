@@ -28,6 +28,7 @@ import time
 
 from hyperstyle_jax.app.engine import EditSpec, Engine, UploadError, png_bytes, stem_of
 from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.utils.cli import one_line
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 THUMB = 256  # iteration images are shown at most this large
@@ -99,7 +100,7 @@ class Inversions:
                 self.engine.invert(prep, on_step=on_step)
                 job.status = "done"
             except Exception as e:  # noqa: BLE001 -- one job fails, the server goes on
-                job.status, job.error = "error", f"{prep.name}: {_one_line(e)}"
+                job.status, job.error = "error", f"{prep.name}: {one_line(e)}"
             job.t_done = time.perf_counter()
 
     @property
@@ -111,15 +112,13 @@ def _data_url(img) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(img, THUMB)).decode("ascii")
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def create_app(engine: Engine, max_pending: int = 64):
     """The FastAPI application over a built (ideally warmed-up) engine."""
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
+    # fastapi (with starlette) is the optional `app` extra: imported only to serve.
+    from fastapi import FastAPI, File, Form, Request, UploadFile  # noqa: PLC0415  app extra
+    from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: PLC0415
+    from fastapi.staticfiles import StaticFiles  # noqa: PLC0415  the app extra
+    from starlette.concurrency import run_in_threadpool  # noqa: PLC0415  the app extra
 
     app = FastAPI(title="hyperstyle_jax editing page", docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -150,11 +149,12 @@ def create_app(engine: Engine, max_pending: int = 64):
             raise KeyError(key)
         return inv
 
-    gone = "that image is no longer in memory (the cache keeps the most recent ones); upload it again"
+    gone = ("that image is no longer in memory (the cache keeps the most recent ones); "
+            "upload it again")
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception):  # the server goes on
-        return error(f"internal error: {_one_line(exc)}", 500)
+        return error(f"internal error: {one_line(exc)}", 500)
 
     @app.get("/")
     def index():
@@ -196,8 +196,6 @@ def create_app(engine: Engine, max_pending: int = 64):
                                                    f"{limit / 2 ** 20:.0f} MB)"})
                 continue
             # Decoding and alignment are CPU work: off the event loop.
-            from starlette.concurrency import run_in_threadpool
-
             out.append(await run_in_threadpool(start, data, name, align))
         return {"items": out}
 
@@ -243,20 +241,20 @@ def create_app(engine: Engine, max_pending: int = 64):
             return error(gone, 404)
         except EditError as e:
             stats["render_errors"] += 1
-            return error(_one_line(e))
+            return error(one_line(e))
         stats["renders"] += 1
         stem = stem_of(inv.name)
         return Response(png_bytes(img), media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{stem}_edit.png"'})
 
-    @app.get("/api/latents/{key}.npy")
+    @app.get("/api/latents/{key}.npz")
     def latents(key: str):
         try:
             inv = lookup(key)
         except KeyError:
             return error(gone, 404)
         return Response(engine.latents_bytes([inv]), media_type="application/octet-stream",
-                        headers={"Content-Disposition": 'attachment; filename="latents.npy"'})
+                        headers={"Content-Disposition": 'attachment; filename="latents.npz"'})
 
     @app.get("/api/deltas/{key}.npz")
     def deltas(key: str):
@@ -274,7 +272,7 @@ def create_app(engine: Engine, max_pending: int = 64):
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 7860,
           log_level: str = "warning") -> None:
     """Run uvicorn on the app until interrupted (blocking)."""
-    import uvicorn
+    import uvicorn  # noqa: PLC0415  the optional app extra
 
     uvicorn.run(create_app(engine), host=host, port=port, log_level=log_level,
                 access_log=False)

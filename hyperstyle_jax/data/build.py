@@ -24,6 +24,7 @@ import os
 import sys
 
 from hyperstyle_jax.data.builders import BUILDERS, BuildReport, get_builder_class
+from hyperstyle_jax.utils import cli
 
 
 def report_path(data_dir: str, dataset: str) -> str:
@@ -82,6 +83,11 @@ def build_dataset(dataset: str, source: str, data_dir: str, *, file_list: str | 
 
 
 def main(argv=None) -> int:
+    """The command line; a build that cannot start or finish is one line (`cli.run`)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(
         prog="python -m hyperstyle_jax.data.build",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,11 +115,9 @@ def main(argv=None) -> int:
                                test_fraction=args.test_fraction, split_seed=args.split_seed,
                                overwrite=args.overwrite)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if os.path.exists(report_path(args.data_dir, args.dataset)):
-            print(f"files seen so far: {report_path(args.data_dir, args.dataset)}",
-                  file=sys.stderr)
-        return 2
+        seen = report_path(args.data_dir, args.dataset)
+        seen = f" (files seen so far: {seen})" if os.path.exists(seen) else ""
+        raise cli.UserError(" ".join(str(e).split()) + seen) from e
     for split, path, reason in report.skipped:
         print(f"skipped {split}: {path}: {reason}", file=sys.stderr)
     print(report.summary(args.dataset) + f"; report: {report_path(args.data_dir, args.dataset)}")

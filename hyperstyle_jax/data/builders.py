@@ -22,13 +22,13 @@ packaged builder folder; we build `DatasetInfo` directly) and `tfds.list_builder
 
 Builders (all take the source folder as TFDS `manual_dir`):
 
-| name            | splits       | source layout                                                    |
-|-----------------|--------------|------------------------------------------------------------------|
-| `ffhq`          | train        | any tree of images                                               |
-| `celeba_hq`     | test         | a folder of test images, or all images plus `file_list`         |
-| `stanford_cars` | train, test  | `cars_train/` + `cars_test/` (or `train/` + `test/`)             |
-| `afhq_wild`     | train, test  | `train/wild/` + `val/wild/` (or `test/wild/`, or `train/`+`test/`) |
-| `image_folder`  | any          | one sub-folder per split, or a flat tree split by a seeded ratio |
+| name            | splits      | source layout                                                  |
+|-----------------|-------------|----------------------------------------------------------------|
+| `ffhq`          | train       | any tree of images                                             |
+| `celeba_hq`     | test        | a folder of test images, or all images plus `file_list`        |
+| `stanford_cars` | train, test | `cars_train/` + `cars_test/` (or `train/` + `test/`)           |
+| `afhq_wild`     | train, test | `train/wild/` + `val/wild/` (or `test/wild/`; `train/`+`test/`) |
+| `image_folder`  | any         | one sub-folder per split, or a flat tree split by seeded ratio |
 
 Bad files never stop a build: each one is recorded in `builder.report` (see `BuildReport`)
 and skipped; `build.py` writes the report next to the dataset.
@@ -44,8 +44,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils.images import ImageReadError, pil_to_rgb8
 from hyperstyle_jax.utils.paths import IMAGE_EXTENSIONS
 
@@ -180,8 +180,8 @@ class _ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     def _generate_examples(self, root: str, split: str, files: list[str]) -> Iterator:
         self.report.written.setdefault(split, 0)
-        for rel in tqdm(files, desc=f"{self.name}/{split}", unit="img",
-                        disable=not self.progress):
+        for rel in cli.progress(files, desc=f"{self.name}/{split}", unit="img",
+                                enabled=self.progress):
             path = os.path.join(root, rel)
             try:
                 with open(path, "rb") as f:

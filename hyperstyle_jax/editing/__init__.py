@@ -1,4 +1,4 @@
-"""Editing real images on the HyperStyle-tuned generator (SPEC §7.1, §7.2, §7.5, §14).
+"""Editing real images on the HyperStyle-tuned generator (official `editing/`).
 
 Edits are data, not scripts. Each edit is a pure numpy function of ONE image's inversion
     (codes [n_styles, D], deltas, params) -> (codes' [K, n_styles, D], deltas')
@@ -8,7 +8,7 @@ where `deltas` is a list with one entry per generator layer (None at untuned lay
     - batched [K, out, in, k, k] entries: one offset per edit (interpolation).
 Rendering is apart (`editing.render.EditRenderer`, one compiled function per batch size
 and delta kind); so are loading (`load_direction`, `load_pca`) and saving (the CLI layer
-`editing.cli`).
+`editing.cli`). Each edit is a math module and its subcommand, `cli_<edit>.py`.
 
     interfacegan.apply(codes, deltas, direction, factors)
     ganspace.apply(codes, deltas, pca, [(component, start, end, strength), ...])

@@ -11,7 +11,7 @@ Subcommand contract (a module listed in `hyperstyle_jax.edit.SUBCOMMANDS`):
 
 `run` validates its own options and files against the generator first (ctx.n_styles,
 ctx.style_dim, ctx.inverter are ready before any image is inverted), then reads
-`ctx.items` ([Item(stem, codes [n_styles, D], deltas, image)]; the first access inverts
+`ctx.items` ([InvertedImage(stem, codes [n_styles, D], deltas, image)]; the first access inverts
 `--images`, aligned with --align, or reads `--inversion DIR`), edits each item with pure
 functions, renders with `ctx.render(codes [K, n_styles, D], deltas)` (deltas unbatched =
 shared by the K codes, or [K, ...] per code) and writes with
@@ -29,26 +29,28 @@ Output layout under --out:
     edits/<key>/<stem>.png     one per edit (key e.g. age_-3, pose_ii, alpha_0.25)
     grids/<stem>.png           labelled rows: input | reconstruction | one column per edit
     arrays/<stem>.npz          with --save_npy: float32 [H, W, 3] per key + 'reconstruction'
-    latents.npy, deltas/,      with --save_inversion (and --images): the `invert` format
-    inputs/<stem>.png          plus the model-size inputs, so later edits can use --inversion OUT
+    latents.npz, deltas/,      with --save_inversion (and --images): the `invert` format
+    inputs/<stem>.png          (`inversion_files`), so later edits can use --inversion OUT
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from hyperstyle_jax import align, inversion_files
 from hyperstyle_jax.editing import EditError
-from hyperstyle_jax.utils import cli as ucli
-from hyperstyle_jax.utils import images as imio
-from hyperstyle_jax.utils.paths import list_images, unique_stems
+from hyperstyle_jax.editing.render import EditRenderer
+from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter, load_renderer
+from hyperstyle_jax.inversion_files import InvertedImage
+from hyperstyle_jax.utils import cli, images
+from hyperstyle_jax.utils.paths import atomic_write, list_images
 
-HelpFormatter = ucli.HelpFormatter  # the subcommands' name for the shared formatter
+HelpFormatter = cli.HelpFormatter  # the subcommands' name for the shared formatter
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -76,182 +78,25 @@ def common_parser() -> argparse.ArgumentParser:
     o.add_argument("--save_npy", action="store_true",
                    help="write arrays/<stem>.npz: float32 un-clipped images per edit")
     o.add_argument("--save_inversion", action="store_true",
-                   help="with --images: also write latents.npy and deltas/ (the invert format)")
+                   help="with --images: also write latents.npz and deltas/ (the invert format)")
     return p
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """tqdm on a terminal; plain periodic lines (every 10 % or 10 s) when stderr is not one."""
-
-    def __init__(self, total: int, desc: str, file=None, every_s: float = 10.0):
-        self.file = file or sys.stderr
-        self.total, self.desc, self.done = total, desc, 0
-        self.t0 = self._last = time.perf_counter()
-        self.every_s = every_s
-        self.step = max(1, total // 10)
-        self.bar = None
-        if getattr(self.file, "isatty", lambda: False)():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img", file=self.file, dynamic_ncols=True)
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.perf_counter()
-        if self.done >= self.total or self.done % self.step == 0 or now - self._last >= self.every_s:
-            self._last = now
-            rate = (now - self.t0) / max(self.done, 1)
-            print(f"{self.desc}: {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)"
-                  f", {rate:.2f} s/item", file=self.file, flush=True)
-
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg, file=self.file)
-        else:
-            print(msg, file=self.file, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def iterate(items: Sequence, desc: str) -> Iterable:
-    bar = Progress(len(items), desc)
-    try:
-        for it in items:
-            yield it
-            bar.update()
-    finally:
-        bar.close()
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-@dataclasses.dataclass
-class Item:
-    """One inverted image: codes [n_styles, D]; deltas: per layer None or [out, in, k, k];
-    image: the input as uint8 [h, w, 3] (None when unknown)."""
-    stem: str
-    codes: np.ndarray
-    deltas: list
-    image: Optional[np.ndarray] = None
-
-
-def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int,
-                   style_dim: int) -> list:
-    """An `invert --save_latents --save_deltas` folder -> [Item], in latents.npy order."""
-    path = os.path.join(folder, "latents.npy")
-    if not os.path.isfile(path):
-        raise EditError(f"{folder}: no latents.npy (write the inversion with invert "
-                        f"--save_latents --save_deltas)")
-    try:
-        latents = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, AttributeError) as e:
-        raise EditError(f"{path}: not a latents dict ({e})") from None
-    if not isinstance(latents, dict) or not latents:
-        raise EditError(f"{path}: expected a non-empty dict {{stem: codes}}")
-    tuned = {j for j, s in enumerate(shapes) if s is not None}
-    items = []
-    for stem, codes in latents.items():
-        codes = np.asarray(codes, np.float32)
-        if codes.shape != (n_styles, style_dim):
-            raise EditError(f"{path}: codes of {stem!r} have shape {codes.shape}, this "
-                            f"generator needs ({n_styles}, {style_dim})")
-        dpath = os.path.join(folder, "deltas", f"{stem}.npz")
-        if not os.path.isfile(dpath):
-            raise EditError(f"{folder}: missing deltas/{stem}.npz (write the inversion with "
-                            f"invert --save_deltas)")
-        with np.load(dpath) as f:
-            got = {int(k.split("_")[1]): np.asarray(f[k], np.float32) for k in f.files
-                   if k.startswith("layer_")}
-        if set(got) != tuned:
-            raise EditError(f"{dpath}: offsets for layers {sorted(got)}, but this checkpoint "
-                            f"tunes layers {sorted(tuned)}")
-        deltas = [None] * len(shapes)
-        for j, d in got.items():
-            if d.shape != shapes[j]:
-                raise EditError(f"{dpath}: layer_{j} has shape {d.shape}, this checkpoint "
-                                f"needs {shapes[j]}")
-            deltas[j] = d
-        items.append(Item(str(stem), codes, deltas, _input_from_invert_grid(folder, stem)))
-    return items
-
-
-def _input_from_invert_grid(folder: str, stem: str) -> Optional[np.ndarray]:
-    """inputs/<stem>.png (written by invert and by edit --save_inversion: the input as
-    the model saw it); None when it is not there."""
-    saved = os.path.join(folder, "inputs", f"{stem}.png")
-    try:
-        return imio.read_image(saved) if os.path.isfile(saved) else None
-    except imio.ImageReadError:
-        return None
-
-
-def image_loader(align: bool = False) -> tuple:
-    """(path -> uint8 [H, W, 3], the exceptions that mean 'skip this file').
-
-    With align: the official FFHQ crop of the largest face at 1024 (`hyperstyle_jax.align`,
-    as `invert --align`); a file with no face is skipped like an unreadable one."""
-    if not align:
-        return imio.read_image, (imio.ImageReadError,)
-    from hyperstyle_jax import align as al
-
-    try:
-        al.require()
-    except al.AlignUnavailableError as e:
-        raise EditError(f"--align: {e}") from None
-    return (lambda path: al.align_image(path, size=1024)[0]), (imio.ImageReadError, al.AlignError)
-
-
-def invert_images(inverter, paths: Sequence[str], n_iters: int, batch_size: int,
-                  align: bool = False) -> tuple:
-    """Invert image files -> ([Item] with unbatched final deltas, [(path, reason)] skipped)."""
-    load, skip_errors = image_loader(align)
-    run = inverter.batched_inverter(batch_size, n_iters)
-    stems = dict(zip(paths, unique_stems(paths)))
-    items, bad = [], []
-    bar = Progress(len(paths), "invert")
-    try:
-        for s in range(0, len(paths), batch_size):
-            ok, arrs = [], []
-            for p in paths[s:s + batch_size]:
-                try:
-                    arrs.append(imio.resize(load(p), inverter.input_hw))
-                    ok.append(p)
-                except skip_errors as e:
-                    bad.append((p, str(e)))
-                    bar.write(f"skipped: {e}")
-                    bar.update()
-            if not ok:
-                continue
-            res = run(imio.to_float(np.stack(arrs)))
-            for i, p in enumerate(ok):
-                deltas = [None if d is None else np.asarray(d[i]) for d in res["deltas"]]
-                items.append(Item(stems[p], np.asarray(res["codes"][i]), deltas, arrs[i]))
-                bar.update()
-    finally:
-        bar.close()
-    return items, bad
-
-
-def write_inversion(out: str, items: Sequence[Item]) -> None:
-    """latents.npy + deltas/<stem>.npz in the `invert` format, and inputs/<stem>.png (the
-    model-size input, for the grids of later --inversion runs)."""
-    os.makedirs(os.path.join(out, "deltas"), exist_ok=True)
+def find_item(items: Sequence[InvertedImage], name: str) -> InvertedImage:
+    """The item named by its stem or by its input's file name ('chelsea' or 'chelsea.png',
+    also a path to it); EditError listing the stems when absent."""
     for it in items:
-        if it.image is not None:
-            _atomic_png(os.path.join(out, "inputs", f"{it.stem}.png"), it.image)
-        _atomic_npz(os.path.join(out, "deltas", f"{it.stem}.npz"),
-                    {f"layer_{j}": d for j, d in enumerate(it.deltas) if d is not None})
-    np.save(os.path.join(out, "latents.npy"), {it.stem: it.codes for it in items},
-            allow_pickle=True)
+        if it.stem == name:
+            return it
+    stem = os.path.splitext(os.path.basename(name))[0]
+    for it in items:
+        if it.stem == stem:
+            return it
+    raise EditError(f"no image {name!r} in the input (have: "
+                    + ", ".join(it.stem for it in items[:20]) + ")")
 
 
 # ----------------------------------------------------------------------------- context
@@ -262,16 +107,14 @@ class EditContext:
 
     inverter     `hyperstyle_jax.inference.Inverter` (render-only with --inversion)
     n_styles, style_dim, size, cars_crop   the generator's code shape / output size
-    items        [Item]; first access inverts --images or reads --inversion
-    item(stem)   one Item by stem (EditError listing the stems when absent)
+    items        [InvertedImage]; first access inverts --images or reads --inversion
+    item(name)   one item by stem or file name (EditError listing the stems when absent)
     render(codes [K, n_styles, D], deltas) -> float32 [K, H, W, 3]  (editing.render)
     progress(seq, desc)   iterate with the progress bar
     failed       [(path, reason)] of unreadable inputs (exit status 1 at the end)
     """
 
     def __init__(self, args: argparse.Namespace, inverter):
-        from hyperstyle_jax.editing.render import EditRenderer
-
         self.args = args
         self.out = args.out
         self.inverter = inverter
@@ -294,37 +137,38 @@ class EditContext:
     def _load_items(self) -> list:
         a = self.args
         if a.inversion:
-            return read_inversion(a.inversion, self.inverter.model.tuned_delta_shapes(),
-                                  self.n_styles, self.style_dim)
+            return inversion_files.read_inversion(
+                a.inversion, self.inverter.model.tuned_delta_shapes(), self.n_styles,
+                self.style_dim)
         paths = list_images(a.images)
         if not paths:
             raise EditError(f"no images found at {a.images!r}")
-        items, self.failed = invert_images(self.inverter, paths, a.n_iters, a.batch_size,
-                                           align=getattr(a, "align", False))
+        items = []
+        for batch in invert_paths(self.inverter, paths, a.n_iters, a.batch_size,
+                                  align_faces=getattr(a, "align", False)):
+            self.failed += batch.skipped
+            items += [InvertedImage(stem, np.asarray(batch.result["codes"][i]), batch.deltas(i),
+                                    batch.inputs[i]) for i, stem in enumerate(batch.stems)]
         if a.save_inversion and items:
-            write_inversion(self.out, items)
+            inversion_files.write_inversion(self.out, items)
         if not items:
             raise EditError(f"none of the {len(paths)} input files could be read")
         return items
 
-    def item(self, stem: str) -> Item:
-        for it in self.items:
-            if it.stem == stem:
-                return it
-        raise EditError(f"no image {stem!r} in the input (have: "
-                        + ", ".join(it.stem for it in self.items[:20]) + ")")
+    def item(self, name: str) -> InvertedImage:
+        return find_item(self.items, name)
 
     def render(self, codes: np.ndarray, deltas) -> np.ndarray:
         return self.renderer(codes, deltas)
 
     def progress(self, seq: Sequence, desc: str) -> Iterable:
-        return iterate(seq, desc)
+        return cli.progress(seq, desc=desc, unit="img")
 
     # outputs; each file is written under a temporary name and renamed, so a file that
     # exists is complete even if the run is killed.
 
     def write_edit(self, key: str, stem: str, image: np.ndarray) -> None:
-        _atomic_png(os.path.join(self.out, "edits", key, f"{stem}.png"), image)
+        images.save_image(os.path.join(self.out, "edits", key, f"{stem}.png"), image)
 
     def write_grid(self, stem: str, rows: Sequence[Sequence[tuple]]) -> None:
         """rows of (label, image or None) cells; cells take the largest image's size (the
@@ -333,15 +177,15 @@ class EditContext:
         labels = [[lab for lab, _ in r] for r in rows]
         hw = max((im.shape[:2] for r in cells for im in r if im is not None),
                  key=lambda s: s[0] * s[1])
-        grid = imio.make_grid(cells, cell_hw=hw, labels=labels)
-        _atomic_png(os.path.join(self.out, "grids", f"{stem}.png"), grid)
+        grid = images.make_grid(cells, cell_hw=hw, labels=labels)
+        images.save_image(os.path.join(self.out, "grids", f"{stem}.png"), grid)
 
     def write_arrays(self, stem: str, arrays: dict) -> None:
         if self.args.save_npy:
-            _atomic_npz(os.path.join(self.out, "arrays", f"{stem}.npz"),
-                        {k: np.asarray(v, np.float32) for k, v in arrays.items()})
+            with atomic_write(os.path.join(self.out, "arrays", f"{stem}.npz")) as f:
+                np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
-    def write_standard(self, item: Item, reconstruction: np.ndarray,
+    def write_standard(self, item: InvertedImage, reconstruction: np.ndarray,
                        rows: Sequence[Sequence[tuple]]) -> None:
         """The usual outputs of one image. rows: per grid row, (key, label, image) edits;
         each row is drawn as input | reconstruction | edits."""
@@ -356,29 +200,6 @@ class EditContext:
                         + [(label, im) for _, label, im in row])
         self.write_grid(item.stem, grid)
         self.write_arrays(item.stem, arrays)
-
-
-def _tmp(path: str) -> str:
-    d, b = os.path.split(path)
-    return os.path.join(d, f".tmp-{os.getpid()}-{b}")
-
-
-def _atomic_png(path: str, image: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp(path)
-    arr = image if image.dtype == np.uint8 else imio.to_uint8(image)
-    from PIL import Image
-
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _atomic_npz(path: str, arrays: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def parse_numbers(spec: str, option: str) -> list:
@@ -401,13 +222,14 @@ def number_label(v: float) -> str:
 
 def load_model(args: argparse.Namespace):
     """--checkpoint (+ --w_encoder with --images) -> Inverter."""
-    from hyperstyle_jax.inference import load_inverter, load_renderer
-
     precision = getattr(args, "precision", "fp32")
     if args.align and not args.images:
         raise EditError("--align applies to --images (an --inversion folder is already aligned)")
     if args.images:
-        image_loader(args.align)  # fail before loading the model if the extra is missing
+        try:  # fail before loading the model if the extra is missing
+            image_loader(args.align)
+        except align.AlignUnavailableError as e:
+            raise EditError(f"--align: {e}") from None
         if not args.w_encoder:
             raise EditError("--images needs --w_encoder (or pass --inversion DIR from invert)")
         return load_inverter(args.checkpoint, args.w_encoder, precision=precision)
@@ -415,22 +237,15 @@ def load_model(args: argparse.Namespace):
 
 
 def run_subcommand(args: argparse.Namespace) -> int:
-    """Load the model, call the subcommand, turn errors into one line and an exit status."""
+    """Load the model and call the subcommand. Errors (EditError, CheckpointError,
+    ImageReadError: ValueErrors) propagate to `cli.run`, which prints the one line."""
     if args.n_iters < 1 or args.batch_size < 1:
-        print(f"error: --n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
-              f"{args.batch_size})", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
+                            f"{args.batch_size})")
     t0 = time.perf_counter()
-    try:
-        ucli.out_dir(args.out)  # before loading: a file in the way is a one-line error
-        ctx = EditContext(args, load_model(args))
-        args.run(args, ctx)
-    except ValueError as e:  # EditError, CheckpointError, ImageReadError are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+    cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
+    ctx = EditContext(args, load_model(args))
+    args.run(args, ctx)
     n = len(ctx._items or [])
     print(f"{args.command}: {n} input(s) edited into {args.out} in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)

@@ -1,4 +1,5 @@
-"""`python -m hyperstyle_jax.edit domain`: style transfer by domain adaptation (SPEC §7.4).
+"""`python -m hyperstyle_jax.edit domain`: style transfer by domain adaptation (official
+`scripts/run_domain_adaptation.py`).
 
     python -m hyperstyle_jax.edit domain --checkpoint ckpt/hyperstyle_ffhq \\
         --w_encoder ckpt/w_encoder_faces --restyle ckpt/restyle_e4e_ffhq \\
@@ -17,14 +18,17 @@ import os
 
 import numpy as np
 
+from hyperstyle_jax.checkpoints import load_generator
 from hyperstyle_jax.editing import EditError, domain
+from hyperstyle_jax.editing.cli import common_parser
+from hyperstyle_jax.inference import load_restyle
+from hyperstyle_jax.utils import images
+from hyperstyle_jax.utils.cli import HelpFormatter
 
 
 def register(subparsers) -> None:
-    from hyperstyle_jax.editing import cli
-
     p = subparsers.add_parser(
-        "domain", parents=[cli.common_parser()], formatter_class=cli.HelpFormatter,
+        "domain", parents=[common_parser()], formatter_class=HelpFormatter,
         help="style transfer: HyperStyle offsets on fine-tuned generators (toonify, pixar, ...)",
         description=__doc__)
     p.add_argument("--restyle", required=True,
@@ -56,8 +60,6 @@ def _keys(dirs) -> list:
 
 def load_generators(dirs, hyperstyle_gen, codes_shape, layers, hyperstyle_name):
     """[(key, config, variables)] for each --generator, each checked against HyperStyle's."""
-    from hyperstyle_jax.checkpoints import load_generator
-
     out = []
     for key, d in zip(_keys(dirs), dirs):
         config, variables = load_generator(d)
@@ -67,9 +69,6 @@ def load_generators(dirs, hyperstyle_gen, codes_shape, layers, hyperstyle_name):
 
 
 def run(args, ctx) -> None:
-    from hyperstyle_jax.inference import load_restyle
-    from hyperstyle_jax.utils import images as imio
-
     if args.restyle_iters < 1:
         raise EditError(f"--restyle_iters must be >= 1, got {args.restyle_iters}")
     # Everything is loaded and checked before the first image is inverted.
@@ -95,9 +94,9 @@ def run(args, ctx) -> None:
     hw = restyle.input_hw
     for s in ctx.progress(range(0, len(items), b), "domain"):
         chunk = items[s:s + b]
-        x = np.stack([it.image if it.image.shape[:2] == hw else imio.resize(it.image, hw)
+        x = np.stack([it.image if it.image.shape[:2] == hw else images.resize(it.image, hw)
                       for it in chunk])
-        latents = run_restyle(imio.to_float(x))["latent"]
+        latents = run_restyle(images.to_float(x))["latent"]
         deltas = [None if chunk[0].deltas[j] is None else np.stack([it.deltas[j] for it in chunk])
                   for j in range(len(chunk[0].deltas))]
         recon = ctx.render(np.stack([it.codes for it in chunk]), deltas)

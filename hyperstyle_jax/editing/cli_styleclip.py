@@ -1,4 +1,5 @@
-"""`python -m hyperstyle_jax.edit styleclip`: StyleCLIP global directions (SPEC §7.3, §12.5).
+"""`python -m hyperstyle_jax.edit styleclip`: StyleCLIP global directions (the math is
+`editing.styleclip`, as official `editing/styleclip/edit.py`; contract in `editing.cli`).
 
     python -m hyperstyle_jax.edit styleclip --checkpoint CKPT --inversion inv/ --out out/ \\
         --neutral "a face" --target "a smiling face" --alphas -5,0,5 --betas 0.11,0.13,0.16 \\
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.clip import ClipEncoder
+from hyperstyle_jax.editing import EditError, styleclip
+from hyperstyle_jax.editing.cli import common_parser, number_label, parse_numbers
+from hyperstyle_jax.models import stylespace
+from hyperstyle_jax.utils.cli import HelpFormatter
 
 
 def register(subparsers) -> None:
-    from hyperstyle_jax.editing import cli
-
     p = subparsers.add_parser(
-        "styleclip", parents=[cli.common_parser()], formatter_class=cli.HelpFormatter,
+        "styleclip", parents=[common_parser()], formatter_class=HelpFormatter,
         help="text-driven edits: StyleCLIP global directions in StyleSpace",
         description="s + alpha * delta_s(neutral -> target, beta) in StyleSpace, rendered with "
                     "each image's own weight offsets. One grid row per beta: input | "
@@ -59,8 +62,6 @@ def text_direction(args) -> np.ndarray:
             raise EditError(f"{args.delta_i}: expected a finite non-zero vector, got shape "
                             f"{d.shape}")
         return np.asarray(d, np.float32)
-    from hyperstyle_jax.clip import ClipEncoder
-
     templates = None
     if args.templates:
         try:
@@ -76,11 +77,8 @@ def text_direction(args) -> np.ndarray:
 
 
 def run(args, ctx) -> None:
-    from hyperstyle_jax.editing import cli, styleclip
-    from hyperstyle_jax.models import stylespace
-
-    alphas = cli.parse_numbers(args.alphas, "--alphas")
-    betas = cli.parse_numbers(args.betas, "--betas")
+    alphas = parse_numbers(args.alphas, "--alphas")
+    betas = parse_numbers(args.betas, "--betas")
     if any(b < 0 for b in betas):
         raise EditError(f"--betas {args.betas!r}: thresholds must be >= 0")
     config = ctx.inverter.generator_config
@@ -101,8 +99,8 @@ def run(args, ctx) -> None:
         reconstruction = ctx.render(item.codes[None], item.deltas)[0]
         rows = []
         for bi, b in enumerate(betas):
-            bl = cli.number_label(b)
-            rows.append([(f"styleclip_b{bl}_a{cli.number_label(a)}",
-                          f"b {bl} a {cli.number_label(a)}", images[bi * len(alphas) + ai])
+            bl = number_label(b)
+            rows.append([(f"styleclip_b{bl}_a{number_label(a)}",
+                          f"b {bl} a {number_label(a)}", images[bi * len(alphas) + ai])
                          for ai, a in enumerate(alphas)])
         ctx.write_standard(item, reconstruction, rows)

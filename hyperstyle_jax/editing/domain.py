@@ -1,4 +1,4 @@
-"""Style transfer by domain adaptation (SPEC §7.4, §11.5; official
+"""Style transfer by domain adaptation (official
 `utils/domain_adaptation_utils.run_domain_adaptation`).
 
     latents = ReStyle-e4e W+ codes of x               (inference.load_restyle)
@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.inference import compile_for_batch
+from hyperstyle_jax.models.stylegan2 import Generator
 
 # filter_non_ffhq_layers_in_toonify_model (domain_adaptation_utils.py:20-25).
 OFFICIAL_LAYERS = (14, 15, 17, 18, 20, 21, 23, 24)
@@ -104,35 +106,25 @@ class DomainRenderer:
 
     def __init__(self, config, layers: Sequence[int], batch_size: int, noise: str = "random",
                  per_sample: str = "auto"):
-        from hyperstyle_jax import parallel
-        from hyperstyle_jax.models.stylegan2 import Generator
-
         if noise not in NOISE_MODES:
             raise EditError(f"--noise must be one of {NOISE_MODES}, got {noise!r}")
         self.config, self.layers, self.batch_size = config, tuple(layers), batch_size
         self.noise = noise
         gen = Generator(config, per_sample=per_sample)
-        mesh = parallel.local_mesh(batch_size)
-        self._repl, self._batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        self._pad = parallel.pad_batch
         shapes = config.delta_shapes()
         self._shapes = {j: shapes[j] for j in self.layers}
 
-        def fn(gen_vars, codes, kept, ids, seed):
+        def fn(codes, kept, ids, gen_vars, seed):
             full = [kept.get(j) for j in range(config.n_convs)]
             nz = image_noise(config, ids, seed) if noise == "random" else None
             return render_domain(gen, gen_vars, codes, full, nz)
 
-        b = batch_size
+        self._fn = fn
         s = jax.ShapeDtypeStruct
-        specs = ({j: s((b,) + sh, jnp.float32, sharding=self._batch)
-                  for j, sh in self._shapes.items()},
-                 s((b,), jnp.int32, sharding=self._batch), s((), jnp.int32, sharding=self._repl))
-        self._fn = jax.jit(fn, in_shardings=(self._repl, self._batch, self._batch, self._batch,
-                                             self._repl))
-        self._specs = (s((b, config.n_latent, config.style_dim), jnp.float32,
-                         sharding=self._batch),) + specs
-        self._compiled = {}
+        self._batched = (s((config.n_latent, config.style_dim), jnp.float32),
+                         {j: s(sh, jnp.float32) for j, sh in self._shapes.items()},
+                         s((), jnp.int32))
+        self._compiled = {}  # the generator variables' tree structure -> compiled render
 
     def __call__(self, gen_vars: dict, codes: np.ndarray, deltas: Sequence, image_ids,
                  seed: int = 0) -> np.ndarray:
@@ -146,15 +138,14 @@ class DomainRenderer:
             d = np.asarray(deltas[j], np.float32)
             if d.shape != (n,) + sh:
                 raise EditError(f"offsets of layer {j} have shape {d.shape}, expected {(n,) + sh}")
-            kept[j] = jax.device_put(self._pad(d, self.batch_size), self._batch)
+            kept[j] = d
         key = jax.tree_util.tree_structure(gen_vars)
         if key not in self._compiled:
-            gv_spec = jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=self._repl), gen_vars)
-            self._compiled[key] = self._fn.lower(gv_spec, *self._specs).compile()
-        gv = jax.device_put(gen_vars, self._repl)
-        c = jax.device_put(self._pad(np.asarray(codes, np.float32), self.batch_size), self._batch)
-        ids = jax.device_put(self._pad(np.asarray(image_ids, np.int32), self.batch_size),
-                             self._batch)
-        out = self._compiled[key](gv, c, kept, ids, jnp.asarray(seed, jnp.int32))
-        return np.asarray(jax.device_get(out))[:n]
+            gv_spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32),
+                                             gen_vars)
+            self._compiled[key] = compile_for_batch(
+                self._fn, self.batch_size, batched=self._batched,
+                shared=(gv_spec, jax.ShapeDtypeStruct((), jnp.int32)))
+        return self._compiled[key](np.asarray(codes, np.float32), kept,
+                                   np.asarray(image_ids, np.int32), gen_vars,
+                                   np.asarray(seed, np.int32))

@@ -1,4 +1,5 @@
-"""GANSpace: edits along PCA components of W (SPEC §7.2, §14.3; official `cars_editor.py`).
+"""GANSpace: edits along PCA components of W (the math and the PCA file; the CLI is
+`cli_ganspace`). Official `editing/cars_editor.py` `CarsEditor.apply_ganspace`.
 
 PCA file (official `cars_pca.pt` structure): {'mean': (1, D), 'std': (K,), 'comp': (K, 1, D)}.
 A direction is (component, start, end, strength). The official `_get_delta`:
@@ -16,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from hyperstyle_jax.convert.common import ConversionError
+from hyperstyle_jax.convert.editing_files import read_tensor_file
 from hyperstyle_jax.editing import EditError
 
 # cars_editor.py:16, (pca_idx, start, end, strength)
@@ -56,9 +59,6 @@ def load_pca(path: str) -> dict:
         except (OSError, ValueError) as e:
             raise EditError(f"{path}: not a readable .npz ({e})") from None
     elif ext in (".pt", ".pth"):
-        from hyperstyle_jax.convert.common import ConversionError
-        from hyperstyle_jax.convert.editing_files import read_tensor_file
-
         try:
             pca = read_tensor_file(path)
         except ConversionError as e:
@@ -70,7 +70,8 @@ def load_pca(path: str) -> dict:
         raise EditError(f"{path}: unknown PCA format {ext!r} (use .pt or .npz)")
     missing = [k for k in ("mean", "std", "comp") if k not in pca]
     if missing:
-        raise EditError(f"{path}: PCA file lacks {', '.join(missing)} (has {', '.join(sorted(pca))})")
+        raise EditError(f"{path}: PCA file lacks {', '.join(missing)} "
+                        f"(has {', '.join(sorted(pca))})")
     return {k: pca[k] for k in ("mean", "std", "comp")}
 
 
@@ -126,67 +127,3 @@ def official_crop(images: np.ndarray) -> np.ndarray:
     """[B, H, W, 3] -> rows [64:448], as the official cars editor does unconditionally
     (the 384-row car band of a 512 frame; at other sizes it is still these rows)."""
     return images[:, CROP_ROWS[0]:CROP_ROWS[1]]
-
-
-# ----------------------------------------------------------------------------- CLI
-# `python -m hyperstyle_jax.edit ganspace` (contract: hyperstyle_jax.editing.cli)
-
-
-def register(subparsers) -> None:
-    from hyperstyle_jax.editing import cli
-
-    p = subparsers.add_parser(
-        "ganspace", parents=[cli.common_parser()], formatter_class=cli.HelpFormatter,
-        help="edit along GANSpace PCA components (official cars edits by name)",
-        description="GANSpace edits: --edit NAME (official cars: Pose I, Pose II, Cube, Color, "
-                    "Grass; repeatable) and/or --component I --start S --end E --strength X[,X..]. "
-                    "PCA files in the official cars_pca.pt structure (.pt or .npz); make one for "
-                    "any generator with python -m hyperstyle_jax.editing.ganspace_pca.")
-    p.add_argument("--pca", required=True, metavar="FILE", help="PCA file (.pt or .npz)")
-    p.add_argument("--edit", action="append", default=[], metavar="NAME",
-                   help="an official named edit, e.g. 'Pose II' or pose_ii; repeatable")
-    p.add_argument("--component", type=int, help="PCA component index")
-    p.add_argument("--start", type=int, help="first W+ row edited")
-    p.add_argument("--end", type=int, help="W+ rows [start, end) are edited")
-    p.add_argument("--strength", help="target coordinate(s), comma-separated")
-    p.add_argument("--crop", choices=("auto", "official", "none"), default="auto",
-                   help="official: rows [64:448] as the official cars editor (always); "
-                        "auto: official for a cars checkpoint, else none")
-    p.set_defaults(run=run)
-
-
-def _directions_from_args(args, cli) -> list:
-    """-> [(key, label, (component, start, end, strength))]."""
-    out = [(edit_key(n), OFFICIAL_LABELS[edit_key(n)], named_direction(n)) for n in args.edit]
-    custom = (args.component, args.start, args.end, args.strength)
-    if any(v is not None for v in custom):
-        if any(v is None for v in custom):
-            raise EditError("a custom GANSpace edit needs all of --component, --start, --end, "
-                            "--strength")
-        for x in cli.parse_numbers(args.strength, "--strength"):
-            s = cli.number_label(x)
-            out.append((f"pc{args.component}_{args.start}-{args.end}_{s}",
-                        f"PC{args.component} [{args.start},{args.end}) {s}",
-                        (args.component, args.start, args.end, x)))
-    if not out:
-        raise EditError("ganspace needs --edit NAME or --component/--start/--end/--strength")
-    return out
-
-
-def run(args, ctx) -> None:
-    from hyperstyle_jax.editing import cli
-
-    pca = check_pca(load_pca(args.pca), ctx.style_dim, args.pca)
-    edits = _directions_from_args(args, cli)
-    dirs = [check_direction(pca, d, ctx.n_styles, args.pca) for _, _, d in edits]
-    crop = args.crop == "official" or (args.crop == "auto" and ctx.cars_crop)
-    if crop and ctx.size <= CROP_ROWS[0]:
-        raise EditError(f"--crop official keeps rows {CROP_ROWS[0]}:{CROP_ROWS[1]}, but the "
-                        f"generator renders {ctx.size} rows")
-    for item in ctx.progress(ctx.items, "ganspace"):
-        codes = np.concatenate([item.codes[None], apply(item.codes, item.deltas, pca, dirs)[0]])
-        images = ctx.render(codes, item.deltas)  # [unedited, edits...], official order
-        if crop:
-            images = official_crop(images)
-        ctx.write_standard(item, images[0], [[(k, lab, images[1 + i])
-                                              for i, (k, lab, _) in enumerate(edits)]])

@@ -21,23 +21,27 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from hyperstyle_jax import checkpoints
+from hyperstyle_jax.convert.editing_files import save_tensor_dict
+from hyperstyle_jax.models.stylegan2 import Generator
+from hyperstyle_jax.utils import cli
+from hyperstyle_jax.utils.paths import atomic_write
 
 
 def compute_pca(config, params: dict, n_samples: int = 1_000_000, n_components: int = 80,
                 batch_size: int = 10_000, seed: int = 0, log=None) -> dict:
     """(GeneratorConfig, generator params) -> {'mean', 'std', 'comp'} float32 numpy."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import Generator
-
     d = config.style_dim
     if not 1 <= n_components <= d:
-        raise ValueError(f"--n_components must be in 1..{d} (the code width), got {n_components}")
+        raise cli.UserError(f"--n_components must be in 1..{d} (the code width), "
+                            f"got {n_components}")
     n_batches = -(-n_samples // batch_size)
     if n_batches * batch_size < 2:
-        raise ValueError("need at least 2 samples")
+        raise cli.UserError("need at least 2 samples")
     gen = Generator(config)
     key = jax.random.key(seed)
     variables = {"params": jax.device_put(params)}
@@ -79,17 +83,15 @@ def compute_pca(config, params: dict, n_samples: int = 1_000_000, n_components: 
 
 def load_generator_any(path: str):
     """A converted `stylegan2` or `hyperstyle` folder -> (GeneratorConfig, params)."""
-    from hyperstyle_jax import checkpoints as ck
-
     try:
         with open(os.path.join(path, "config.json")) as f:
             kind = json.load(f).get("kind")
     except (OSError, ValueError):
         kind = None
-    if kind == ck.KIND_HYPERSTYLE:
-        cfgs, tree = ck.load_hyperstyle(path)
+    if kind == checkpoints.KIND_HYPERSTYLE:
+        cfgs, tree = checkpoints.load_hyperstyle(path)
         return cfgs["generator"], tree["generator"]["params"]
-    config, variables = ck.load_generator(path)
+    config, variables = checkpoints.load_generator(path)
     return config, variables["params"]
 
 
@@ -97,38 +99,36 @@ def save_pca(path: str, pca: dict) -> None:
     arrays = {k: pca[k] for k in ("mean", "std", "comp")}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".npz"):
-        np.savez(path, **arrays)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
     else:
-        from hyperstyle_jax.convert.editing_files import save_tensor_dict
-
         save_tensor_dict(path, arrays)
 
 
 def main(argv=None) -> int:
+    """The command line; a bad file or value is one line on stderr and exit status 1."""
+    return cli.run(_main, argv, user_error_code=1)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m hyperstyle_jax.editing.ganspace_pca",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--generator", required=True,
                    help="converted stylegan2 or hyperstyle folder")
     p.add_argument("--out", required=True, help="output .pt (official format) or .npz")
-    p.add_argument("--n_samples", type=int, default=1_000_000, help="(default: 1000000)")
-    p.add_argument("--n_components", type=int, default=80, help="(default: 80, as cars_pca.pt)")
-    p.add_argument("--batch_size", type=int, default=10_000, help="(default: 10000)")
-    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--n_samples", type=int, default=1_000_000, help="z samples")
+    p.add_argument("--n_components", type=int, default=80,
+                   help="principal components kept (80 in cars_pca.pt)")
+    p.add_argument("--batch_size", type=int, default=10_000, help="samples per mapping batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the z samples")
     args = p.parse_args(argv)
     if args.n_samples < 2 or args.batch_size < 1:
         p.error("--n_samples must be >= 2 and --batch_size >= 1")
-    from hyperstyle_jax.checkpoints import CheckpointError
-
     t0 = time.perf_counter()
-    try:
-        config, params = load_generator_any(args.generator)
-        pca = compute_pca(config, params, args.n_samples, args.n_components, args.batch_size,
-                          args.seed, log=print)
-        save_pca(args.out, pca)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    config, params = load_generator_any(args.generator)
+    pca = compute_pca(config, params, args.n_samples, args.n_components, args.batch_size,
+                      args.seed, log=print)
+    save_pca(args.out, pca)
     print(f"wrote {args.out}: {args.n_components} components of W ({config.style_dim} wide) from "
           f"{pca['n_samples']} samples; std {pca['std'][0]:.3g} .. {pca['std'][-1]:.3g}; "
           f"{time.perf_counter() - t0:.1f} s")

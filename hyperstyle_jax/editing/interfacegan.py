@@ -1,9 +1,11 @@
-"""InterFaceGAN: move W+ codes along a linear direction (SPEC §7.1, §14.2).
+"""InterFaceGAN: move W+ codes along a linear direction (the math; the CLI is
+`cli_interfacegan`).
 
-Official `FaceEditor.apply_interfacegan(factor_range=(a, b))`: for f in range(a, b),
-codes + f·direction, every edit rendered with the image's own deltas and fixed noise.
-Directions are (1, D) (added to every W+ row) or (1, n_styles, D) (one row each), as the
-official `age.pt` / `smile.pt` / `pose.pt`; read from .pt (needs torch) or .npy.
+Official `editing/face_editor.py` `FaceEditor.apply_interfacegan(factor_range=(a, b))`:
+for f in range(a, b), codes + f·direction, every edit rendered with the image's own
+deltas and fixed noise. Directions are (1, D) (added to every W+ row) or
+(1, n_styles, D) (one row each), as the official `age.pt` / `smile.pt` / `pose.pt`; read
+from .pt (needs torch) or .npy.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from hyperstyle_jax.convert.common import ConversionError
+from hyperstyle_jax.convert.editing_files import read_tensor_file
 from hyperstyle_jax.editing import EditError
 
 
@@ -32,9 +36,6 @@ def load_direction(path: str) -> np.ndarray:
         except (OSError, ValueError) as e:
             raise EditError(f"{path}: not a readable .npy array ({e})") from None
     elif ext in (".pt", ".pth"):
-        from hyperstyle_jax.convert.common import ConversionError
-        from hyperstyle_jax.convert.editing_files import read_tensor_file
-
         try:
             arr = read_tensor_file(path)
         except ConversionError as e:
@@ -78,48 +79,3 @@ def apply(codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]], direction: 
     # float32 throughout, f a Python scalar: the official `latents + f * direction`.
     edited = np.stack([codes + float(f) * d for f in factors]).astype(np.float32)
     return edited, list(deltas)
-
-
-# ----------------------------------------------------------------------------- CLI
-# `python -m hyperstyle_jax.edit interfacegan` (contract: hyperstyle_jax.editing.cli)
-
-
-def register(subparsers) -> None:
-    from hyperstyle_jax.editing import cli
-
-    p = subparsers.add_parser(
-        "interfacegan", parents=[cli.common_parser()], formatter_class=cli.HelpFormatter,
-        help="move codes along InterFaceGAN directions (age, smile, pose, ...)",
-        description="codes + f * direction for each factor f, rendered with each image's own "
-                    "weight offsets. One grid row per direction: input | reconstruction | "
-                    "one column per factor.")
-    p.add_argument("--direction", action="append", required=True, metavar="FILE",
-                   help="direction file, .pt (official format) or .npy, (1, D) or "
-                        "(1, n_styles, D); repeat for several")
-    p.add_argument("--factors", default="-3,0,3",
-                   help="comma-separated factors (the official script uses -5..4)")
-    p.set_defaults(run=run)
-
-
-def run(args, ctx) -> None:
-    from hyperstyle_jax.editing import cli
-
-    factors = cli.parse_numbers(args.factors, "--factors")
-    names, directions = [], []
-    for path in args.direction:
-        name = os.path.splitext(os.path.basename(path))[0]
-        while name in names:  # age.pt and age.npy: keep keys apart
-            name += "_"
-        names.append(name)
-        directions.append(check_direction(load_direction(path), ctx.n_styles, ctx.style_dim, path))
-    for item in ctx.progress(ctx.items, "interfacegan"):
-        codes = [item.codes[None]]
-        for d in directions:
-            codes.append(apply(item.codes, item.deltas, d, factors)[0])
-        images = ctx.render(np.concatenate(codes), item.deltas)  # one shared-delta batch
-        rows, k = [], 1
-        for name in names:
-            rows.append([(f"{name}_{cli.number_label(f)}", f"{name} {cli.number_label(f)}",
-                          images[k + i]) for i, f in enumerate(factors)])
-            k += len(factors)
-        ctx.write_standard(item, images[0], rows)

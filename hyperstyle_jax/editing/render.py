@@ -45,12 +45,7 @@ class EditRenderer:
         return self._compiled[kind]
 
     def __call__(self, codes: np.ndarray, deltas: Sequence[Optional[np.ndarray]]) -> np.ndarray:
-        codes = np.asarray(codes, np.float32)
         kind = delta_kind(deltas)
         fn = self._fn("per_code" if kind == "per_code" else "shared")
-        b, out = self.batch_size, []
-        for s in range(0, codes.shape[0], b):
-            ds = deltas if kind != "per_code" else [None if d is None else d[s:s + b]
-                                                    for d in deltas]
-            out.append(fn(codes[s:s + b], ds))
-        return np.concatenate(out).astype(np.float32)
+        # The compiled renderers take any number of codes: batches, the last one padded.
+        return fn(np.asarray(codes, np.float32), deltas).astype(np.float32)

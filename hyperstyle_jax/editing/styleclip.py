@@ -1,4 +1,4 @@
-"""StyleCLIP global directions on the HyperStyle-tuned generator (SPEC §7.3, §12).
+"""StyleCLIP global directions on the HyperStyle-tuned generator.
 
 An edit is `(s, deltas) -> s'`: the per-layer styles s of one image move along a
 direction Δs built from a CLIP text direction Δi and the per-channel CLIP directions
@@ -21,9 +21,12 @@ import os
 import pickle
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 
 from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.inference import compile_for_batch
+from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.stylespace import StyleSpaceLayout
 
 # ----------------------------------------------------------------------------- files
@@ -231,39 +234,25 @@ class StyleSpaceRenderer:
     """
 
     def __init__(self, inverter, batch_size: int = 4):
-        import jax
-        import jax.numpy as jnp
-
-        from hyperstyle_jax import parallel
-        from hyperstyle_jax.models import stylespace
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.config = inverter.generator_config
         self.layout = stylespace.layout(self.config)
         self.shapes = inverter.model.tuned_delta_shapes()
-        mesh = parallel.local_mesh(self.batch_size)
-        self._repl, self._batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        self._gen_vars = jax.device_put(inverter.frozen["generator"], self._repl)
         gen = inverter.model.generator
 
         def fn(gen_vars, styles, deltas):
             return stylespace.render_styles(gen, gen_vars, styles, weights_deltas=deltas)
 
-        specs = ([jax.ShapeDtypeStruct((self.batch_size, c), jnp.float32, sharding=self._batch)
-                  for c in self.layout.dims],
-                 [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32, sharding=self._repl)
-                  for s in self.shapes])
-        self._compiled = jax.jit(fn, in_shardings=(self._repl, self._batch, self._repl)).lower(
-            self._gen_vars, *specs).compile()
+        f32 = np.float32
+        self._compiled = compile_for_batch(
+            fn, self.batch_size, bound=(inverter.frozen["generator"],),
+            batched=([jax.ShapeDtypeStruct((c,), f32) for c in self.layout.dims],),
+            shared=([None if s is None else jax.ShapeDtypeStruct(s, f32) for s in self.shapes],))
 
     def __call__(self, styles: Sequence[np.ndarray], deltas: Sequence[Optional[np.ndarray]]
                  ) -> np.ndarray:
-        import jax
-
-        from hyperstyle_jax import parallel
-
         if len(styles) != self.layout.n_layers:
             raise EditError(f"{len(styles)} style layers, the generator has "
                             f"{self.layout.n_layers}")
@@ -278,12 +267,7 @@ class StyleSpaceRenderer:
             d = np.zeros(s, np.float32) if d is None else np.asarray(d, np.float32)
             if d.shape != s:
                 raise EditError(f"deltas[{j}] has shape {d.shape}, expected {s}")
-            ds.append(jax.device_put(d, self._repl))
-        k = styles[0].shape[0]
-        b, out = self.batch_size, []
-        for start in range(0, k, b):
-            chunk = [jax.device_put(parallel.pad_batch(np.asarray(s[start:start + b], np.float32),
-                                                       b), self._batch) for s in styles]
-            n = min(b, k - start)
-            out.append(np.asarray(jax.device_get(self._compiled(self._gen_vars, chunk, ds)))[:n])
-        return np.concatenate(out).astype(np.float32)
+            ds.append(d)
+        # Any number of styles: batches of batch_size, the last one padded.
+        styles = [np.asarray(s, np.float32) for s in styles]
+        return self._compiled(styles, ds).astype(np.float32)

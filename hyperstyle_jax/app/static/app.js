@@ -219,7 +219,7 @@ function showInversion(item) {
   $("recon-img").src = `/api/image/${item.key}/reconstruction.png`;
   $("recon-img").dataset.key = item.key;
   $("controls").hidden = false;
-  $("download-latents").href = `/api/latents/${item.key}.npy`;
+  $("download-latents").href = `/api/latents/${item.key}.npz`;
   $("download-deltas").href = `/api/deltas/${item.key}.npz`;
   $("download-deltas").download = `${item.name.replace(/\.[^.]*$/, "")}.npz`;
   requestRender();

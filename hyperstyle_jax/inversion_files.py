@@ -1,0 +1,279 @@
+"""The `invert` output folder: the one module that writes and reads its files.
+
+    OUT/iterations/<k>/<stem>.png   k = 0 (the W-encoder's inversion) .. n (final)
+    OUT/final/<stem>.png            the last iteration's reconstruction
+    OUT/inputs/<stem>.png           the input as the model saw it (aligned, resized)
+    OUT/grids/<stem>.png            labelled: input | initial | iteration 1 .. n
+    OUT/latents.npz                 {stem: codes float32 [n_styles, D]} (no pickle)
+    OUT/deltas/<stem>.npz           'layer_<j>': final offsets [out, in, k, k] per tuned layer
+    OUT/arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
+                                    'codes' [n_styles, D]
+
+Folders written before `latents.npz` hold `latents.npy` (the official script's pickled dict);
+`read_codes` still reads them, and that is the only pickle this package loads. Every file
+appears whole (`utils.paths.atomic_write`). Readers check what they read against the
+generator and fail with `InversionFileError`, one line naming the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from hyperstyle_jax.utils import images
+from hyperstyle_jax.utils.paths import atomic_write
+
+CODES = "latents.npz"
+OLD_CODES = "latents.npy"
+ITERATIONS = "iterations"
+ARRAYS = "arrays"
+DELTAS = "deltas"
+INPUTS = "inputs"
+
+
+class InversionFileError(ValueError):
+    """A missing or malformed file of an inversion folder (one line naming it)."""
+
+
+@dataclasses.dataclass
+class InvertedImage:
+    """One inverted image: codes [n_styles, D]; deltas: per generator layer None or
+    [out, in, k, k]; image: the input as the model saw it, uint8 [h, w, 3] (None when
+    unknown); reconstruction: the final render, float32 [H, W, 3] (None when not kept)."""
+    stem: str
+    codes: np.ndarray
+    deltas: list
+    image: Optional[np.ndarray] = None
+    reconstruction: Optional[np.ndarray] = None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+
+
+def deltas_arrays(deltas: Sequence[Optional[np.ndarray]]) -> dict:
+    """Per-layer offsets (None at untuned layers) -> {'layer_<j>': array}."""
+    return {f"layer_{j}": np.asarray(d) for j, d in enumerate(deltas) if d is not None}
+
+
+def deltas_bytes(deltas: Sequence[Optional[np.ndarray]]) -> bytes:
+    """The bytes of a deltas/<stem>.npz file (for a download)."""
+    buf = io.BytesIO()
+    np.savez(buf, **deltas_arrays(deltas))
+    return buf.getvalue()
+
+
+def codes_bytes(codes: Mapping[str, np.ndarray]) -> bytes:
+    """The bytes of a latents.npz file {stem: codes [n_styles, D]} (for a download)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{str(s): np.asarray(c, np.float32) for s, c in codes.items()})
+    return buf.getvalue()
+
+
+def write_codes(out: str, codes: Mapping[str, np.ndarray]) -> str:
+    """OUT/latents.npz {stem: codes [n_styles, D]}; returns its path."""
+    path = os.path.join(out, CODES)
+    _save_npz(path, {str(s): np.asarray(c, np.float32) for s, c in codes.items()})
+    return path
+
+
+def write_deltas(out: str, stem: str, deltas: Sequence[Optional[np.ndarray]]) -> None:
+    """OUT/deltas/<stem>.npz: 'layer_<j>' [out, in, k, k] at the tuned layers."""
+    _save_npz(os.path.join(out, DELTAS, f"{stem}.npz"), deltas_arrays(deltas))
+
+
+def write_input(out: str, stem: str, image: np.ndarray) -> None:
+    """OUT/inputs/<stem>.png: the input as the model saw it (later edits show it)."""
+    images.save_image(os.path.join(out, INPUTS, f"{stem}.png"), image)
+
+
+def iteration_path(out: str, k: int, stem: str) -> str:
+    """OUT/iterations/<k>/<stem>.png."""
+    return os.path.join(out, ITERATIONS, str(k), f"{stem}.png")
+
+
+def final_path(out: str, stem: str) -> str:
+    """OUT/final/<stem>.png."""
+    return os.path.join(out, "final", f"{stem}.png")
+
+
+def write_item(out: str, stem: str, image: np.ndarray, iterations: Sequence[np.ndarray],
+               codes: np.ndarray, deltas: Optional[Sequence] = None,
+               save_arrays: bool = False) -> None:
+    """Everything `invert` writes for one image but the codes.
+
+    image: uint8 [h, w, 3], the model's input; iterations: float32 [H, W, 3] renders, the
+    W-encoder's (0) then each iteration's (1 .. n); codes [n_styles, D]; deltas (written
+    when given): per layer None or [out, in, k, k]; save_arrays: arrays/<stem>.npz."""
+    n = len(iterations) - 1
+    for k, img in enumerate(iterations):
+        images.save_image(iteration_path(out, k, stem), img)
+    images.save_image(final_path(out, stem), iterations[-1])
+    write_input(out, stem, image)
+    labels = ["input", "initial (W)"] + [f"iteration {k}" for k in range(1, n + 1)]
+    grid = images.make_grid([[image] + list(iterations)], cell_hw=iterations[-1].shape[:2],
+                            labels=[labels])
+    images.save_image(os.path.join(out, "grids", f"{stem}.png"), grid)
+    if save_arrays:
+        arrays = {"init": np.asarray(iterations[0], np.float32),
+                  "codes": np.asarray(codes, np.float32)}
+        arrays.update({f"iter_{k}": np.asarray(iterations[k], np.float32)
+                       for k in range(1, n + 1)})
+        _save_npz(os.path.join(out, ARRAYS, f"{stem}.npz"), arrays)
+    if deltas is not None:
+        write_deltas(out, stem, deltas)
+
+
+def write_inversion(out: str, items: Sequence[InvertedImage]) -> None:
+    """latents.npz, deltas/<stem>.npz and inputs/<stem>.png (when known) of inverted
+    images: what a later `edit --inversion OUT` reads."""
+    for it in items:
+        if it.image is not None:
+            write_input(out, it.stem, it.image)
+        write_deltas(out, it.stem, it.deltas)
+    write_codes(out, {it.stem: it.codes for it in items})
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_codes(folder: str) -> dict:
+    """{stem: codes float32} from latents.npz, else from an older folder's latents.npy."""
+    path = os.path.join(folder, CODES)
+    if os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                codes = {k: np.asarray(f[k], np.float32) for k in f.files}
+        except (OSError, ValueError) as e:
+            raise InversionFileError(f"{path}: not a codes file ({_one_line(e)})") from None
+    else:
+        path = os.path.join(folder, OLD_CODES)
+        if not os.path.isfile(path):
+            raise InversionFileError(f"{folder}: no {CODES} (write the inversion with invert "
+                                     f"--save_latents --save_deltas)")
+        codes = _read_old_codes(path)
+    if not codes:
+        raise InversionFileError(f"{path}: holds no codes")
+    return codes
+
+
+def _read_old_codes(path: str) -> dict:
+    """latents.npy, the official script's pickled {stem: codes}: the one pickle read here
+    (an inversion folder written before latents.npz; only open folders you trust)."""
+    try:
+        obj = np.load(path, allow_pickle=True).item()
+    except (OSError, ValueError, AttributeError) as e:
+        raise InversionFileError(f"{path}: not a latents dict ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise InversionFileError(f"{path}: expected a dict {{stem: codes}}, got "
+                                 f"{type(obj).__name__}")
+    return {str(k): np.asarray(v, np.float32) for k, v in obj.items()}
+
+
+def read_deltas(path: str, shapes: Sequence[Optional[tuple]]) -> list:
+    """deltas/<stem>.npz -> per layer None or float32 [out, in, k, k], checked against
+    `shapes` (the generator's tuned layers: `HyperStyle.tuned_delta_shapes()`)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            got = {}
+            for k in f.files:
+                j = k[len("layer_"):]
+                if not (k.startswith("layer_") and j.isdigit()):
+                    raise InversionFileError(f"{path}: unexpected key {k!r} (expected "
+                                             f"layer_<j>)")
+                got[int(j)] = np.asarray(f[k], np.float32)
+    except (OSError, ValueError) as e:
+        if isinstance(e, InversionFileError):
+            raise
+        raise InversionFileError(f"{path}: not a deltas file ({_one_line(e)})") from None
+    tuned = {j for j, s in enumerate(shapes) if s is not None}
+    if set(got) != tuned:
+        raise InversionFileError(f"{path}: offsets for layers {sorted(got)}, but this "
+                                 f"checkpoint tunes layers {sorted(tuned)}")
+    deltas = [None] * len(shapes)
+    for j, d in got.items():
+        if d.shape != tuple(shapes[j]):
+            raise InversionFileError(f"{path}: layer_{j} has shape {d.shape}, this checkpoint "
+                                     f"needs {tuple(shapes[j])}")
+        deltas[j] = d
+    return deltas
+
+
+def read_input(folder: str, stem: str) -> Optional[np.ndarray]:
+    """inputs/<stem>.png as uint8, or None when it is missing or unreadable (it is shown,
+    never computed with)."""
+    path = os.path.join(folder, INPUTS, f"{stem}.png")
+    try:
+        return images.read_image(path) if os.path.isfile(path) else None
+    except images.ImageReadError:
+        return None
+
+
+def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int,
+                   style_dim: int) -> list:
+    """An inversion folder (codes + deltas) -> [InvertedImage], in the codes file's order.
+
+    shapes: the generator's per-layer offset shapes (None at untuned layers); codes must be
+    [n_styles, style_dim]."""
+    codes = read_codes(folder)
+    path = os.path.join(folder, CODES if os.path.isfile(os.path.join(folder, CODES))
+                        else OLD_CODES)
+    items = []
+    for stem, c in codes.items():
+        if c.shape != (n_styles, style_dim):
+            raise InversionFileError(f"{path}: codes of {stem!r} have shape {c.shape}, this "
+                                     f"generator needs ({n_styles}, {style_dim})")
+        dpath = os.path.join(folder, DELTAS, f"{stem}.npz")
+        if not os.path.isfile(dpath):
+            raise InversionFileError(f"{folder}: missing {DELTAS}/{stem}.npz (write the "
+                                     f"inversion with invert --save_deltas)")
+        items.append(InvertedImage(stem, c, read_deltas(dpath, shapes), read_input(folder, stem)))
+    return items
+
+
+def numeric_subfolders(folder: str) -> list:
+    """Names of the sub-folders of `folder` that are numbers, in numeric order."""
+    subs = [d for d in os.listdir(folder) if d.isdigit() and os.path.isdir(os.path.join(folder, d))]
+    return sorted(subs, key=int)
+
+
+def list_iterations(folder: str) -> list:
+    """The iterations an inversion folder holds images of: ['0', '1', ..] ([] if none)."""
+    path = os.path.join(folder, ITERATIONS)
+    return numeric_subfolders(path) if os.path.isdir(path) else []
+
+
+def list_arrays(folder: str) -> list:
+    """Paths of arrays/<stem>.npz, sorted ([] if none)."""
+    path = os.path.join(folder, ARRAYS)
+    if not os.path.isdir(path):
+        return []
+    return [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".npz")]
+
+
+def read_arrays(folder: str, stem: str) -> dict:
+    """arrays/<stem>.npz -> {'init', 'iter_<k>', 'codes': float32 array}."""
+    path = os.path.join(folder, ARRAYS, f"{stem}.npz")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.asarray(f[k], np.float32) for k in f.files}
+    except (OSError, ValueError) as e:
+        raise InversionFileError(f"{path}: not an arrays file ({_one_line(e)})") from None
+
+
+def array_iterations(keys: Sequence[str]) -> list:
+    """The keys of an arrays/<stem>.npz -> [(iteration, key)]: ('0', 'init'), ('1', 'iter_1').."""
+    out = [("0", "init")] if "init" in keys else []
+    its = sorted(int(k[5:]) for k in keys if k.startswith("iter_") and k[5:].isdigit())
+    return out + [(str(i), f"iter_{i}") for i in its]
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
