@@ -46,7 +46,8 @@ def time_one(path, size, max_side):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
@@ -57,7 +58,8 @@ def main():
     tmp = tempfile.mkdtemp()
     face = Image.open(os.path.join(FIX, "grace_hopper.jpg")).convert("RGB")
     cases = [("grace_hopper.jpg", os.path.join(FIX, "grace_hopper.jpg"), det.DETECT_MAX_SIDE),
-             ("grace_hopper_tight.png", os.path.join(FIX, "grace_hopper_tight.png"), det.DETECT_MAX_SIDE)]
+             ("grace_hopper_tight.png", os.path.join(FIX, "grace_hopper_tight.png"),
+              det.DETECT_MAX_SIDE)]
     for k in (2, 4, 8):
         path = os.path.join(tmp, f"x{k}.png")
         face.resize((face.width * k, face.height * k), Image.Resampling.BICUBIC).save(path)
@@ -65,7 +67,8 @@ def main():
     cases.append(("x4 PNG, full-res detection", os.path.join(tmp, "x4.png"), 0))
 
     print(f"\noutput {args.size}x{args.size}; median of {args.repeats} after 1 warm-up; seconds\n")
-    print("| input | W x H | detected at | read | detect | landmarks | crop/pad/warp | write | total |")
+    print("| input | W x H | detected at | read | detect | landmarks | crop/pad/warp | write "
+          "| total |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, path, max_side in cases:
         time_one(path, args.size, max_side)

@@ -42,8 +42,10 @@ def tiny_inverter():
 
     d = tempfile.mkdtemp(prefix="app_latency_")
     e2e = os.path.join(ROOT, "tests", "fixtures", "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), f"{d}/hs", log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), f"{d}/we", log=lambda *a: None)
+    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), f"{d}/hs",
+                       log=lambda *a: None)
+    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), f"{d}/we",
+                      log=lambda *a: None)
     return load_inverter(f"{d}/hs", f"{d}/we")
 
 
@@ -122,7 +124,8 @@ def rss_mb() -> float:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("tiny", "demo", "full256"), default="tiny")
     p.add_argument("--demo", help="demo workdir (with --model demo)")
     p.add_argument("--n_iters", type=int, default=0, help="0: 3 (demo), 2 (tiny), 5 (full256)")
@@ -227,7 +230,8 @@ def main():
           f"{ms([max(rends)])} |")
     print(f"\nload test: {args.concurrent} concurrent requests ({n_up} uploads, "
           f"{args.concurrent - n_up} renders): {answered} answered, {lost} lost, wall "
-          f"{wall:.1f} s; render latency median {ms(lat_r)} max {ms([max(lat_r)]) if lat_r else '-'}"
+          f"{wall:.1f} s; render latency median {ms(lat_r)} "
+          f"max {ms([max(lat_r)]) if lat_r else '-'}"
           f"; upload->reconstruction median {ms(lat_u)} max {ms([max(lat_u)]) if lat_u else '-'}; "
           f"peak RSS {rss_mb():.0f} MB; cache {health['cached']} inversions, "
           f"{health['cache_bytes'] / 2 ** 20:.1f} MB")
@@ -235,7 +239,8 @@ def main():
         if not r[1]:
             print("  lost:", r[3])
     print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} "
-          f"{load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+          f"{load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} "
+          f"{load_after[2]:.2f}")
     return 0 if lost == 0 else 1
 
 

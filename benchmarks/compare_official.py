@@ -6,10 +6,12 @@ ratios, the bf16-vs-fp32 mean relative error of the final images and the load av
 
     # ours only (no official repo needed; random JAX weights):
     python benchmarks/compare_official.py --ours_only
-    python benchmarks/compare_official.py --ours_only --official_s_per_image 11.85  # a figure measured elsewhere
+    # with an official figure measured elsewhere:
+    python benchmarks/compare_official.py --ours_only --official_s_per_image 11.85
 
     # against the official code:
-    python benchmarks/compare_official.py --official ~/hyperstyle --official_python ~/venv-official/bin/python
+    python benchmarks/compare_official.py --official ~/hyperstyle \\
+        --official_python ~/venv-official/bin/python
 
 The official venv (torch + torchvision for CPU, as the official README's environment
 minus CUDA): `python -m venv ~/venv-official && ~/venv-official/bin/pip install
@@ -60,6 +62,7 @@ def inputs(n: int, hw: int, seed: int) -> np.ndarray:
 def ours_random(size: int, precisions, per_sample: str):
     """Inverters on random full-width JAX weights (benchmarks/invert.py's build)."""
     from invert import build
+
     from hyperstyle_jax.inference import Inverter, stored_for_precision
     from hyperstyle_jax.models.hyperstyle import HyperStyle
 
@@ -141,7 +144,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", help="the official HyperStyle repo root")
     p.add_argument("--official_python", help="python of a venv that runs the official code")
     p.add_argument("--ours_only", action="store_true", help="time ours only (random JAX weights)")
@@ -207,13 +211,15 @@ def main(argv=None):
           f"full width, random weights, best of {args.rounds} alternating rounds; load average "
           f"during the timed calls {min(loads):.1f}-{max(loads):.1f} (1 min), "
           f"{os.cpu_count()} CPUs\n")
-    print("| program | s / image | speed vs official | final images vs ours fp32 (mean rel. err.) |")
+    print("| program | s / image | speed vs official "
+          "| final images vs ours fp32 (mean rel. err.) |")
     print("|---|---|---|---|")
     if ref is not None and "official" not in best:
         print(f"| {ref_label} | {ref / args.batch:.2f} | 1.00x | |")
     for k, v in best.items():
         ratio = f"{ref / v:.2f}x" if ref is not None else "—"
-        err = "" if k == "fp32" or "fp32" not in finals else f"{rel_err(finals[k], finals['fp32']):.2e}"
+        err = ("" if k == "fp32" or "fp32" not in finals
+               else f"{rel_err(finals[k], finals['fp32']):.2e}")
         if k == "official":
             ratio = "1.00x"
         name = {"fp32": "ours fp32", "bf16": "ours bf16"}.get(k, k)

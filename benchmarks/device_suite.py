@@ -153,7 +153,8 @@ def train_row(size, batch, n_iters, precision, smoke):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes (a test of the suite)")
     p.add_argument("--budget_s", type=float, default=450)
     p.add_argument("--repeats", type=int, default=3)
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         except Exception as e:  # one failing row (e.g. out of memory) must not hide the rest
             rows.append((label, None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
         print(f"{label}: {rows[-1][1] or rows[-1][2]}", flush=True)
-    print(f"\n| row | ms / image | images / s | compile s | executable GB | peak GB so far | note |")
+    print("\n| row | ms / image | images / s | compile s | executable GB | peak GB so far | note |")
     print("|---|---|---|---|---|---|---|")
     for label, r, note in rows:
         if r is None:

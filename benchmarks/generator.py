@@ -29,8 +29,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hyperstyle_jax.models.conv import PER_SAMPLE_FORMS, resolve_per_sample  # noqa: E402
-from hyperstyle_jax.models.stylegan2 import (Generator, GeneratorConfig,  # noqa: E402
-                                             official_channels, random_init)
+from hyperstyle_jax.models.stylegan2 import (  # noqa: E402
+    Generator,
+    GeneratorConfig,
+    official_channels,
+    random_init,
+)
 
 
 def make_config(size: int, width_div: int) -> GeneratorConfig:

@@ -37,7 +37,8 @@ def build(size: int):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="256,1024")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--n_iters", type=int, default=5)

@@ -55,6 +55,7 @@ def train_opts(size: int, n_iters: int, w_encoder: str, stylegan: str):
 def make(args):
     torch = patch(args.repo)
     from argparse import Namespace
+
     from models.encoders.w_encoder import WEncoder
     from models.hyperstyle import HyperStyle
     from models.stylegan2.model import Generator
@@ -116,7 +117,8 @@ def serve(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("make", "serve"))
     p.add_argument("--repo", required=True)
     p.add_argument("--size", type=int, default=256)

@@ -18,7 +18,14 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+
+from hyperstyle_jax.models import e4e, hypernetwork, irse, stylegan2
+from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path, tree_mismatch
 
 KIND_STYLEGAN2 = "stylegan2"
 KIND_HYPERSTYLE = "hyperstyle"
@@ -30,37 +37,6 @@ class CheckpointError(ValueError):
     """A converted checkpoint folder is missing or unreadable; the message names it."""
 
 
-def tree_paths(tree: Any) -> dict[str, tuple]:
-    """{'a/b/c': shape} for every leaf of a nested dict (arrays or ShapeDtypeStructs)."""
-    out = {}
-
-    def rec(node, path):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                rec(v, f"{path}/{k}" if path else str(k))
-        else:
-            out[path] = tuple(node.shape)
-
-    rec(tree, "")
-    return out
-
-
-def tree_mismatch(got: Any, expected: Any) -> str | None:
-    """None when both trees have the same paths and shapes; else every difference, named."""
-    g, e = tree_paths(got), tree_paths(expected)
-    missing = sorted(set(e) - set(g))
-    extra = sorted(set(g) - set(e))
-    bad = sorted(f"{p}: {g[p]} vs expected {e[p]}" for p in set(g) & set(e) if g[p] != e[p])
-    lines = []
-    if missing:
-        lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
-    if extra:
-        lines.append(f"unexpected ({len(extra)}): " + ", ".join(extra))
-    if bad:
-        lines.append(f"misshaped ({len(bad)}): " + "; ".join(bad))
-    return " | ".join(lines) or None
-
-
 def check_loaded(tree: Any, expected: Any, path: str, what: str) -> None:
     problem = tree_mismatch(tree, expected)
     if problem:
@@ -69,8 +45,6 @@ def check_loaded(tree: Any, expected: Any, path: str, what: str) -> None:
 
 def save_converted(out_dir: str, tree: dict, config: dict, kind: str) -> None:
     """Write `tree` (nested dict of numpy/jax arrays) and `config` to `out_dir`."""
-    import orbax.checkpoint as ocp
-
     out_dir = os.path.abspath(out_dir)
     arrays = os.path.join(out_dir, "arrays")
     if os.path.exists(arrays):
@@ -87,8 +61,6 @@ def save_converted(out_dir: str, tree: dict, config: dict, kind: str) -> None:
 
 def load_converted(path: str, kind: str | None = None) -> tuple[dict, dict]:
     """Read a folder written by `save_converted`: returns (config, tree of numpy arrays)."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     cfg_path = os.path.join(path, "config.json")
     arrays = os.path.join(path, "arrays")
@@ -117,8 +89,6 @@ def load_converted(path: str, kind: str | None = None) -> tuple[dict, dict]:
 
 def _restore_target(meta: Any) -> Any:
     """Host numpy targets from orbax metadata, so restore never needs a device layout."""
-    import jax
-
     def leaf(m):
         return np.zeros(m.shape, m.dtype) if hasattr(m, "shape") else m
 
@@ -126,8 +96,6 @@ def _restore_target(meta: Any) -> Any:
 
 
 def _as_numpy(tree: Any) -> Any:
-    import jax
-
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
 
 
@@ -140,11 +108,6 @@ def load_generator_with_latent_avg(path: str):
     latent_avg is a numpy [style_dim] (or [n_latent, style_dim]) or None when the
     checkpoint had none (Flax rejects a bare array as a collection, so it is separate).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
-
     cfg_dict, tree = load_converted(path, kind=KIND_STYLEGAN2)
     try:
         config = GeneratorConfig.from_dict(cfg_dict)
@@ -170,8 +133,6 @@ def load_hyperstyle(path: str) -> tuple[dict, dict]:
     variables = {'hypernet': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
                  'latent_avg': [n_styles, style_dim]}
     """
-    from hyperstyle_jax.models import hypernetwork, stylegan2
-
     config, tree = load_converted(path, KIND_HYPERSTYLE)
     try:
         gen = stylegan2.GeneratorConfig.from_dict(config["generator"])
@@ -193,8 +154,6 @@ def load_hyperstyle(path: str) -> tuple[dict, dict]:
 def load_w_encoder(path: str) -> tuple[dict, dict]:
     """A `w_encoder` folder -> (config, {'params', 'batch_stats'}); build the module with
     `models.irse.WEncoder.from_config(config)`."""
-    from hyperstyle_jax.models import irse
-
     config, variables = load_converted(path, KIND_W_ENCODER)
     try:
         shapes = irse.w_encoder_init_shapes(config)
@@ -210,16 +169,13 @@ def load_hypernet_backbone_init(path: str) -> tuple[dict, dict]:
     return load_converted(path, KIND_BACKBONE_INIT)
 
 
-def merge_backbone_init(variables: Mapping, init_tree: Mapping, origin: str = "resnet34 init") -> dict:
+def merge_backbone_init(variables: Mapping, init_tree: Mapping,
+                        origin: str = "resnet34 init") -> dict:
     """Copy a `resnet34` folder's tree into fresh HyperNetwork variables, strictly.
 
     Every path of `init_tree` must exist in `variables` with the same shape (errors name
     each one); paths not in `init_tree` (PReLU, refinement blocks) are kept.
     """
-    import jax
-
-    from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
-
     out = jax.tree_util.tree_map(lambda x: x, dict(variables))
     bad = []
     for collection, tree in init_tree.items():
@@ -252,8 +208,6 @@ def load_restyle_e4e(path: str) -> tuple[dict, dict]:
     variables = {'encoder': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
                  'latent_avg': [n_styles, style_dim]}
     """
-    from hyperstyle_jax.models import e4e, stylegan2
-
     config, tree = load_converted(path, KIND_RESTYLE_E4E)
     try:
         gen = stylegan2.GeneratorConfig.from_dict(config["generator"])

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -129,8 +130,6 @@ def to_host(tree: Any) -> Any:
 
 def gather_to_host(tree: Any) -> Any:
     """Batch-sharded global arrays -> full numpy arrays on every process."""
-    from jax.experimental import multihost_utils
-
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
     return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,12 +1,14 @@
-"""Test setup: fp32 matmuls everywhere (GPUs default to TF32, TPUs to bf16 passes)."""
+"""Test setup: fp32 matmuls everywhere (GPUs default to TF32, TPUs to bf16 passes), and
+the session fixtures shared by the test files."""
 import os
 
 import jax
 import pytest
+from helpers import E2E, FIXTURES, quiet
+
+from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
 jax.config.update("jax_default_matmul_precision", "highest")
-
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 @pytest.fixture(scope="session")
@@ -14,17 +16,32 @@ def fixtures_dir():
     return FIXTURES
 
 
-def saved_train_state(workdir, step):
-    """The saved train state (numpy leaves, by key path) of checkpoint `step` in `workdir`."""
-    import numpy as np
-    import orbax.checkpoint as ocp
+class ConvertedE2E:
+    """Fixture 05_e2e's checkpoints, each converted on first use into a folder under `root`.
 
-    path = os.path.join(str(workdir), "checkpoints", str(step), "state")
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        meta = getattr(meta, "item_metadata", meta)
-        # Host numpy targets: the checkpoint was written from other device layouts.
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
-        tree = ckptr.restore(path, target)
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+    The folders are shared by every test of a worker: read them, never write into them.
+    """
+
+    def __init__(self, root):
+        self.root = str(root)
+
+    def _converted(self, name: str, convert, source: str) -> str:
+        out = os.path.join(self.root, name)
+        if not os.path.isdir(out):
+            convert(os.path.join(E2E, source), out, log=quiet)
+        return out
+
+    def hyperstyle(self, variant: str = "default") -> str:
+        """The converted HyperStyle checkpoint 'default' or 'separable' (its folder)."""
+        return self._converted(f"hyperstyle_{variant}", convert_hyperstyle,
+                               f"hyperstyle_e2e_{variant}.pt")
+
+    def w_encoder(self) -> str:
+        """The converted W-encoder (pSp, narrow) checkpoint folder."""
+        return self._converted("w_encoder", convert_w_encoder, "w_encoder_narrow_psp.pt")
+
+
+@pytest.fixture(scope="session")
+def e2e_checkpoints(tmp_path_factory) -> ConvertedE2E:
+    """05_e2e's checkpoints converted once per test worker (see `ConvertedE2E`)."""
+    return ConvertedE2E(tmp_path_factory.mktemp("e2e_checkpoints"))

@@ -13,7 +13,7 @@ from PIL import Image
 from hyperstyle_jax import align
 from hyperstyle_jax.align import api, cli, steps
 from hyperstyle_jax.align import detect as det
-from hyperstyle_jax.utils import images as imio
+from hyperstyle_jax.utils import images
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "12_alignment")
 FACE = os.path.join(FIX, "grace_hopper.jpg")
@@ -114,7 +114,7 @@ def test_each_step_alone(fx, cfg, case):
 @pytest.mark.parametrize("prefix", ["", "tight_"])
 def test_model_input(fx, prefix):
     """What invert feeds the model: PIL bilinear to 256, then [-1, 1]."""
-    x = imio.to_float(imio.resize(fx[prefix + "aligned_1024"], (256, 256)))
+    x = images.to_float(images.resize(fx[prefix + "aligned_1024"], (256, 256)))
     np.testing.assert_allclose(x, fx[prefix + "model_input_256"][0].transpose(1, 2, 0), rtol=0, atol=1e-6)
 
 
@@ -242,7 +242,7 @@ def test_awkward_inputs(tmp_path):
     with pytest.raises(align.NoFaceError, match=r"tiny\.png: no face found in the 8x8 image$"):
         align.align_image(str(tmp_path / "tiny.png"))
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(imio.ImageReadError, match=r"text\.png: not an image"):
+    with pytest.raises(images.ImageReadError, match=r"text\.png: not an image"):
         align.align_image(str(tmp_path / "text.png"))
     with pytest.raises(align.AlignError, match=r"^<image>: expected uint8"):
         align.align_image(np.zeros((4, 4, 3), np.float32))
@@ -294,14 +294,10 @@ def test_bad_face_option(capsys):
 # ---------------------------------------------------------------- invert --align
 
 @needs_dlib
-def test_invert_align(tmp_path, fx, capsys, monkeypatch):
+def test_invert_align(tmp_path, fx, capsys, monkeypatch, e2e_checkpoints):
     from hyperstyle_jax import inference, invert
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
-    e2e = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
-    hs, we = str(tmp_path / "hs"), str(tmp_path / "we")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), hs, log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), we, log=lambda *a: None)
+    hs, we = e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(FACE, src / "face.jpg")
@@ -328,9 +324,9 @@ def test_invert_align(tmp_path, fx, capsys, monkeypatch):
     # first cell shows that input.
     [(hw, ok, arrs)] = fed
     assert ok == [str(src / "face.jpg")]
-    np.testing.assert_array_equal(arrs[0], imio.resize(fx["aligned_1024"], hw))
+    np.testing.assert_array_equal(arrs[0], images.resize(fx["aligned_1024"], hw))
     grid = np.asarray(Image.open(out / "grids" / "face.png"))
     cell = np.asarray(Image.open(out / "final" / "face.png")).shape[:2]
     # One row: the cells end 2 px above the bottom, below any label band.
     top = grid.shape[0] - 2 - cell[0]
-    np.testing.assert_array_equal(grid[top:top + cell[0], 2:2 + cell[1]], imio.resize(arrs[0], cell))
+    np.testing.assert_array_equal(grid[top:top + cell[0], 2:2 + cell[1]], images.resize(arrs[0], cell))

@@ -1,7 +1,6 @@
 """The public Python API (`hyperstyle_jax.load`) on the fixture-05 model: it gives the
 numbers of the batched inverter the CLIs use, renders and edits, and saves a folder the
 edit CLI reads; the stepwise inverter of the page gives the same numbers."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,23 +9,16 @@ import pytest
 from PIL import Image
 
 import hyperstyle_jax
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.editing import interfacegan
 from hyperstyle_jax.inference import StepwiseInverter, compile_for_batch
 from hyperstyle_jax.utils import images
 
-E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
 N_ITERS = 2
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    convert_hyperstyle(os.path.join(E2E, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(E2E, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
-    return str(d / "hs"), str(d / "we")
+def ckpts(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import ROOT, free_port, quiet
 from PIL import Image
 
 from hyperstyle_jax.app.engine import EditSpec, UploadError
@@ -32,7 +32,6 @@ from hyperstyle_jax.editing import EditError
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
 F10 = os.path.join(HERE, "10_styleclip")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -89,15 +88,10 @@ def _photo(seed: int, size: int = 96) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
-
+def files(tmp_path_factory, e2e_checkpoints):
     d = tmp_path_factory.mktemp("app")
-    e2e = os.path.join(HERE, "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
+    os.symlink(e2e_checkpoints.hyperstyle(), d / "hs")
+    os.symlink(e2e_checkpoints.w_encoder(), d / "we")
     r = np.random.RandomState(0)
     os.makedirs(d / "dirs")
     for name in ("age", "smile"):  # (1, D) unit directions of the 64-wide codes
@@ -124,9 +118,9 @@ def files(tmp_path_factory):
 
     f13 = os.path.join(HERE, "13_restyle_domain")
     convert_restyle_e4e(os.path.join(f13, "restyle_e4e_narrow.pt"), str(d / "restyle"),
-                        log=lambda *a: None)
+                        log=quiet)
     convert_stylegan2(os.path.join(f13, "stylegan2_narrow128_finetuned.pt"), str(d / "toon"),
-                      log=lambda *a: None)
+                      log=quiet)
     os.makedirs(d / "examples")
     Image.fromarray(_photo(9)).save(d / "examples" / "colours.png")
     photos = {}
@@ -140,12 +134,6 @@ def files(tmp_path_factory):
     return d, photos
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.read()
@@ -154,7 +142,7 @@ def _get(url: str, timeout: float = 5.0):
 @pytest.fixture(scope="module")
 def server(files):
     d, _ = files
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "hyperstyle_jax.app", "--checkpoint", str(d / "hs"),
            "--w_encoder", str(d / "we"), "--directions", str(d / "dirs"), "--pca",
            str(d / "pca.npz"), "--examples", str(d / "examples"), "--n_iters", str(N_ITERS),
@@ -336,11 +324,11 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
 
     # the page's inversion is the CLI's: same codes and offsets as Inverter.batched_inverter
     from hyperstyle_jax.inference import load_inverter
-    from hyperstyle_jax.utils import images as imio
+    from hyperstyle_jax.utils import images
 
     inv = load_inverter(str(d / "hs"), str(d / "we"))
-    x = imio.resize(imio.read_image(str(photos["photo0.png"])), inv.input_hw)
-    ref = inv.batched_inverter(1, N_ITERS)(imio.to_float(x[None]))
+    x = images.resize(images.read_image(str(photos["photo0.png"])), inv.input_hw)
+    ref = inv.batched_inverter(1, N_ITERS)(images.to_float(x[None]))
     np.testing.assert_allclose(lat["photo0"], ref["codes"][0], atol=1e-5)
     for j, r in enumerate(ref["deltas"]):
         if r is not None:

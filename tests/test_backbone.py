@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nchw, nhwc
 
 from hyperstyle_jax.convert import hyperstyle as conv
 from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.models import irse
 from hyperstyle_jax.models.layers import BatchNorm, PReLU
 from hyperstyle_jax.models.resnet import BasicBlock, HypernetBackbone, block_table
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "04_backbone")
 ATOL, RTOL = 5e-5, 1e-5
@@ -35,14 +35,6 @@ def _sd(name, key_prefix=""):
     return SourceDict({key_prefix + k: v for k, v in sd.items()}, path)
 
 
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
-
-
-def nchw(a):
-    return np.transpose(np.asarray(a), (0, 3, 1, 2))
-
-
 def _close(got, want, atol=ATOL, rtol=RTOL):
     np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
 
@@ -56,7 +48,9 @@ class Stack(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
-        for i, (p, s, ds) in enumerate(block_table([(self.planes, self.n, self.stride)], self.inplanes)):
+        for i, (p, s, ds) in enumerate(
+            block_table([(self.planes, self.n, self.stride)], self.inplanes)
+        ):
             x = BasicBlock(p, s, ds, name=f"b{i}")(x, train)
         return x
 
@@ -76,9 +70,16 @@ def test_batchnorm_closed_form():
     """Train mode: biased variance normalizes, unbiased variance updates (n = B*H*W)."""
     x = np.random.RandomState(0).randn(3, 4, 5, 2).astype(np.float32) * 3 + 1
     bn = BatchNorm()
-    v = {"params": {"weight": np.array([2.0, 0.5], np.float32), "bias": np.array([0.1, -1], np.float32)},
-         "batch_stats": {"running_mean": np.array([0.3, 0.2], np.float32),
-                         "running_var": np.array([1.5, 0.7], np.float32)}}
+    v = {
+        "params": {
+            "weight": np.array([2.0, 0.5], np.float32),
+            "bias": np.array([0.1, -1], np.float32),
+        },
+        "batch_stats": {
+            "running_mean": np.array([0.3, 0.2], np.float32),
+            "running_var": np.array([1.5, 0.7], np.float32),
+        },
+    }
     y, upd = bn.apply(v, jnp.asarray(x), True, mutable=["batch_stats"])
     m = x.reshape(-1, 2).mean(0)
     var_b = x.reshape(-1, 2).var(0)
@@ -87,7 +88,11 @@ def test_batchnorm_closed_form():
     _close(upd["batch_stats"]["running_mean"], 0.9 * np.array([0.3, 0.2]) + 0.1 * m, 1e-6)
     _close(upd["batch_stats"]["running_var"], 0.9 * np.array([1.5, 0.7]) + 0.1 * var_u, 1e-6)
     y_eval = bn.apply(v, jnp.asarray(x), False)
-    _close(y_eval, (x - [0.3, 0.2]) / np.sqrt(np.array([1.5, 0.7]) + 1e-5) * [2.0, 0.5] + [0.1, -1], 1e-5)
+    _close(
+        y_eval,
+        (x - [0.3, 0.2]) / np.sqrt(np.array([1.5, 0.7]) + 1e-5) * [2.0, 0.5] + [0.1, -1],
+        1e-5,
+    )
 
 
 def test_prelu_per_channel():
@@ -108,7 +113,12 @@ def test_hypernet_stem(io, train):
         y, upd = m.apply(v, x, True, mutable=["batch_stats"])
         _close(nchw(y), io["out_train__hypernet_stem"])
         for s in ("running_mean", "running_var"):
-            _close(upd["batch_stats"]["bn1"][s], io[f"train_state_after__hypernet_stem__bn1.{s}"], 0, RTOL)
+            _close(
+                upd["batch_stats"]["bn1"][s],
+                io[f"train_state_after__hypernet_stem__bn1.{s}"],
+                0,
+                RTOL,
+            )
     else:
         _close(nchw(m.apply(v, x, False)), io["out_eval__hypernet_stem"])
 
@@ -134,8 +144,13 @@ def test_basicblock_stack_ds(io, train):
     y, upd = m.apply(v, x, True, mutable=["batch_stats"])
     _close(nchw(y), io["out_train__basicblock_stack_ds"])
     bs = upd["batch_stats"]
-    pairs = {"0.bn1": bs["b0"]["bn1"], "0.bn2": bs["b0"]["bn2"], "0.downsample.1": bs["b0"]["downsample_1"],
-             "1.bn1": bs["b1"]["bn1"], "1.bn2": bs["b1"]["bn2"]}
+    pairs = {
+        "0.bn1": bs["b0"]["bn1"],
+        "0.bn2": bs["b0"]["bn2"],
+        "0.downsample.1": bs["b0"]["downsample_1"],
+        "1.bn1": bs["b1"]["bn1"],
+        "1.bn2": bs["b1"]["bn2"],
+    }
     for key, got in pairs.items():
         for s in ("running_mean", "running_var"):
             _close(got[s], io[f"train_state_after__basicblock_stack_ds__{key}.{s}"], 1e-7, RTOL)
@@ -165,7 +180,10 @@ def test_se_module(io):
 
 
 def test_wencoder_input_layer(io):
-    m, x = irse.WEncoder(n_styles=18, units=(), input_width=64), nhwc(io["in__wencoder_input_layer"])
+    m, x = (
+        irse.WEncoder(n_styles=18, units=(), input_width=64),
+        nhwc(io["in__wencoder_input_layer"]),
+    )
     shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, method=irse.WEncoder.features))
     src = _sd("wencoder_input_layer")
     v = conv.from_state_dict(src, shapes)
@@ -175,7 +193,10 @@ def test_wencoder_input_layer(io):
 
 
 def test_wencoder_head(io):
-    m, x = irse.WEncoder(n_styles=18, style_dim=512, units=((512, 512, 1),)), nhwc(io["in__wencoder_head"])
+    m, x = (
+        irse.WEncoder(n_styles=18, style_dim=512, units=((512, 512, 1),)),
+        nhwc(io["in__wencoder_head"]),
+    )
     shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, method=irse.WEncoder.head))
     src = _sd("wencoder_head")
     v = conv.from_state_dict(src, shapes)
@@ -189,7 +210,12 @@ def test_get_blocks_tables():
     for n, counts in ((50, (3, 4, 14, 3)), (100, (3, 13, 30, 3)), (152, (3, 8, 36, 3))):
         units = irse.get_blocks(n)
         assert len(units) == sum(counts)
-        assert [u for u in units if u[2] == 2] == [(64, 64, 2), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
+        assert [u for u in units if u[2] == 2] == [
+            (64, 64, 2),
+            (64, 128, 2),
+            (128, 256, 2),
+            (256, 512, 2),
+        ]
     with pytest.raises(ValueError, match="Must be one of"):
         irse.get_blocks(34)
 
@@ -232,22 +258,40 @@ def test_resnet50_trunk_vs_torch_functional():
             conv_w(f"{key}.conv3", 4 * planes, planes, 1), bn(f"{key}.bn3", 4 * planes)
             ds = st != 1 or inplanes != 4 * planes
             if ds:
-                conv_w(f"{key}.downsample.0", 4 * planes, inplanes, 1), bn(f"{key}.downsample.1", 4 * planes)
+                (
+                    conv_w(f"{key}.downsample.0", 4 * planes, inplanes, 1),
+                    bn(f"{key}.downsample.1", 4 * planes),
+                )
             blocks.append((key, st, ds))
             inplanes = 4 * planes
     t = {k: torch.from_numpy(v) for k, v in sd.items()}
 
     def tbn(x, key):
-        return F.batch_norm(x, t[f"{key}.running_mean"], t[f"{key}.running_var"], t[f"{key}.weight"],
-                            t[f"{key}.bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            t[f"{key}.running_mean"],
+            t[f"{key}.running_var"],
+            t[f"{key}.weight"],
+            t[f"{key}.bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     def reference(x):
-        x = F.max_pool2d(F.relu(tbn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+        x = F.max_pool2d(
+            F.relu(tbn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1
+        )
         for key, st, ds in blocks:
             out = F.relu(tbn(F.conv2d(x, t[f"{key}.conv1.weight"]), f"{key}.bn1"))
-            out = F.relu(tbn(F.conv2d(out, t[f"{key}.conv2.weight"], stride=st, padding=1), f"{key}.bn2"))
+            out = F.relu(
+                tbn(F.conv2d(out, t[f"{key}.conv2.weight"], stride=st, padding=1), f"{key}.bn2")
+            )
             out = tbn(F.conv2d(out, t[f"{key}.conv3.weight"]), f"{key}.bn3")
-            idn = tbn(F.conv2d(x, t[f"{key}.downsample.0.weight"], stride=st), f"{key}.downsample.1") if ds else x
+            idn = (
+                tbn(F.conv2d(x, t[f"{key}.downsample.0.weight"], stride=st), f"{key}.downsample.1")
+                if ds
+                else x
+            )
             x = F.relu(out + idn)
         return x.mean((2, 3))
 
@@ -280,13 +324,15 @@ def test_batchnorm_train_stats_over_global_batch_on_a_mesh():
         x = np.random.RandomState(0).randn(4, 3, 3, 2).astype(np.float32)
         x[:2] += 5.0  # the two shards have very different means
         v = {"params": {"weight": np.ones(2, np.float32), "bias": np.zeros(2, np.float32)},
-             "batch_stats": {"running_mean": np.zeros(2, np.float32), "running_var": np.ones(2, np.float32)}}
+             "batch_stats": {"running_mean": np.zeros(2, np.float32),
+                             "running_var": np.ones(2, np.float32)}}
         xs = jax.device_put(x, NamedSharding(mesh, P("data")))
         y, upd = jax.jit(lambda v, x: BatchNorm().apply(v, x, True, mutable=["batch_stats"]))(v, xs)
         flat = x.reshape(-1, 2)
         np.testing.assert_allclose(np.asarray(y).reshape(-1, 2),
                                    (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), atol=1e-5)
-        np.testing.assert_allclose(upd["batch_stats"]["running_var"], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+        np.testing.assert_allclose(upd["batch_stats"]["running_var"],
+                                   0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
         print("OK")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

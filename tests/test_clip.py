@@ -19,8 +19,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from hyperstyle_jax.clip import (ClipEncoder, load_clip, preprocess_batch, preprocess_images,
-                                 styleclip_templates, tokenize)
+from hyperstyle_jax.clip import (
+    ClipEncoder,
+    load_clip,
+    preprocess_batch,
+    preprocess_images,
+    styleclip_templates,
+    tokenize,
+)
 from hyperstyle_jax.clip.tokenizer import VOCAB_FILE, get_tokenizer
 from hyperstyle_jax.convert import clip as cc
 from hyperstyle_jax.models.clip import CLIP, CLIPConfig
@@ -99,7 +105,9 @@ def _torch_encode_text(sd, ids, heads):
 
 def test_tokenizer_matches_every_template_exactly(fx, fx_config):
     with open(VOCAB_FILE, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == fx_config["provenance"]["clip_bpe_vocab_sha256"]
+        assert (
+            hashlib.sha256(f.read()).hexdigest() == fx_config["provenance"]["clip_bpe_vocab_sha256"]
+        )
     assert len(get_tokenizer()) == 49408
     templates = styleclip_templates()
     assert len(templates) == 79
@@ -107,7 +115,8 @@ def test_tokenizer_matches_every_template_exactly(fx, fx_config):
         ids = tokenize([t.format(prompt) for t in templates])
         assert ids.dtype == np.int32 and ids.shape == (79, 77)
         np.testing.assert_array_equal(ids, fx["tokens_all_templates"][i])
-    assert tokenize("a face")[0, :5].tolist() == [49406, 320, 1710, 49407, 0]  # SPEC §13.5
+    # official simple_tokenizer
+    assert tokenize("a face")[0, :5].tolist() == [49406, 320, 1710, 49407, 0]
     # cleaning: html entities, whitespace runs, case; digits one per token
     assert tokenize("A  &amp;\tFACE 12")[0].tolist() == tokenize("a & face 1 2")[0].tolist()
     tok = get_tokenizer()
@@ -173,7 +182,9 @@ def test_styleclip_text_features_and_delta_i(encoder, all_text, fx):
     np.testing.assert_allclose(encoder.encode_texts([three[1].format("a smiling face")])[0],
                                all_text[1, 1], rtol=0, atol=1e-6)
     feats = encoder.text_features(["a smiling face", "a face"], three)
-    np.testing.assert_allclose(feats, fx["styleclip_text_features_target_neutral"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        feats, fx["styleclip_text_features_target_neutral"], rtol=0, atol=ATOL
+    )
     np.testing.assert_allclose(encoder.delta_i("a smiling face", "a face", three),
                                fx["styleclip_delta_i"], rtol=0, atol=ATOL)
     # all 79 templates (StyleCLIP's default) = the formula on the checked embeddings
@@ -198,7 +209,10 @@ def _listing():
 def test_converter_consumes_the_full_vit_b32_listing():
     listing = _listing()
     zero = np.zeros((), np.float32)
-    sd = {k: np.broadcast_to(zero, v["shape"]) for k, v in listing["keys_float32_module_order"].items()}
+    sd = {
+        k: np.broadcast_to(zero, v["shape"])
+        for k, v in listing["keys_float32_module_order"].items()
+    }
     assert len(sd) == listing["n_keys"] == 302
     sd.update({"input_resolution": np.asarray(224), "context_length": np.asarray(77),
                "vocab_size": np.asarray(49408)})  # the released file's integer entries
@@ -224,9 +238,11 @@ def _to_hf(params, config):
         "text_projection.weight": p["text_projection"].T,
         "logit_scale": p["logit_scale"],
         "vision_model.embeddings.class_embedding": p["visual"]["class_embedding"],
-        "vision_model.embeddings.patch_embedding.weight": np.transpose(p["visual"]["conv1"]["kernel"], (3, 2, 0, 1)),
+        "vision_model.embeddings.patch_embedding.weight": np.transpose(
+            p["visual"]["conv1"]["kernel"], (3, 2, 0, 1)
+        ),
         "vision_model.embeddings.position_embedding.weight": p["visual"]["positional_embedding"],
-        "vision_model.embeddings.position_ids": np.arange(config.grid ** 2 + 1)[None],
+        "vision_model.embeddings.position_ids": np.arange(config.grid**2 + 1)[None],
         "vision_model.pre_layrnorm.weight": p["visual"]["ln_pre"]["weight"],
         "vision_model.pre_layrnorm.bias": p["visual"]["ln_pre"]["bias"],
         "vision_model.post_layernorm.weight": p["visual"]["ln_post"]["weight"],
@@ -237,8 +253,11 @@ def _to_hf(params, config):
                            (p["visual"]["transformer"], "vision_model.encoder.layers.")):
         for name, b in blocks.items():
             q = f"{prefix}{name.split('_')[1]}."
-            for n, w, bias in zip("qkv", np.split(np.asarray(b["attn"]["in_proj_kernel"]), 3, axis=1),
-                                  np.split(np.asarray(b["attn"]["in_proj_bias"]), 3)):
+            for n, w, bias in zip(
+                "qkv",
+                np.split(np.asarray(b["attn"]["in_proj_kernel"]), 3, axis=1),
+                np.split(np.asarray(b["attn"]["in_proj_bias"]), 3),
+            ):
                 out[f"{q}self_attn.{n}_proj.weight"] = w.T
                 out[f"{q}self_attn.{n}_proj.bias"] = bias
             out[f"{q}self_attn.out_proj.weight"] = np.asarray(b["attn"]["out_proj"]["kernel"]).T
@@ -283,7 +302,10 @@ def test_huggingface_safetensors_layout(converted, tmp_path):
     assert cc.convert_file(path)[0] == config
     del hf["vision_model.encoder.layers.1.self_attn.k_proj.bias"]
     safetensors.save_file(hf, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(cc.ConversionError, match=r"missing keys \(1\): vision_model.encoder.layers.1.self_attn.k_proj.bias"):
+    with pytest.raises(
+        cc.ConversionError,
+        match=r"missing keys \(1\): vision_model.encoder.layers.1.self_attn.k_proj.bias",
+    ):
         cc.convert_file(str(tmp_path / "bad.safetensors"), text_heads=2)
 
 
@@ -309,7 +331,9 @@ def test_cli_writes_a_folder_that_load_clip_reads(converted, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--text-heads" in err
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save, to build inputs
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning"
+)  # torch.jit.script / save, to build inputs
 def test_cli_bad_keys_and_torchscript_are_one_line_errors(tmp_path, capsys):
     import torch
 
@@ -376,8 +400,11 @@ def test_torchscript_archive_tensors_read_without_running_it(state_dict, tmp_pat
         assert got[k].dtype == sd[k].dtype and got[k].shape == sd[k].shape, k
         np.testing.assert_array_equal(got[k], sd[k], err_msg=k)
     config, variables, _ = cc.convert_file(path, text_heads=2)
-    c2, v2, _ = cc.convert_state_dict({k: np.asarray(v, v.dtype if v.dtype.kind != "f" else np.float32)
-                                       for k, v in sd.items()}, "fp16-rounded", text_heads=2)
+    c2, v2, _ = cc.convert_state_dict(
+        {k: np.asarray(v, v.dtype if v.dtype.kind != "f" else np.float32) for k, v in sd.items()},
+        "fp16-rounded",
+        text_heads=2,
+    )
     assert config == c2
     _assert_same_tree(variables, v2)
 

@@ -15,18 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES
 
-from hyperstyle_jax.convert import hyperstyle as H
-from hyperstyle_jax.convert.common import (ConversionError, SourceDict, check_tree_matches,
-                                           load_torch_file, to_numpy_state_dict)
 from hyperstyle_jax import checkpoints
+from hyperstyle_jax.convert import hyperstyle as H
+from hyperstyle_jax.convert.common import (
+    ConversionError,
+    SourceDict,
+    check_tree_matches,
+    load_torch_file,
+    to_numpy_state_dict,
+)
 from hyperstyle_jax.models import stylegan2
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, init_shapes
-from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.irse import Backbone, WEncoder, get_blocks
+from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.resnet import RESNET34_STAGES, HypernetBackbone, ResNet50Trunk
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-from tests.conftest import FIXTURES
 
 K = os.path.join(FIXTURES, "07_key_listings")
 E2E = os.path.join(FIXTURES, "05_e2e")
@@ -64,12 +69,17 @@ def test_hyperstyle_listing(name, size, encoder_type):
             "n_hypernet_outputs": {1024: 26, 512: 23, 256: 20}[size]}
     config, tree = H.hyperstyle_from_state_dict(
         sd, {"opts": opts, "latent_avg": np.zeros((n_styles, 512), np.float32)}, name)
-    official = HyperNetConfig.for_generator(GeneratorConfig.official(size), encoder_type=encoder_type,
-                                            layers_to_tune=opts["layers_to_tune"])
+    official = HyperNetConfig.for_generator(
+        GeneratorConfig.official(size),
+        encoder_type=encoder_type,
+        layers_to_tune=opts["layers_to_tune"],
+    )
     assert HyperNetConfig.from_dict(config["hypernet"]) == official
     assert GeneratorConfig.from_dict(config["generator"]) == GeneratorConfig.official(size)
     check_tree_matches(tree["hypernet"], init_shapes(official), name, "hypernet")
-    check_tree_matches(tree["generator"], stylegan2.init_shapes(GeneratorConfig.official(size)), name)
+    check_tree_matches(
+        tree["generator"], stylegan2.init_shapes(GeneratorConfig.official(size)), name
+    )
     assert tree["latent_avg"].shape == (n_styles, 512)
     if size == 1024 and "default" in name:
         n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(
@@ -87,7 +97,9 @@ def test_w_encoder_listing():
         config, variables = H.w_encoder_from_state_dict(sd, top, "w_encoder_psp_ckpt_1024.json",
                                                         n_styles=None if want == 18 else 16)
         assert config["n_styles"] == want and config["style_dim"] == 512
-        assert [tuple(u) for u in config["units"]] == list(get_blocks(50)) and config["mode"] == "ir_se"
+        assert [tuple(u) for u in config["units"]] == list(get_blocks(50)) and config[
+            "mode"
+        ] == "ir_se"
         expected = H.eval_shape_init(WEncoder(want), jnp.zeros((1, 64, 64, 3)))
         check_tree_matches(variables, expected, "w_encoder listing")
 
@@ -99,7 +111,9 @@ def test_resnet34_listing_maps_layers_to_body():
     sd = views(lst["keys"], lambda i, k, v: np.array(i, np.dtype(v["dtype"])))
     sd["conv1.weight"] = conv1
     config, variables = H.resnet34_to_hypernet_init(sd, "resnet34.json")
-    expected = H.eval_shape_init(HypernetBackbone(6, 64, RESNET34_STAGES), jnp.zeros((1, 64, 64, 6)))
+    expected = H.eval_shape_init(
+        HypernetBackbone(6, 64, RESNET34_STAGES), jnp.zeros((1, 64, 64, 6))
+    )
     del expected["params"]["relu"]  # PReLU slopes are not in ResNet-34: fresh init
     check_tree_matches(variables, expected, "resnet34")
     # the body mapping of the listing ("layer2.0" -> "body.3", ...)
@@ -120,8 +134,9 @@ def test_resnet34_listing_maps_layers_to_body():
 
 def test_resnet34_init_merges_into_fresh_hypernet():
     lst = listing("torchvision_resnet34.json")
-    _, init_tree = H.resnet34_to_hypernet_init(views(lst["keys"], lambda i, k, v: np.array(1, v["dtype"])),
-                                               "resnet34.json")
+    _, init_tree = H.resnet34_to_hypernet_init(
+        views(lst["keys"], lambda i, k, v: np.array(1, v["dtype"])), "resnet34.json"
+    )
     cfg = HyperNetConfig.for_generator(GeneratorConfig.official(256))
     fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), init_shapes(cfg))
     merged = checkpoints.merge_backbone_init(fresh, init_tree)
@@ -136,11 +151,15 @@ def test_arcface_listing_and_flatten_order():
     lst = listing("arcface_ir_se50_backbone.json")
     sd = views(lst["keys"])
     # torch's Flatten is view(B, -1) of NCHW: column c*49 + h*7 + w. Label each column.
-    sd["output_layer.3.weight"] = np.broadcast_to(np.arange(512 * 49, dtype=np.float32), (512, 512 * 49))
+    sd["output_layer.3.weight"] = np.broadcast_to(
+        np.arange(512 * 49, dtype=np.float32), (512, 512 * 49)
+    )
     src = SourceDict(sd, "arcface")
     variables = H.arcface_from_state_dict(src)
     src.finish()
-    check_tree_matches(variables, H.eval_shape_init(Backbone(), jnp.zeros((1, 112, 112, 3))), "arcface")
+    check_tree_matches(
+        variables, H.eval_shape_init(Backbone(), jnp.zeros((1, 112, 112, 3))), "arcface"
+    )
     # ours flattens NHWC: row (h*7 + w)*512 + c must hold torch's column c*49 + h*7 + w
     k = variables["params"]["output_layer_3"]["kernel"]
     h, w, c = np.meshgrid(np.arange(7), np.arange(7), np.arange(512), indexing="ij")
@@ -150,11 +169,17 @@ def test_arcface_listing_and_flatten_order():
 
 def test_moco_resnet50_listing():
     lst = listing("moco_v2_800ep_resnet50.json")
-    keys = {k: v for k, v in lst["keys_after_rename_loaded_into_resnet50"].items() if not k.startswith("fc.")}
+    keys = {
+        k: v
+        for k, v in lst["keys_after_rename_loaded_into_resnet50"].items()
+        if not k.startswith("fc.")
+    }
     src = SourceDict(views(keys), "resnet50")
     variables = H.resnet50_trunk_from_state_dict(src)
     src.finish()
-    check_tree_matches(variables, H.eval_shape_init(ResNet50Trunk(), jnp.zeros((1, 64, 64, 3))), "resnet50")
+    check_tree_matches(
+        variables, H.eval_shape_init(ResNet50Trunk(), jnp.zeros((1, 64, 64, 3))), "resnet50"
+    )
 
 
 # ----------------------------------------------------------------------------- strict failures
@@ -164,7 +189,9 @@ def test_moco_resnet50_listing():
 def e2e_default():
     path = os.path.join(E2E, "hyperstyle_e2e_default.pt")
     obj = load_torch_file(path)
-    return to_numpy_state_dict(obj["state_dict"], path), {k: v for k, v in obj.items() if k != "state_dict"}
+    return to_numpy_state_dict(obj["state_dict"], path), {
+        k: v for k, v in obj.items() if k != "state_dict"
+    }
 
 
 def _fails(sd, top, match):
@@ -192,7 +219,8 @@ def test_missing_key(e2e_default):
 def test_misshaped_key(e2e_default):
     sd, top = dict(e2e_default[0]), e2e_default[1]
     sd["hypernet.refinement_blocks.14.output.1.weight"] = np.zeros((5, 44, 1, 1), np.float32)
-    _fails(sd, top, "hypernet.refinement_blocks.14.output.1.weight: shape (5, 44, 1, 1), expected (768, 44, 1, 1)")
+    _fails(sd, top, "hypernet.refinement_blocks.14.output.1.weight: shape (5, 44, 1, 1), "
+                    "expected (768, 44, 1, 1)")
 
 
 def test_unexpected_key(e2e_default):
@@ -204,7 +232,11 @@ def test_unexpected_key(e2e_default):
 def test_unequal_shared_copy(e2e_default):
     sd, top = dict(e2e_default[0]), e2e_default[1]
     sd["hypernet.refinement_blocks.5.hypernet.b1"] = sd["hypernet.shared_weight_hypernet.b1"] + 1e-3
-    _fails(sd, top, "hypernet.refinement_blocks.5.hypernet.b1 differs from hypernet.shared_weight_hypernet.b1")
+    _fails(
+        sd,
+        top,
+        "hypernet.refinement_blocks.5.hypernet.b1 differs from hypernet.shared_weight_hypernet.b1",
+    )
 
 
 def test_equal_but_separate_shared_copies_are_fine(e2e_default):
@@ -215,8 +247,16 @@ def test_equal_but_separate_shared_copies_are_fine(e2e_default):
 
 def test_bad_opts(e2e_default):
     sd, top = e2e_default
-    _fails(sd, {**top, "opts": {**top["opts"], "encoder_type": "HyperNet"}}, "opts['encoder_type'] = 'HyperNet'")
-    _fails(sd, {**top, "opts": {**top["opts"], "layers_to_tune": "0,2"}}, "checkpoint has refinement blocks for")
+    _fails(
+        sd,
+        {**top, "opts": {**top["opts"], "encoder_type": "HyperNet"}},
+        "opts['encoder_type'] = 'HyperNet'",
+    )
+    _fails(
+        sd,
+        {**top, "opts": {**top["opts"], "layers_to_tune": "0,2"}},
+        "checkpoint has refinement blocks for",
+    )
     _fails(sd, {**top, "opts": {**top["opts"], "output_size": 256}}, "opts['output_size'] = 256")
     _fails(sd, {k: v for k, v in top.items() if k != "opts"}, "no 'opts' dict")
 
@@ -273,7 +313,10 @@ def test_cli_bad_file_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(bad) in err
     assert not (tmp_path / "out").exists()
     # a hyperstyle file given to w_encoder: named, one line
-    assert cw.main(["w_encoder", os.path.join(E2E, "hyperstyle_e2e_default.pt"), str(tmp_path / "o2")]) == 2
+    assert (
+        cw.main(["w_encoder", os.path.join(E2E, "hyperstyle_e2e_default.pt"), str(tmp_path / "o2")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a pSp-format W-encoder" in err
 

@@ -11,15 +11,19 @@ import jax
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES
 
+from hyperstyle_jax.checkpoints import load_converted
 from hyperstyle_jax.convert.common import ConversionError, load_torch_file, to_numpy_state_dict
-from hyperstyle_jax.convert.losses import (arcface_from_state_dict, lpips_expected,
-                                           lpips_from_state_dict, moco_from_state_dict)
+from hyperstyle_jax.convert.losses import (
+    arcface_from_state_dict,
+    lpips_expected,
+    lpips_from_state_dict,
+    moco_from_state_dict,
+)
 from hyperstyle_jax.losses import LossNets
 from hyperstyle_jax.losses.id_loss import arcface_config_from_variables, arcface_eval_shape
 from hyperstyle_jax.losses.moco import moco_eval_shape
-from hyperstyle_jax.checkpoints import load_converted
-from tests.conftest import FIXTURES
 
 LISTINGS = os.path.join(FIXTURES, "07_key_listings")
 METRICS = os.path.join(FIXTURES, "06_metrics")
@@ -53,8 +57,14 @@ def test_curricularface_ir101_depth_and_affinity_from_keys():
 
     with torch.device("meta"):
         net = TorchBackbone(100, "ir", drop_ratio=0.4, affine=False)
-    sd = {k: np.broadcast_to(np.zeros((), np.float32), tuple(v.shape)) for k, v in net.state_dict().items()}
-    assert "output_layer.4.weight" not in sd and len([k for k in sd if k.endswith("res_layer.1.weight")]) == 49
+    sd = {
+        k: np.broadcast_to(np.zeros((), np.float32), tuple(v.shape))
+        for k, v in net.state_dict().items()
+    }
+    assert (
+        "output_layer.4.weight" not in sd
+        and len([k for k in sd if k.endswith("res_layer.1.weight")]) == 49
+    )
     variables, config = arcface_from_state_dict(sd, "CurricularFace_Backbone.pth")
     assert config == {"num_layers": 100, "mode": "ir", "affine": False, "input_size": 112}
     assert shapes(variables) == shapes(arcface_eval_shape(config))
@@ -115,7 +125,11 @@ def test_arcface_missing_unexpected_and_misshaped_keys_are_named():
         arcface_from_state_dict(sd, "model_ir_se50.pth")
     msg = str(e.value)
     assert msg.startswith("model_ir_se50.pth")
-    for key in ("body.5.res_layer.5.fc2.weight", "body.3.res_layer.9.weight", "output_layer.4.bias"):
+    for key in (
+        "body.5.res_layer.5.fc2.weight",
+        "body.3.res_layer.9.weight",
+        "output_layer.4.bias",
+    ):
         assert key in msg
 
 

@@ -5,19 +5,18 @@ import importlib.util
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, ROOT
 
-from conftest import FIXTURES
-from hyperstyle_jax.convert.common import ConversionError, SourceDict, tree_paths
+from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
+from hyperstyle_jax.convert.common import ConversionError, SourceDict
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.models.ops import make_kernel
-from hyperstyle_jax.checkpoints import load_generator, load_generator_with_latent_avg
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import tree_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = os.path.join(FIXTURES, "01_generator", "stylegan2_narrow64_rosinality.pt")
 
 
@@ -37,7 +36,9 @@ def narrow_sd():
 
 def listing_state_dict(size):
     """Zeros of exactly the listed shapes (FIR buffers hold their real constant)."""
-    d = json.load(open(os.path.join(FIXTURES, "07_key_listings", f"rosinality_stylegan2_{size}.json")))
+    d = json.load(
+        open(os.path.join(FIXTURES, "07_key_listings", f"rosinality_stylegan2_{size}.json"))
+    )
     sd = {}
     for k, meta in d["keys"].items():
         if k.endswith(".blur.kernel") or k.endswith(".upsample.kernel"):
@@ -58,7 +59,10 @@ def test_full_size_listing_matches_init_tree(size):
     assert got == want  # same paths and shapes, nothing more
     # Same element count as the listing, less the FIR constants (not parameters here).
     fir = sum(int(np.prod(m["shape"])) for k, m in listing["keys"].items() if k.endswith("kernel"))
-    assert sum(int(np.prod(s)) for s in got.values()) == listing["summary"]["numel_sum_over_keys"] - fir
+    assert (
+        sum(int(np.prod(s)) for s in got.values())
+        == listing["summary"]["numel_sum_over_keys"] - fir
+    )
 
 
 def test_decoder_prefix(narrow_sd):
@@ -83,9 +87,15 @@ def test_cli_converts_and_loads(cli, tmp_path, capsys, narrow_sd):
     # Spot-check the layout transposes against the source tensors.
     np.testing.assert_array_equal(variables["params"]["convs_2"]["conv"]["weight"],
                                   g["convs.2.conv.weight"][0].permute(2, 3, 1, 0).numpy())
-    np.testing.assert_array_equal(variables["params"]["style_2"]["weight"], g["style.2.weight"].T.numpy())
-    np.testing.assert_array_equal(variables["noises"]["noise_5"][0, :, :, 0], g["noises.noise_5"][0, 0].numpy())
-    np.testing.assert_array_equal(variables["params"]["to_rgbs_1"]["bias"], g["to_rgbs.1.bias"].reshape(3).numpy())
+    np.testing.assert_array_equal(
+        variables["params"]["style_2"]["weight"], g["style.2.weight"].T.numpy()
+    )
+    np.testing.assert_array_equal(
+        variables["noises"]["noise_5"][0, :, :, 0], g["noises.noise_5"][0, 0].numpy()
+    )
+    np.testing.assert_array_equal(
+        variables["params"]["to_rgbs_1"]["bias"], g["to_rgbs.1.bias"].reshape(3).numpy()
+    )
     cfg2, v2 = load_generator(str(out))
     assert cfg2 == config and set(v2) == {"params", "noises"}
     # A second conversion into the same folder never overwrites it.
@@ -129,7 +139,10 @@ def _hostile_cases(tmp_path, narrow_sd):
 
     p = tmp_path / "misshaped.pt"
     torch.save({"g_ema": {**g, "to_rgbs.1.conv.weight": torch.zeros(1, 3, 31, 1, 1)}}, p)
-    cases["misshaped"] = (p, r"to_rgbs.1.conv.weight: shape \(1, 3, 31, 1, 1\), expected \(1, 3, 32, 1, 1\)")
+    cases["misshaped"] = (
+        p,
+        r"to_rgbs.1.conv.weight: shape \(1, 3, 31, 1, 1\), expected \(1, 3, 32, 1, 1\)",
+    )
 
     p = tmp_path / "extra.pt"
     torch.save({"g_ema": {**g, "convs.99.conv.bias": torch.zeros(3)}}, p)

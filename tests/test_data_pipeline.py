@@ -179,7 +179,9 @@ def test_errors_name_the_values(cfg, tmp_path):
         make_train_iterator(cfg, global_batch_size=6, process_index=0, process_count=4)
     bad = cfg.copy_and_resolve_references()
     bad.data_dir = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="dataset 'ffhq' not found.*hyperstyle_jax.data.build"):
+    with pytest.raises(
+        FileNotFoundError, match="dataset 'ffhq' not found.*hyperstyle_jax.data.build"
+    ):
         make_train_iterator(bad, global_batch_size=2)
     bad = cfg.copy_and_resolve_references()
     bad.eval_split = "validation"
@@ -203,7 +205,8 @@ def _run_without_tf(code, tmp_path):
     (fake / "__init__.py").write_text("__version__ = '0.0.0-fake'\n")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
-    check = "\nimport sys\nassert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\nprint('ok')\n"
+    check = ("\nimport sys\nassert 'tensorflow' not in sys.modules, 'TensorFlow was imported'"
+             "\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + check],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def test_device_suite_smoke():
@@ -11,8 +11,10 @@ def test_device_suite_smoke():
     r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_suite.sh"), "--smoke"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    table = [l for l in r.stdout.splitlines() if l.startswith("| ")]
-    labels = [l.split("|")[1].strip() for l in table[1:]]
+    table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    labels = [row.split("|")[1].strip() for row in table[1:]]
     assert any(s.startswith("invert 16 b2 bf16 matmul") for s in labels), labels
-    assert any(s.startswith("train ") for s in labels) and any(s.startswith("render") for s in labels)
+    assert any(s.startswith("train ") for s in labels) and any(
+        s.startswith("render") for s in labels
+    )
     assert len(table) == 1 + 2 + 4 + 6 + 2, table  # header + render + invert + forms + train

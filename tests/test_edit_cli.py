@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
+from helpers import nhwc
 from PIL import Image
 
 from hyperstyle_jax import edit
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
 F09 = os.path.join(HERE, "09_editing")
@@ -18,24 +18,14 @@ STEMS = ["img0", "img1"]
 IMG_ATOL = 2e-4  # fixtures README §9
 
 
-def nhwc(a):
-    return np.asarray(a).transpose(0, 2, 3, 1)
-
-
 @pytest.fixture(scope="module")
 def ref():
     return dict(np.load(os.path.join(F09, "editing_io.npz")))
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    e2e = os.path.join(HERE, "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
-    return str(d / "hs"), str(d / "we")
+def ckpts(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.fixture(scope="module")
@@ -232,13 +222,13 @@ def test_inversion_input_panel_from_invert_inputs(ref, inversion, tmp_path):
     import shutil
 
     from hyperstyle_jax.inversion_files import read_inversion
-    from hyperstyle_jax.utils import images as imio
+    from hyperstyle_jax.utils import images
 
     d = tmp_path / "inv"
     shutil.copytree(inversion, d)
     shutil.rmtree(d / "inputs", ignore_errors=True)
     x = np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8)
-    imio.save_image(str(d / "inputs" / "img0.png"), x)
+    images.save_image(str(d / "inputs" / "img0.png"), x)
     tuned = {int(k[-2:]): ref[k].shape[1:] for k in ref if k.startswith("deltas_layer")}
     shapes = [tuned.get(j) for j in range(17)]
     items = read_inversion(str(d), shapes, 12, 64)

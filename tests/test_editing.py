@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import nhwc
 
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle
-from hyperstyle_jax.editing import EditError
+from hyperstyle_jax.editing import EditError, ganspace_pca
 from hyperstyle_jax.editing import ganspace as gs
-from hyperstyle_jax.editing import ganspace_pca
 from hyperstyle_jax.editing import interfacegan as ig
 from hyperstyle_jax.editing import interpolate as ip
 from hyperstyle_jax.editing.render import EditRenderer
@@ -24,21 +23,14 @@ F08 = os.path.join(HERE, "08_interfacegan_directions")
 IMG_ATOL, CODE_ATOL = 2e-4, 1e-5
 
 
-def nhwc(a):
-    return np.asarray(a).transpose(0, 2, 3, 1)
-
-
 @pytest.fixture(scope="module")
 def ref():
     return dict(np.load(os.path.join(F09, "editing_io.npz")))
 
 
 @pytest.fixture(scope="module")
-def hs_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("ed") / "hs")
-    convert_hyperstyle(os.path.join(HERE, "05_e2e", "hyperstyle_e2e_default.pt"), d,
-                       log=lambda *a: None)
-    return d
+def hs_dir(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle()
 
 
 @pytest.fixture(scope="module")

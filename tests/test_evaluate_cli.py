@@ -12,13 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import FIXTURES, ROOT
 from PIL import Image
 
 from hyperstyle_jax.evaluate import main
-from tests.conftest import FIXTURES
 
 METRICS_DIR = os.path.join(FIXTURES, "06_metrics")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def save(path, arr):

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 from PIL import Image
 
-from conftest import FIXTURES
 from hyperstyle_jax import generate
 from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
 from hyperstyle_jax.utils.images import to_uint8
@@ -25,10 +25,6 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cases():
     return dict(np.load(os.path.join(GEN, "generator_cases.npz")))
-
-
-def nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("case,key,space,trunc", [("d", "wplus", "w+", "1"), ("b", "z", "z", "0.7")])

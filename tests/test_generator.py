@@ -7,20 +7,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
-from conftest import FIXTURES
-from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict, unwrap_state_dict
+from hyperstyle_jax.convert.common import (
+    SourceDict,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
+)
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig, init_shapes
 
 GEN = os.path.join(FIXTURES, "01_generator")
-IMG_TOL = 1e-4     # issue 3: max |diff| <= 1e-4 on every case (README: atol 1e-4)
+IMG_TOL = 1e-4     # max |diff| <= 1e-4 on every case (README: atol 1e-4)
 LATENT_TOL = 1e-5  # README: latents and mapping
 TORGB = (1, 4, 7, 10, 13)
-
-
-def nhwc(a):
-    return np.transpose(np.asarray(a), (0, 2, 3, 1))
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +40,22 @@ def case_inputs(f):
     noise = [jnp.asarray(nhwc(f[f"noise_{i}"])) for i in range(9)]
     return {  # fixtures/01_generator/config.json "cases"
         "a": (f["z"], dict(input_space="z")),
-        "b": (f["z"], dict(input_space="z", truncation=float(f["truncation"]),
-                           truncation_latent=jnp.asarray(f["mean_latent"]))),
+        "b": (
+            f["z"],
+            dict(
+                input_space="z",
+                truncation=float(f["truncation"]),
+                truncation_latent=jnp.asarray(f["mean_latent"]),
+            ),
+        ),
         "c": (f["w"], {}),
         "d": (f["wplus"], dict(input_space="w+")),
         "e": (f["wplus"], dict(weights_deltas=deltas)),
         "f": (f["wplus"], dict(noise=noise)),
-        "g": (f["wplus"], dict(weights_deltas=[None if j in TORGB else d for j, d in enumerate(deltas)])),
+        "g": (
+            f["wplus"],
+            dict(weights_deltas=[None if j in TORGB else d for j, d in enumerate(deltas)]),
+        ),
         "h": (f["wplus"], dict(weights_deltas=[d[0] for d in deltas])),
     }
 
@@ -57,7 +67,9 @@ def test_config_inferred_from_fixture(gen_setup):
     assert dict(cfg.channels) == {int(k): v for k, v in want["patched_channel_table"].items()}
     assert cfg.n_latent == want["n_latent"] and cfg.num_layers == want["num_noise_layers"]
     assert cfg.n_convs == len(want["weights_deltas_order"])
-    assert cfg.delta_shapes() == [tuple(e["shape_per_sample"]) for e in want["weights_deltas_order"]]
+    assert cfg.delta_shapes() == [
+        tuple(e["shape_per_sample"]) for e in want["weights_deltas_order"]
+    ]
     assert [n.replace("_", ".") + ".conv" for n in cfg.layer_names()] == [
         e["module"].replace("_", ".") for e in want["weights_deltas_order"]]
 
@@ -151,7 +163,9 @@ def test_differentiable_wrt_deltas_under_jit(gen_setup):
 
     eps = 1e-2
     fd = (float(loss(shifted(eps))) - float(loss(shifted(-eps)))) / (2 * eps)
-    an = sum(float(jnp.sum(gr * dr)) for gr, dr in zip(grads, [d for d in direction if d is not None]))
+    an = sum(
+        float(jnp.sum(gr * dr)) for gr, dr in zip(grads, [d for d in direction if d is not None])
+    )
     assert abs(fd - an) <= 2e-2 * abs(an) + 1e-4, (fd, an)
 
 
@@ -191,7 +205,8 @@ def test_bad_inputs_name_the_problem(gen_setup):
 @pytest.mark.parametrize("size,n_latent,n_convs,n_noise", [(1024, 18, 26, 17), (512, 16, 23, 15),
                                                            (256, 14, 20, 13), (8, 4, 5, 3)])
 def test_sizes_and_delta_shapes_match_params(size, n_latent, n_convs, n_noise):
-    """SPEC §2.3 counts; delta_shapes()[j] is the (out, in, k, k) of layer j's weight."""
+    """The official `Generator`'s layer counts per size; delta_shapes()[j] is the
+    (out, in, k, k) of layer j's weight."""
     cfg = GeneratorConfig.official(size) if size >= 256 else GeneratorConfig(
         size=8, style_dim=16, n_mlp=2, channels=((4, 12), (8, 10)))
     assert (cfg.n_latent, cfg.n_convs, cfg.num_layers) == (n_latent, n_convs, n_noise)

@@ -15,13 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.common import load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.convert.hyperstyle import hyperstyle_from_state_dict
-from hyperstyle_jax.models.hypernetwork import (DEFAULT_LAYERS_TO_TUNE, HyperNetConfig,
-                                                HyperNetwork, parse_layers_to_tune)
+from hyperstyle_jax.models.hypernetwork import (
+    DEFAULT_LAYERS_TO_TUNE,
+    HyperNetConfig,
+    HyperNetwork,
+    parse_layers_to_tune,
+)
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "05_e2e")
 
@@ -31,10 +35,6 @@ def _converted(variant):
     obj = load_torch_file(path)
     sd = to_numpy_state_dict(obj["state_dict"], path)
     return hyperstyle_from_state_dict(sd, {k: v for k, v in obj.items() if k != "state_dict"}, path)
-
-
-def nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 def _run(variant):
@@ -68,12 +68,18 @@ def test_config_from_official_opts(default):
     cfg = default[0]
     meta = json.load(open(os.path.join(D, "config_default.json")))
     assert cfg.n_outputs == meta["n_hypernet_outputs"] == 17
-    assert [list(cfg.layer_params[j]) for j in range(17)] == [meta["narrow_PARAMETERS"][str(j)] for j in range(17)]
+    assert [list(cfg.layer_params[j]) for j in range(17)] == [
+        meta["narrow_PARAMETERS"][str(j)] for j in range(17)
+    ]
     kinds = {"shared": "HyperRefinementBlock", "refine": "RefinementBlock", None: None}
     assert [[j, kinds[cfg.block_kind(j)]] for j in range(17)] == meta["refinement_blocks"]
     assert (cfg.stem_width, cfg.stages) == (16, ((16, 2, 1), (40, 2, 2)))
     assert (cfg.hypernet_z_dim, cfg.hypernet_out_size, cfg.hypernet_in_size) == (48, 32, 32)
-    assert (cfg.hyper_block_inner_c, cfg.refine_block_inner_c, cfg.refine_block_out_c) == (20, 28, 44)
+    assert (cfg.hyper_block_inner_c, cfg.refine_block_inner_c, cfg.refine_block_out_c) == (
+        20,
+        28,
+        44,
+    )
 
 
 def test_separable_config(separable):
@@ -118,8 +124,9 @@ def test_accumulated_deltas_after_three_iterations(variant, request):
 def test_train_mode_updates_batch_stats(default):
     cfg, variables, io = default[:3]
     x = jnp.asarray(nhwc(np.concatenate([io["x"], io["y_init_pooled"]], axis=1)))
-    deltas, upd = jax.jit(lambda v, x: HyperNetwork(cfg).apply(v, x, True, mutable=["batch_stats"]))(
-        variables, x)
+    deltas, upd = jax.jit(
+        lambda v, x: HyperNetwork(cfg).apply(v, x, True, mutable=["batch_stats"])
+    )(variables, x)
     assert jax.tree_util.tree_structure(upd["batch_stats"]) == \
         jax.tree_util.tree_structure(variables["batch_stats"])
     assert not np.allclose(upd["batch_stats"]["bn1"]["running_mean"],
@@ -129,7 +136,21 @@ def test_train_mode_updates_batch_stats(default):
 
 def test_layers_to_tune_parsing():
     assert parse_layers_to_tune("", 5) == (0, 1, 2, 3, 4)
-    assert parse_layers_to_tune(DEFAULT_LAYERS_TO_TUNE, 20) == (0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
+    assert parse_layers_to_tune(DEFAULT_LAYERS_TO_TUNE, 20) == (
+        0,
+        2,
+        3,
+        5,
+        6,
+        8,
+        9,
+        11,
+        12,
+        14,
+        15,
+        17,
+        18,
+    )
     assert parse_layers_to_tune("3, 1,40", 26) == (1, 3)
     with pytest.raises(ValueError, match="comma-separated"):
         parse_layers_to_tune("0;2", 26)
@@ -141,7 +162,9 @@ def test_config_roundtrip_and_checks():
     g = GeneratorConfig.official(256)
     cfg = HyperNetConfig.for_generator(g, encoder_type="SharedWeightsHyperNetResNetSeparable",
                                        layers_to_tune="")
-    assert cfg.n_outputs == 20 and cfg.block_kind(1) == "separable" and cfg.block_kind(0) == "shared"
+    assert (
+        cfg.n_outputs == 20 and cfg.block_kind(1) == "separable" and cfg.block_kind(0) == "shared"
+    )
     assert HyperNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="encoder_type"):
         HyperNetConfig.for_generator(g, encoder_type="HyperNet")
@@ -150,10 +173,16 @@ def test_config_roundtrip_and_checks():
 
 
 def test_full_size_parameter_count():
-    """The official count (SPEC §1.9): 332,664,896 at 1024 with the default layers."""
+    """The official count (measured on `SharedWeightsHyperNetResNet`): 332,664,896 at 1024
+    with the default layers."""
     from hyperstyle_jax.models.hypernetwork import init_shapes
     shapes = init_shapes(HyperNetConfig.for_generator(GeneratorConfig.official(1024)))
-    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"])) == 332_664_896
+    assert (
+        sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
+        == 332_664_896
+    )
     sep = init_shapes(HyperNetConfig.for_generator(
         GeneratorConfig.official(1024), encoder_type="SharedWeightsHyperNetResNetSeparable"))
-    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(sep["params"])) == 215_123_456
+    assert (
+        sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(sep["params"])) == 215_123_456
+    )

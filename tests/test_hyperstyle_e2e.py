@@ -6,30 +6,16 @@ import os
 import jax
 import numpy as np
 import pytest
+from helpers import E2E, nhwc
 
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.inference import load_inverter
 
-E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
 N_ITERS = 3  # the fixture's n_iters_per_batch
 
 
-def nhwc(a):
-    return np.asarray(a).transpose(0, 2, 3, 1)
-
-
-@pytest.fixture(scope="module")
-def wenc_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("wenc") / "w")
-    convert_w_encoder(os.path.join(E2E, "w_encoder_narrow_psp.pt"), out, log=lambda *a: None)
-    return out
-
-
 @pytest.mark.parametrize("variant", ["default", "separable"])
-def test_run_inversion_parity(variant, wenc_dir, tmp_path):
-    ckpt = str(tmp_path / "hs")
-    convert_hyperstyle(os.path.join(E2E, f"hyperstyle_e2e_{variant}.pt"), ckpt, log=lambda *a: None)
-    inv = load_inverter(ckpt, wenc_dir)
+def test_run_inversion_parity(variant, e2e_checkpoints):
+    inv = load_inverter(e2e_checkpoints.hyperstyle(variant), e2e_checkpoints.w_encoder())
     ref = np.load(os.path.join(E2E, f"e2e_{variant}_io.npz"))
     assert inv.input_hw == (64, 64)  # the fixture's narrowed face_pool
 

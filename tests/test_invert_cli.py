@@ -10,18 +10,13 @@ import pytest
 from PIL import Image
 
 from hyperstyle_jax import invert
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
-E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
 N = 2
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    convert_hyperstyle(os.path.join(E2E, "hyperstyle_e2e_default.pt"), str(d / "hs"), log=lambda *a: None)
-    convert_w_encoder(os.path.join(E2E, "w_encoder_narrow_psp.pt"), str(d / "we"), log=lambda *a: None)
-    return str(d / "hs"), str(d / "we")
+def ckpts(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.common import load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.convert.losses import lpips_from_state_dict
-from hyperstyle_jax.losses import (LossWeights, compute_losses, l2_loss, l2_per_image,
-                                   lpips_distance, lpips_loss, ms_ssim, ms_ssim_per_image)
+from hyperstyle_jax.losses import (
+    LossWeights,
+    compute_losses,
+    l2_loss,
+    l2_per_image,
+    lpips_distance,
+    lpips_loss,
+    ms_ssim,
+    ms_ssim_per_image,
+)
 from hyperstyle_jax.losses.lpips import LPIPS, init_lpips
 from hyperstyle_jax.losses.moco import nearest_indices, resize_nearest
 from hyperstyle_jax.losses.ms_ssim import ms_ssim_levels
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "06_metrics")
-
-
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +117,9 @@ class _TorchLPIPS(torch.nn.Module):
             z, out = (z - shift) / scale, []
             for i in range(30):
                 if i in convs:
-                    z = F.conv2d(z, self.sd[f"features.{i}.weight"], self.sd[f"features.{i}.bias"], padding=1)
+                    z = F.conv2d(
+                        z, self.sd[f"features.{i}.weight"], self.sd[f"features.{i}.bias"], padding=1
+                    )
                 elif i in (4, 9, 16, 23):
                     z = F.max_pool2d(z, 2, 2)
                 else:
@@ -135,7 +141,9 @@ def test_lpips_vgg_against_torch_reference():
               (26, 512, 512), (28, 512, 512)]
     sd = {}
     for i, cin, cout in widths:
-        sd[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        sd[f"features.{i}.weight"] = (
+            torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        )
         sd[f"features.{i}.bias"] = torch.randn(cout, generator=g) * 0.1
     lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
            for i, c in enumerate((64, 128, 256, 512, 512))}
@@ -274,7 +282,9 @@ def test_compute_losses_l2_lpips(io, lpips_vars):
     assert set(terms) == {"loss_l2", "loss_lpips", "loss"}
     np.testing.assert_allclose(float(terms["loss_l2"]), io["l2_64_batch"], rtol=1e-6)
     np.testing.assert_allclose(float(terms["loss_lpips"]), io["lpips64_batch_mean"], rtol=1e-4)
-    np.testing.assert_allclose(float(total), io["l2_64_batch"] + 0.8 * io["lpips64_batch_mean"], rtol=1e-4)
+    np.testing.assert_allclose(
+        float(total), io["l2_64_batch"] + 0.8 * io["lpips64_batch_mean"], rtol=1e-4
+    )
     assert float(terms["loss"]) == float(total)
     with pytest.raises(ValueError, match=r"no variables for \['lpips'\]"):
         compute_losses({}, a, b, w)

@@ -12,16 +12,15 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn as tnn
 import torch.nn.functional as F
+from helpers import FIXTURES, nhwc
 
 from hyperstyle_jax.convert.losses import arcface_from_state_dict, moco_from_state_dict
 from hyperstyle_jax.losses import LossWeights, compute_losses
-from tests.conftest import FIXTURES
 
 LISTINGS = os.path.join(FIXTURES, "07_key_listings")
 
@@ -50,8 +49,13 @@ class TorchIRUnit(tnn.Module):
         else:
             self.shortcut_layer = tnn.Sequential(tnn.Conv2d(cin, depth, 1, stride, bias=False),
                                                  tnn.BatchNorm2d(depth))
-        layers = [tnn.BatchNorm2d(cin), tnn.Conv2d(cin, depth, 3, 1, 1, bias=False), tnn.PReLU(depth),
-                  tnn.Conv2d(depth, depth, 3, stride, 1, bias=False), tnn.BatchNorm2d(depth)]
+        layers = [
+            tnn.BatchNorm2d(cin),
+            tnn.Conv2d(cin, depth, 3, 1, 1, bias=False),
+            tnn.PReLU(depth),
+            tnn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            tnn.BatchNorm2d(depth),
+        ]
         if se:
             layers.append(TorchSE(depth, 16))
         self.res_layer = tnn.Sequential(*layers)
@@ -75,9 +79,13 @@ class TorchBackbone(tnn.Module):
         super().__init__()
         self.input_layer = tnn.Sequential(tnn.Conv2d(3, 64, 3, 1, 1, bias=False),
                                           tnn.BatchNorm2d(64), tnn.PReLU(64))
-        self.output_layer = tnn.Sequential(tnn.BatchNorm2d(512), tnn.Dropout(drop_ratio), tnn.Flatten(),
-                                           tnn.Linear(512 * 7 * 7, 512),
-                                           tnn.BatchNorm1d(512, affine=affine))
+        self.output_layer = tnn.Sequential(
+            tnn.BatchNorm2d(512),
+            tnn.Dropout(drop_ratio),
+            tnn.Flatten(),
+            tnn.Linear(512 * 7 * 7, 512),
+            tnn.BatchNorm1d(512, affine=affine),
+        )
         self.body = tnn.Sequential(*[TorchIRUnit(c, d, s, mode == "ir_se")
                                      for c, d, s in torch_units(num_layers)])
 
@@ -98,8 +106,9 @@ class TorchBottleneck(tnn.Module):
         self.relu = tnn.ReLU()
         self.downsample = None
         if stride != 1 or inplanes != planes * 4:
-            self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                             tnn.BatchNorm2d(planes * 4))
+            self.downsample = tnn.Sequential(
+                tnn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), tnn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -118,7 +127,9 @@ class TorchResNet50(tnn.Module):
         self.relu = tnn.ReLU()
         self.maxpool = tnn.MaxPool2d(3, 2, 1)
         inplanes = 64
-        for i, (planes, n, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))):
+        for i, (planes, n, stride) in enumerate(
+            ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+        ):
             blocks = []
             for b in range(n):
                 blocks.append(TorchBottleneck(inplanes, planes, stride if b == 0 else 1))
@@ -151,10 +162,6 @@ def numpy_sd(model):
 def listing_shapes(name, key):
     with open(os.path.join(LISTINGS, name)) as f:
         return {k: tuple(v["shape"]) for k, v in json.load(f)[key].items()}
-
-
-def nhwc(t):
-    return jnp.asarray(np.transpose(t.numpy(), (0, 2, 3, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +243,11 @@ def check_losses(variables, name, weights, images, want):
 
     @jax.jit
     def run(v, a, b, c):
-        return jax.value_and_grad(lambda a_, b_: compute_losses(
-            {name: v}, a_, b_, weights, x=c, return_id_logs=True), argnums=(0, 1), has_aux=True)(a, b)
+        return jax.value_and_grad(
+            lambda a_, b_: compute_losses({name: v}, a_, b_, weights, x=c, return_id_logs=True),
+            argnums=(0, 1),
+            has_aux=True,
+        )(a, b)
 
     (total, terms), (g_hat, g_y) = run(variables, y_hat, y, x)
     assert set(terms) == {f"loss_{name}", "id_improve", "loss", "id_logs"}
@@ -273,7 +283,11 @@ def moco():
 def test_moco_reference_is_the_official_layout(moco):
     net, _, _ = moco
     want = listing_shapes("moco_v2_800ep_resnet50.json", "keys_in_file_expected")
-    want = {k[len("module.encoder_q."):]: s for k, s in want.items() if k.startswith("module.encoder_q.")}
+    want = {
+        k[len("module.encoder_q.") :]: s
+        for k, s in want.items()
+        if k.startswith("module.encoder_q.")
+    }
     got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert got == want
 

@@ -6,12 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 torch = pytest.importorskip("torch")
 
 from hyperstyle_jax.models import ops  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,9 @@ def test_upfirdn2d_standin_matches_ours(official_ops, up, down, pad):
     x = rng.randn(2, 3, 7, 6).astype(np.float32)
     k = rng.rand(4, 3).astype(np.float32)  # asymmetric: flips would show
     got = official_ops.upfirdn2d(torch.from_numpy(x), torch.from_numpy(k), up, down, pad).numpy()
-    want = np.asarray(ops.upfirdn2d(x.transpose(0, 2, 3, 1), k, up, down, pad)).transpose(0, 3, 1, 2)
+    want = np.asarray(ops.upfirdn2d(x.transpose(0, 2, 3, 1), k, up, down, pad)).transpose(
+        0, 3, 1, 2
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES, nchw, nhwc
 
-from conftest import FIXTURES
 from hyperstyle_jax.models import conv, ops
 
 ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
@@ -17,14 +17,6 @@ ATOL = 1e-5  # fixtures README: blur / up / down / ModulatedConv2d units
 @pytest.fixture(scope="module")
 def npz():
     return dict(np.load(os.path.join(FIXTURES, "02_upfirdn2d", "upfirdn2d_cases.npz")))
-
-
-def nhwc(a):
-    return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
-
-
-def nchw(a):
-    return np.transpose(np.asarray(a), (0, 3, 1, 2))
 
 
 def ref_upfirdn2d(x, k, up, down, px0, px1, py0, py1):
@@ -60,10 +52,16 @@ def test_kernel_buffers_are_make_kernel(npz):
     """The stored (normalised, scaled) buffers equal make_kernel(taps) * factor**2."""
     sym, asym1d, asym2d = [1, 3, 3, 1], npz["K_asym1d_list"], npz["K_asym2d_list"]
     np.testing.assert_allclose(npz["up_sym__kernel_buffer"], ops.make_kernel(sym) * 4, rtol=1e-6)
-    np.testing.assert_allclose(npz["up_asym1d__kernel_buffer"], ops.make_kernel(asym1d) * 4, rtol=1e-6)
-    np.testing.assert_allclose(npz["up_asym2d__kernel_buffer"], ops.make_kernel(asym2d) * 4, rtol=1e-6)
+    np.testing.assert_allclose(
+        npz["up_asym1d__kernel_buffer"], ops.make_kernel(asym1d) * 4, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        npz["up_asym2d__kernel_buffer"], ops.make_kernel(asym2d) * 4, rtol=1e-6
+    )
     np.testing.assert_allclose(npz["down_sym__kernel_buffer"], ops.make_kernel(sym), rtol=1e-6)
-    np.testing.assert_allclose(npz["blurup_sym__kernel_buffer"], ops.make_kernel(sym) * 4, rtol=1e-6)
+    np.testing.assert_allclose(
+        npz["blurup_sym__kernel_buffer"], ops.make_kernel(sym) * 4, rtol=1e-6
+    )
 
 
 def test_module_wrappers_match_official(npz):
@@ -117,7 +115,9 @@ def _ref_xy(x, k, upx, upy, dnx, dny, pad):
 
 
 def test_fused_lrelu_matches_official(npz):
-    got = nchw(ops.fused_leaky_relu(nhwc(npz["fused_lrelu_x"]), jnp.asarray(npz["fused_lrelu_bias"])))
+    got = nchw(
+        ops.fused_leaky_relu(nhwc(npz["fused_lrelu_x"]), jnp.asarray(npz["fused_lrelu_bias"]))
+    )
     np.testing.assert_allclose(got, npz["out__fused_lrelu"], atol=ATOL, rtol=0)
 
 
@@ -215,8 +215,14 @@ def test_up_conv_equals_torch_conv_transpose(k):
     rng = np.random.RandomState(k)
     x = rng.randn(2, 3, 5, 4).astype(np.float32)          # NCHW, non-square
     w = rng.randn(2, 3, 6, k, k).astype(np.float32)       # per sample [O? no: I, O, k, k] below
-    want = np.stack([torch.nn.functional.conv_transpose2d(
-        torch.from_numpy(x[b:b + 1]), torch.from_numpy(w[b]), stride=2).numpy()[0] for b in range(2)])
+    want = np.stack(
+        [
+            torch.nn.functional.conv_transpose2d(
+                torch.from_numpy(x[b : b + 1]), torch.from_numpy(w[b]), stride=2
+            ).numpy()[0]
+            for b in range(2)
+        ]
+    )
     # torch's transposed weight [I, O, k, k] is our modconv weight [O, I, k, k] read as [in, out]:
     w_hwio = jnp.asarray(np.transpose(w, (0, 3, 4, 1, 2)))  # [B, k, k, I, O]
     shared = nchw(conv.shared_conv(nhwc(x[:1]), w_hwio[0], "up", k))
@@ -248,8 +254,10 @@ def test_conv_s1_custom_vjp_matches_autodiff(form, kh, kw, pad):
                     .astype(np.float32))
 
     def ref(x, w):
-        conv = lambda xx, ww: jax.lax.conv_general_dilated(xx[None], ww, (1, 1), pad,
-                                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        def conv(xx, ww):
+            return jax.lax.conv_general_dilated(
+                xx[None], ww, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+
         return jax.vmap(conv)(x, w) if w.ndim == 5 else jax.vmap(conv, (0, None))(x, w)
 
     for w in (w_ps, w_sh):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import E2E
 
 from hyperstyle_jax.models import conv, ops
 from hyperstyle_jax.models.layers import conv2d
@@ -150,18 +151,9 @@ def test_fp32_default_is_unchanged_by_the_precision_option():
 
 # ----------------------------------------------------------------------------- end to end
 
-E2E = os.path.join(os.path.dirname(__file__), "fixtures", "05_e2e")
-
-
 @pytest.fixture(scope="module")
-def e2e_dirs(tmp_path_factory):
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
-    root = tmp_path_factory.mktemp("e2e_bf16")
-    convert_w_encoder(os.path.join(E2E, "w_encoder_narrow_psp.pt"), str(root / "w"),
-                      log=lambda *a: None)
-    convert_hyperstyle(os.path.join(E2E, "hyperstyle_e2e_default.pt"), str(root / "hs"),
-                       log=lambda *a: None)
-    return str(root / "hs"), str(root / "w")
+def e2e_dirs(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.mark.parametrize("per_sample", ["auto", "matmul"])

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FIXTURES
 
 from hyperstyle_jax.convert.common import SourceDict, load_torch_file, to_numpy_state_dict
 from hyperstyle_jax.convert.hyperstyle import eval_shape_init, from_state_dict
 from hyperstyle_jax.models import refinement as R
 from hyperstyle_jax.models.layers import leaky_relu
-from tests.conftest import FIXTURES
 
 D = os.path.join(FIXTURES, "03_hypernet_blocks")
 B = 3

@@ -11,27 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, nhwc, quiet
 
-from conftest import FIXTURES
 from hyperstyle_jax.checkpoints import load_generator
-from hyperstyle_jax.convert.common import ConversionError, tree_paths
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
+from hyperstyle_jax.convert.common import ConversionError
 from hyperstyle_jax.convert.restyle import convert_restyle_e4e, restyle_e4e_from_state_dict
 from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
-from hyperstyle_jax.editing import EditError
-from hyperstyle_jax.editing import domain
+from hyperstyle_jax.editing import EditError, domain
 from hyperstyle_jax.inference import load_inverter, load_restyle
 from hyperstyle_jax.models import e4e, stylegan2
 from hyperstyle_jax.models.irse import get_blocks
 from hyperstyle_jax.models.ops import make_kernel
+from hyperstyle_jax.utils.trees import tree_paths
 
 F13 = os.path.join(FIXTURES, "13_restyle_domain")
 F05 = os.path.join(FIXTURES, "05_e2e")
-QUIET = dict(log=lambda *a: None)
-
-
-def nhwc(a):
-    return np.asarray(a).transpose(0, 2, 3, 1)
+QUIET = dict(log=quiet)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +35,11 @@ def ref():
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, e2e_checkpoints):
     root = tmp_path_factory.mktemp("domain")
-    out = {k: str(root / k) for k in ("restyle", "hs", "wenc", "ft")}
+    out = {k: str(root / k) for k in ("restyle", "ft")}
+    out["hs"], out["wenc"] = e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
     convert_restyle_e4e(os.path.join(F13, "restyle_e4e_narrow.pt"), out["restyle"], **QUIET)
-    convert_hyperstyle(os.path.join(F05, "hyperstyle_e2e_default.pt"), out["hs"], **QUIET)
-    convert_w_encoder(os.path.join(F05, "w_encoder_narrow_psp.pt"), out["wenc"], **QUIET)
     convert_stylegan2(os.path.join(F13, "stylegan2_narrow128_finetuned.pt"), out["ft"], **QUIET)
     return out
 
@@ -215,7 +209,7 @@ def test_full_size_listing_converts(size, n_styles):
     ours = official_encoder_listing(config)
     # Our architecture, named back, is exactly the official encoder's key listing.
     assert ours == {k: v for k, v in official.items() if k.startswith("encoder.")}
-    if size == 1024:  # SPEC §11.1: 205,610,164 elements (incl. BN buffers)
+    if size == 1024:  # official e4e at 1024: 205,610,164 elements (incl. BN buffers)
         assert sum(int(np.prod(s)) for s in ours.values()) == 205_610_164
     sd = zero_state_dict(official)
     top = {"opts": {"encoder_type": "ProgressiveBackboneEncoder", "input_nc": 6,

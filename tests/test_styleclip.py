@@ -13,18 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, ROOT, nhwc
 
-from conftest import FIXTURES
 from hyperstyle_jax import parallel
 from hyperstyle_jax.convert.common import SourceDict, to_numpy_state_dict, unwrap_state_dict
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
-from hyperstyle_jax.editing import EditError
-from hyperstyle_jax.editing import styleclip
+from hyperstyle_jax.editing import EditError, styleclip
 from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
 F10 = os.path.join(FIXTURES, "10_styleclip")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL_IMG, TOL_S, TOL_DS = 2e-4, 1e-5, 1e-6  # fixtures README §10
 
 
@@ -36,10 +34,6 @@ def render(gen, variables, styles, deltas=None):
 @functools.partial(jax.jit, static_argnums=0)
 def render_w(gen, variables, w, deltas=None):
     return gen.apply(variables, w, input_space="w+", weights_deltas=deltas)[0]
-
-
-def nhwc(a):
-    return np.transpose(a, (0, 2, 3, 1))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,9 @@ def fixture_deltas(io, config):
 
 
 def test_layout_matches_official_constants(io):
-    narrow = GeneratorConfig(128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24)))
+    narrow = GeneratorConfig(
+        128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24))
+    )
     lay = stylespace.layout(narrow)
     assert list(lay.dims) == list(io["stylespace_dims"])
     assert list(lay.is_torgb) == list(io["is_torgb"])
@@ -310,7 +306,9 @@ def test_stats_structure_sign_and_resume(tmp_path):
     up, down = fs3[off[6] + C_UP], fs3[off[6] + C_DOWN]
     assert up[1] > 0.5 and np.argmax(np.abs(up)) == 1, up
     assert down[1] < -0.5 and np.argmax(np.abs(down)) == 1, down
-    dead = [off[5] + c for c in range(8)] + [off[6] + c for c in range(8) if c not in (C_UP, C_DOWN)]
+    dead = [off[5] + c for c in range(8)] + [
+        off[6] + c for c in range(8) if c not in (C_UP, C_DOWN)
+    ]
     np.testing.assert_array_equal(fs3[dead], 0)   # no effect: zero rows
     live = [r for r in range(40) if r not in dead]
     np.testing.assert_allclose(np.linalg.norm(fs3[live], axis=1), 1, atol=1e-5)
@@ -353,14 +351,10 @@ def test_stats_refuses_other_settings(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cli_inputs(io, tmp_path_factory):
+def cli_inputs(io, tmp_path_factory, e2e_checkpoints):
     """05's HyperStyle checkpoint (its decoder is the narrow generator of fixture 10) and
     fixture 10's codes and deltas as an `invert --save_latents --save_deltas` folder."""
-    from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle
-
     d = tmp_path_factory.mktemp("styleclip_cli")
-    convert_hyperstyle(os.path.join(FIXTURES, "05_e2e", "hyperstyle_e2e_default.pt"),
-                       str(d / "hs"), log=lambda *a: None)
     inv = d / "inv"
     os.makedirs(inv / "deltas")
     stems = ["img0", "img1"]
@@ -370,7 +364,7 @@ def cli_inputs(io, tmp_path_factory):
         np.savez(inv / "deltas" / f"{s}.npz", **{f"layer_{int(k[-2:])}": io[k][i] for k in io
                                                if k.startswith("weights_deltas_layer")})
     np.save(d / "delta_i.npy", io["delta_i"])
-    return str(d / "hs"), str(inv), str(d / "delta_i.npy"), stems
+    return e2e_checkpoints.hyperstyle(), str(inv), str(d / "delta_i.npy"), stems
 
 
 def _edit(capsys, *argv):
@@ -426,7 +420,9 @@ def test_edit_cli_with_clip_and_errors(io, cli_inputs, tmp_path, capsys):
     d_i = ClipEncoder(*load_clip(clip_dir)).delta_i("a smiling face", "a face")
     fs3 = styleclip.load_fs3(os.path.join(F10, "fs3_narrow.npy"))
     _, stds = styleclip.load_s_mean_std(os.path.join(F10, "S_mean_std_narrow"))
-    config = GeneratorConfig(128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24)))
+    config = GeneratorConfig(
+        128, 64, 3, ((4, 32), (8, 32), (16, 32), (32, 32), (64, 32), (128, 24))
+    )
     lay = stylespace.layout(config)
     direction = styleclip.get_delta_s(fs3, d_i, stds, 0.05, lay)
     assert sum(int(np.count_nonzero(d)) for d in direction) > 0
@@ -460,7 +456,8 @@ def test_stats_cli_with_clip_sharded_over_two_devices(tmp_path):
     import subprocess
 
     from hyperstyle_jax.checkpoints import KIND_STYLEGAN2, save_converted
-    from hyperstyle_jax.models.clip import CLIPConfig, random_init as clip_init
+    from hyperstyle_jax.models.clip import CLIPConfig
+    from hyperstyle_jax.models.clip import random_init as clip_init
     from hyperstyle_jax.models.stylegan2 import random_init
 
     tool = _stats_tool()
@@ -510,6 +507,14 @@ def test_stats_files_have_the_official_structure(narrow, tmp_path):
         assert type(x) is type(y) is list
         assert [(v.shape, v.dtype) for v in x] == [(v.shape, v.dtype) for v in y]
     lay = stylespace.layout(config)
-    assert len(tool.fs3_flat_indices(lay, "all")) == np.load(os.path.join(F10, "fs3_narrow.npy")).shape[0]
-    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "all")) == 6048
-    assert len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "edited")) == 5376
+    assert (
+        len(tool.fs3_flat_indices(lay, "all"))
+        == np.load(os.path.join(F10, "fs3_narrow.npy")).shape[0]
+    )
+    assert (
+        len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "all")) == 6048
+    )
+    assert (
+        len(tool.fs3_flat_indices(stylespace.layout(GeneratorConfig.official(1024)), "edited"))
+        == 5376
+    )

@@ -13,7 +13,6 @@ child's compile short. The synthetic data is rendered once here and cached for t
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,10 +20,7 @@ import time
 
 import numpy as np
 import pytest
-
-from tests.conftest import saved_train_state
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, free_port, saved_train_state
 
 MICRO_CONFIG = textwrap.dedent('''
     from hyperstyle_jax.training.config import base_config
@@ -73,12 +69,6 @@ CHILD = MICRO_CONFIG + textwrap.dedent('''
 ''')
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(tmp_path, workdir, steps, ckpt_every, n_devices, nproc=1, pid=0, addr="-"):
     script = tmp_path / "child.py"
     if not script.exists():
@@ -117,7 +107,7 @@ def micro(tmp_path_factory):
 
 def test_one_process_eight_devices_equals_two_processes_four_devices(micro):
     steps = 3
-    port = _free_port()
+    port = free_port()
     addr = f"127.0.0.1:{port}"
     single = _spawn(micro, micro / "p1x8", steps, 1, 8)
     multi = [_spawn(micro, micro / "p2x4", steps, 1, 4, nproc=2, pid=i, addr=addr)

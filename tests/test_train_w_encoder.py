@@ -24,10 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from tests.conftest import saved_train_state
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, saved_train_state
 
 
 def _capture_sgd():

@@ -12,39 +12,8 @@ CLIP a converted `clip` folder (tools/convert_weights.py clip). OUT receives `S_
 [rows, embed]), `stats_settings.json`, and while running `fs3_partial.npz`. Run the same
 command again to resume: finished channels are kept; other settings refuse to resume.
 
-Procedure (StyleCLIP `global_torch/` GetCode/GetCodeMS and SingleChannel.py + GetFs):
- 1. S_mean_std: z ~ N(0, I) for `--n_samples` (100,000) samples, w = mapping(z) (no
-    truncation), s_j = modulation_j(w) for every layer j (toRGB included); per-channel
-    mean and std (numpy `std`, ddof 0).
- 2. fs3: the first `--n_images` (100) of those samples. For each channel c of each
-    non-toRGB layer (all 17 at 1024 = 6048 rows, the file HyperStyle uses; `--layers
-    edited` keeps StyleCLIP's `mindexs <= 16`, the 11 layers up to 128 px = 5376 rows),
-    set s_j[c] to mean_c - α·std_c and to mean_c + α·std_c (α = 5), render both, encode
-    with CLIP (uint8 conversion, resize to 224, CLIP normalisation), and
-        f± / |f±| -> unit difference d = normalize(f+/|f+| - f-/|f-|) per image
-        fs3[row] = normalize(mean over images of d).
-    One row per channel, rows in layer order j, channels in order.
-
-Differences from StyleCLIP: images are resized with JAX's antialiased bicubic instead of
-PIL's (about 1e-2 on CLIP inputs); a channel that changes nothing gets a zero row (StyleCLIP
-divides 0 by 0); the random samples are JAX's, not numpy's.
-
-Speed. Every channel needs 2·n_images renders and CLIP encodes (`--max_channels N` times a
-few channels and stops; the same command resumes). Measured on this 2-core CPU (shared,
-load average ~15) with a 16 px generator (8 channels, style_dim 16) and a narrow CLIP (2+2
-layers, width 32, 32 px input), n_images = 100, image_batch 10: 0.019-0.031 s per channel
-after a ~5 s first step (the compile), 40 channels in ~6 s. PROJECTED, not measured, for
-the 1024 FFHQ generator + ViT-B/32: XLA's cost analysis of this step counts 149.4 GFLOP per
-1024 render and 10.6 GFLOP per CLIP encode (with preprocessing), 32.0 TFLOP per channel
-(100 image pairs), 194 PFLOP for the 6048 rows. On one H100/H200-class GPU at an assumed
-sustained 150-250 TFLOP/s (TF32 tensor cores, 30-50 % of dense peak) that is 0.13-0.21 s
-per channel, 13-22 min in all; with fp32 matmuls (`jax_default_matmul_precision=highest`,
-~33 TFLOP/s assumed) about 1 s per channel, ~1.6 h. On a CPU it is impractical (~12 GFLOP/s
-measured here on the tiny case: ~45 min per channel).
-
-Sharding: the images of a step are split over all devices on the `data` axis of
-`hyperstyle_jax.parallel` (single process); `--image_batch` must be a multiple of the
-device count.
+The procedure, its differences from StyleCLIP, speed and sharding: docs/notes.md,
+"StyleCLIP statistics".
 """
 from __future__ import annotations
 
@@ -59,14 +28,25 @@ from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
 
-from hyperstyle_jax import parallel  # noqa: E402
-from hyperstyle_jax.editing import EditError, styleclip  # noqa: E402
-from hyperstyle_jax.models import stylespace  # noqa: E402
-from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from hyperstyle_jax import parallel
+from hyperstyle_jax.checkpoints import (
+    CheckpointError,
+    load_converted,
+    load_generator,
+    load_hyperstyle,
+)
+from hyperstyle_jax.clip import load_clip
+from hyperstyle_jax.clip.preprocess import preprocess_batch
+from hyperstyle_jax.editing import EditError, styleclip
+from hyperstyle_jax.models import stylespace
+from hyperstyle_jax.models.clip import CLIP
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+from hyperstyle_jax.utils.paths import atomic_write
 
 PARTIAL = "fs3_partial.npz"
 SETTINGS = "stats_settings.json"
@@ -178,9 +158,6 @@ def clip_image_encoder(clip_config) -> Callable:
 
     As StyleCLIP: the generator output becomes uint8 (stylegan2-ada's x·127.5 + 128,
     clamped, truncated), then CLIP's preprocessing (resize, centre crop, normalise)."""
-    from hyperstyle_jax.clip.preprocess import preprocess_batch
-    from hyperstyle_jax.models.clip import CLIP
-
     model = CLIP(clip_config)
     res = clip_config.image_resolution
 
@@ -231,8 +208,6 @@ def _jitted_step(config: GeneratorConfig, encode: Callable, mesh):
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 smoothing=0.1)
 
@@ -251,9 +226,8 @@ def read_partial(path: str, settings_json: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def _save_partial(path: str, sums: np.ndarray, done: np.ndarray, settings_json: str) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, sums=sums, done=done, settings=np.asarray(settings_json))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, sums=sums, done=done, settings=np.asarray(settings_json))
 
 
 def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, means, stds,
@@ -355,8 +329,6 @@ def compute_fs3(config: GeneratorConfig, gen_vars, encode: Callable, enc_vars, m
 
 def load_any_generator(path: str):
     """A converted `stylegan2` or `hyperstyle` folder -> (GeneratorConfig, variables)."""
-    from hyperstyle_jax.checkpoints import load_converted, load_generator, load_hyperstyle
-
     try:
         with open(os.path.join(path, "config.json")) as f:
             kind = json.load(f).get("kind")
@@ -379,8 +351,6 @@ def run(gen_path: str, clip_path: str, out_dir: str, settings: StatsSettings, *,
     folders (tests use a stand-in encoder). Returns the `compute_fs3` info."""
     config, gen_vars = gen if gen is not None else load_any_generator(gen_path)
     if encode is None:
-        from hyperstyle_jax.clip import load_clip
-
         clip_config, enc_vars = load_clip(clip_path)
         encode = clip_image_encoder(clip_config)
     os.makedirs(out_dir, exist_ok=True)
@@ -440,8 +410,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from hyperstyle_jax.checkpoints import CheckpointError
-
     args = build_parser().parse_args(argv)
     try:
         settings = StatsSettings(args.n_samples, args.n_images, args.alpha, args.seed,

@@ -1,4 +1,5 @@
-"""Loading converted CLIP weights and the StyleCLIP text pipeline (SPEC §12.4, §13).
+"""Loading converted CLIP weights and the StyleCLIP text pipeline
+(official StyleCLIP `global_direction.py`, OpenAI `clip/clip.py`).
 
     config, variables = load_clip("ckpt/clip_vit_b32")
     clip = ClipEncoder(config, variables)
@@ -18,9 +19,13 @@ import functools
 import os
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.checkpoints import CheckpointError, check_loaded, load_converted
 from hyperstyle_jax.clip.tokenizer import tokenize
+from hyperstyle_jax.models.clip import CLIP, CLIPConfig, init_shapes
 
 KIND = "clip"  # the `kind` in config.json of a converted CLIP folder
 TEMPLATES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates.txt")
@@ -35,12 +40,6 @@ def styleclip_templates() -> tuple[str, ...]:
 
 def load_clip(path: str):
     """A folder written by `tools/convert_weights.py clip` -> (CLIPConfig, variables {'params'})."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.checkpoints import CheckpointError, check_loaded, load_converted
-    from hyperstyle_jax.models.clip import CLIPConfig, init_shapes
-
     cfg, tree = load_converted(path, KIND)
     try:
         config = CLIPConfig.from_dict(cfg)
@@ -86,10 +85,6 @@ class ClipEncoder:
 
     def __init__(self, config, variables, templates: Sequence[str] | None = None,
                  text_chunk: int = 64, image_chunk: int = 16):
-        import jax
-
-        from hyperstyle_jax.models.clip import CLIP
-
         self.config = config
         self.variables = variables
         self.model = CLIP(config)
@@ -108,7 +103,8 @@ class ClipEncoder:
                         self.text_chunk)
 
     def encode_texts(self, prompts: Sequence[str]) -> np.ndarray:
-        """Prompts -> text embeddings [N, embed] (unnormalised), as `model.encode_text(tokenize(p))`."""
+        """Prompts -> text embeddings [N, embed] (unnormalised), as
+        `model.encode_text(tokenize(p))`."""
         return self.encode_ids(tokenize(list(prompts), self.config.context_length))
 
     def encode_images(self, images) -> np.ndarray:

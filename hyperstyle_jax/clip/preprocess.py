@@ -1,4 +1,4 @@
-"""CLIP's image preprocessing (`clip._transform`, SPEC §13.4), NHWC.
+"""CLIP's image preprocessing (official `clip/clip.py` `_transform`), NHWC.
 
 * `preprocess_image(img)`: PIL exactly as the official: resize the shorter side to 224 with
   PIL BICUBIC (torchvision's size rule: the long side becomes int(224 * long / short)),
@@ -9,7 +9,10 @@
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -27,8 +30,6 @@ def _crop_box(h: int, w: int, size: int) -> tuple[int, int]:
 
 def preprocess_image(img, size: int = 224) -> np.ndarray:
     """PIL image or uint8 [H, W, 3|4|1] array -> float32 [size, size, 3], CLIP-normalised."""
-    from PIL import Image
-
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8:
             raise ValueError(f"preprocess_image: expected a uint8 image array, got {img.dtype}")
@@ -55,9 +56,6 @@ def preprocess_batch(x, size: int = 224):
     Same geometry as `preprocess_image` (shorter side to `size`, centre crop) with JAX's
     antialiased bicubic resize instead of PIL's.
     """
-    import jax
-    import jax.numpy as jnp
-
     b, h, w, c = x.shape
     nh, nw = _resized_size(h, w, size)
     x = (x.astype(jnp.float32) + 1.0) / 2.0

@@ -1,4 +1,4 @@
-"""CLIP's byte-level BPE tokenizer (SPEC §13.5), reimplemented; no torch.
+"""CLIP's byte-level BPE tokenizer (official `clip/simple_tokenizer.py`), reimplemented; no torch.
 
     tok = get_tokenizer()
     ids = tok.tokenize(["a face", "a smiling face"])   # int32 [2, 77]: SOT ... EOT, 0-padded
@@ -30,7 +30,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz")
+VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "bpe_simple_vocab_16e6.txt.gz")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 N_MERGES = 49152 - 256 - 2  # merges[1 : 48895] of the file (line 0 is a header)
 CONTEXT_LENGTH = 77
@@ -38,11 +39,11 @@ CONTEXT_LENGTH = 77
 try:
     import regex as _regex
 
-    _PAT = _regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                          _regex.IGNORECASE)
+    _PAT = _regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+                          r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", _regex.IGNORECASE)
 except ImportError:  # [^\W\d_] = letters (+ non-decimal numerals); \d = decimal digits
-    _PAT = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+""",
-                      re.IGNORECASE)
+    _PAT = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+                      r"""[^\W\d_]+|\d|(?:[^\s\w]|_)+""", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,7 +63,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def _fix_text(text: str) -> str:
     try:
-        import ftfy
+        import ftfy  # noqa: PLC0415  optional extra (clip)
     except ImportError:
         return text
     return ftfy.fix_text(text)
@@ -145,8 +146,9 @@ class SimpleTokenizer:
             if len(ids) > context_length:
                 if not truncate:
                     raise ValueError(
-                        f"prompt {_short(text)!r} is {len(ids)} tokens with SOT/EOT, more than the CLIP "
-                        f"context of {context_length}; shorten it (or pass truncate=True)")
+                        f"prompt {_short(text)!r} is {len(ids)} tokens with SOT/EOT, more than "
+                        f"the CLIP context of {context_length}; shorten it (or pass "
+                        "truncate=True)")
                 ids = ids[:context_length]
                 ids[-1] = self.eot_token
             out[row, :len(ids)] = ids

@@ -11,16 +11,22 @@ Subcommand of `tools/convert_weights.py`:
     * the released `ViT-B-32.pt`, a TorchScript archive: never `torch.jit.load`ed (that runs
       its code); `read_torchscript_tensors` reads only its tensors, with a restricted
       unpickler. If that fails, export the state dict once where you trust the file:
-      python -c "import torch; torch.save(torch.jit.load('ViT-B-32.pt', map_location='cpu').state_dict(), 'ViT-B-32-state_dict.pt')"
+      python -c "import torch; m = torch.jit.load('ViT-B-32.pt', map_location='cpu'); \\
+        torch.save(m.state_dict(), 'ViT-B-32-state_dict.pt')"
 
 Key table (ours `a/b_N/c` <- OpenAI `a.b.N.c`; Linear [out,in] and the patch conv OIHW are
 transposed; `text_projection` / `visual.proj` are already [in,out]):
-    */attn/in_proj_kernel [d,3d]   <- attn.in_proj_weight [3d,d] (.T)     HF: q|k|v_proj.weight
+    */attn/in_proj_kernel [d,3d]   <- attn.in_proj_weight [3d,d] (.T)
+                                      HF: q|k|v_proj.weight
     */attn/in_proj_bias            <- attn.in_proj_bias                   HF: q|k|v_proj.bias
-    */attn/out_proj, mlp/c_fc, mlp/c_proj   <- same names                 HF: self_attn.out_proj, mlp.fc1, mlp.fc2
-    */ln_1, */ln_2                 <- same names (not list indices)       HF: layer_norm1, layer_norm2
-    token_embedding/weight         <- token_embedding.weight (no .T)      HF: text_model.embeddings.token_embedding
-    everything else                <- its own name (rule engine default)  HF: table `_HF_TOP` below
+    */attn/out_proj, mlp/c_fc, mlp/c_proj   <- same names
+                                      HF: self_attn.out_proj, mlp.fc1, mlp.fc2
+    */ln_1, */ln_2                 <- same names (not list indices)
+                                      HF: layer_norm1, layer_norm2
+    token_embedding/weight         <- token_embedding.weight (no .T)
+                                      HF: text_model.embeddings.token_embedding
+    everything else                <- its own name (rule engine default)
+                                      HF: table `_HF_TOP` below
 
 Heads cannot be read from shapes. The default is OpenAI's width // 64 (ViT-B/32: 8 text, 12
 vision heads); a narrower tower needs `--text-heads` / `--vision-heads` (the fixture's
@@ -28,15 +34,18 @@ width-32 text tower has 2 heads), and a width below 64 without a flag is an erro
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import pickle
 import re
 import zipfile
 from typing import Callable, Mapping
 
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
 from hyperstyle_jax.clip.encoder import KIND
 from hyperstyle_jax.convert.common import (
     ConversionError,
@@ -48,6 +57,7 @@ from hyperstyle_jax.convert.common import (
     to_numpy_state_dict,
     unwrap_state_dict,
 )
+from hyperstyle_jax.models.clip import CLIPConfig, init_shapes
 
 OPENAI_INT_ENTRIES = ("input_resolution", "context_length", "vocab_size")
 EXPORT_HINT = ("python -c \"import torch; torch.save(torch.jit.load('ViT-B-32.pt', "
@@ -75,8 +85,6 @@ def _heads(width: int, given: int | None, tower: str, flag: str, origin: str) ->
 
 def _config(src: SourceDict, names: Mapping[str, str], text_heads, vision_heads):
     """CLIPConfig from the shapes; `names` gives the key of each shape source in this layout."""
-    from hyperstyle_jax.models.clip import CLIPConfig
-
     vocab, width = _shape(src, names["token"], 2, "vocabulary and text width")
     context = _shape(src, names["text_pos"], 2, "context length")[0]
     patch_w = _shape(src, names["conv"], 4, "vision width and patch size")
@@ -104,7 +112,8 @@ def _config(src: SourceDict, names: Mapping[str, str], text_heads, vision_heads)
 _OPENAI_NAMES = {"token": "token_embedding.weight", "text_pos": "positional_embedding",
                  "conv": "visual.conv1.weight", "vis_pos": "visual.positional_embedding",
                  "proj": "text_projection", "proj_in_out": True,
-                 "vis_blocks": "visual.transformer.resblocks.", "text_blocks": "transformer.resblocks."}
+                 "vis_blocks": "visual.transformer.resblocks.",
+                 "text_blocks": "transformer.resblocks."}
 
 
 def _in_proj(src: SourceDict, key: str, shape: tuple) -> np.ndarray:
@@ -129,8 +138,6 @@ def _block_paths(config) -> list[str]:
 def openai_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
                            text_heads: int | None = None, vision_heads: int | None = None):
     """OpenAI `CLIP.state_dict()` (name -> array) -> (CLIPConfig, variables {'params'})."""
-    from hyperstyle_jax.models.clip import init_shapes
-
     if "visual.conv1.weight" not in sd:
         hint = (" (a ResNet CLIP: only the ViT branch is supported)"
                 if "visual.layer1.0.conv1.weight" in sd else "")
@@ -143,13 +150,14 @@ def openai_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
             want = {"input_resolution": config.image_resolution,
                     "context_length": config.context_length, "vocab_size": config.vocab_size}[name]
             if np.asarray(sd[name]).size != 1 or int(np.asarray(sd[name])) != want:
-                raise ConversionError(f"{origin}: {name} = {np.asarray(sd[name]).tolist()}, but the "
-                                      f"weights' shapes give {want}")
+                raise ConversionError(f"{origin}: {name} = {np.asarray(sd[name]).tolist()}, but "
+                                      f"the weights' shapes give {want}")
             src.skip(name)
     custom: dict[str, Callable] = {"params/token_embedding/weight": _plain}
     for b in _block_paths(config):
         custom[f"{b}/attn/in_proj_kernel"] = _in_proj
-        custom.update({f"{b}/{ln}/{leaf}": _ln for ln in ("ln_1", "ln_2") for leaf in ("weight", "bias")})
+        custom.update({f"{b}/{ln}/{leaf}": _ln for ln in ("ln_1", "ln_2")
+                       for leaf in ("weight", "bias")})
     variables = from_state_dict(src, init_shapes(config), custom)
     src.finish("CLIP ViT (OpenAI layout)")
     check_tree_matches(variables, init_shapes(config), origin)
@@ -163,7 +171,8 @@ _HF_NAMES = {"token": "text_model.embeddings.token_embedding.weight",
              "conv": "vision_model.embeddings.patch_embedding.weight",
              "vis_pos": "vision_model.embeddings.position_embedding.weight",
              "proj": "text_projection.weight", "proj_in_out": False,
-             "vis_blocks": "vision_model.encoder.layers.", "text_blocks": "text_model.encoder.layers."}
+             "vis_blocks": "vision_model.encoder.layers.",
+             "text_blocks": "text_model.encoder.layers."}
 
 # our path (after 'params/') -> (HF key, transpose a 2-D [out,in] matrix)
 _HF_TOP = {
@@ -182,7 +191,8 @@ _HF_TOP = {
     "visual/proj": ("visual_projection.weight", True),
 }
 _HF_BLOCK = {  # inside a block: our sub-path -> HF sub-key
-    "attn/out_proj/kernel": "self_attn.out_proj.weight", "attn/out_proj/bias": "self_attn.out_proj.bias",
+    "attn/out_proj/kernel": "self_attn.out_proj.weight",
+    "attn/out_proj/bias": "self_attn.out_proj.bias",
     "ln_1/weight": "layer_norm1.weight", "ln_1/bias": "layer_norm1.bias",
     "ln_2/weight": "layer_norm2.weight", "ln_2/bias": "layer_norm2.bias",
     "mlp/c_fc/kernel": "mlp.fc1.weight", "mlp/c_fc/bias": "mlp.fc1.bias",
@@ -212,16 +222,16 @@ def _hf_qkv(prefix: str, leaf: str) -> Callable:
 def hf_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "clip",
                        text_heads: int | None = None, vision_heads: int | None = None):
     """Hugging Face `CLIPModel` weights (name -> array) -> (CLIPConfig, variables {'params'})."""
-    from hyperstyle_jax.models.clip import init_shapes
-
     src = SourceDict(sd, origin)
     config = _config(src, _HF_NAMES, text_heads, vision_heads)
     custom: dict[str, Callable] = {f"params/{p}": _hf_rule(k, t) for p, (k, t) in _HF_TOP.items()}
     custom["params/visual/conv1/kernel"] = lambda s, _k, shape: np.transpose(
         s.take("vision_model.embeddings.patch_embedding.weight",
                (shape[3], shape[2], shape[0], shape[1])), (2, 3, 1, 0))
-    towers = [("params/transformer/resblocks_", "text_model.encoder.layers.", config.transformer_layers),
-              ("params/visual/transformer/resblocks_", "vision_model.encoder.layers.", config.vision_layers)]
+    towers = [("params/transformer/resblocks_", "text_model.encoder.layers.",
+               config.transformer_layers),
+              ("params/visual/transformer/resblocks_", "vision_model.encoder.layers.",
+               config.vision_layers)]
     for ours, theirs, n in towers:
         for i in range(n):
             for sub, key in _HF_BLOCK.items():
@@ -262,8 +272,9 @@ def _is_torchscript(path: str) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-                   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16,
+                   "DoubleStorage": np.float64, "LongStorage": np.int64,
+                   "IntStorage": np.int32, "ShortStorage": np.int16,
                    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
                    "BFloat16Storage": "bfloat16"}
 
@@ -292,13 +303,12 @@ def read_torchscript_tensors(path: str) -> dict[str, np.ndarray]:
     for a traced module (a scripted module's extra tensor attributes, e.g. `attn_mask`, would
     surface as unexpected keys).
     """
-    import pickle
-
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkl) != 1:
-            raise ConversionError(f"{path}: TorchScript archive without a single top-level data.pkl")
+            raise ConversionError(f"{path}: TorchScript archive without a single top-level "
+                                  "data.pkl")
         root = pkl[0][: -len("data.pkl")]
         cache: dict = {}
 
@@ -353,7 +363,7 @@ def _oneline(e: Exception) -> str:
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # noqa: PLC0415  optional extra (convert)
     except ImportError:
         raise ConversionError(f"{path}: reading .safetensors needs the safetensors package "
                               "(pip install safetensors)") from None
@@ -392,7 +402,8 @@ def read_clip_file(path: str) -> dict[str, np.ndarray]:
         sd = dict(obj)  # a bare state dict, possibly with plain-int entries
     else:
         sd, _ = unwrap_state_dict(obj, path, ("state_dict", "model"))
-    ints = {k: np.asarray(v) for k, v in sd.items() if isinstance(v, int) and not isinstance(v, bool)}
+    ints = {k: np.asarray(v) for k, v in sd.items()
+            if isinstance(v, int) and not isinstance(v, bool)}
     return {**to_numpy_state_dict({k: v for k, v in sd.items() if k not in ints}, path), **ints}
 
 
@@ -410,27 +421,26 @@ def convert_file(path: str, text_heads: int | None = None, vision_heads: int | N
 
 
 def _run(args) -> None:
-    from hyperstyle_jax.checkpoints import save_converted
-
     config, variables, layout = convert_file(args.src, args.text_heads, args.vision_heads)
     save_converted(args.out_dir, variables,
                    {**config.to_dict(), "source": args.src, "source_layout": layout}, KIND)
     print(f"wrote CLIP ViT-{config.vision_width}/{config.vision_patch_size} "
-          f"(embed {config.embed_dim}, text {config.transformer_width}x{config.transformer_layers}, "
+          f"(embed {config.embed_dim}, "
+          f"text {config.transformer_width}x{config.transformer_layers}, "
           f"{config.transformer_heads} heads; vision {config.vision_heads} heads; {layout} layout) "
           f"to {args.out_dir}")
 
 
 def register(subparsers) -> None:
-    import argparse
-
     p = subparsers.add_parser(
         "clip", help="OpenAI CLIP ViT (state dict .pt or Hugging Face model.safetensors)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="OpenAI-layout state dict .pt, or Hugging Face model.safetensors")
     p.add_argument("out_dir", help="new output folder (config.json + arrays/)")
     p.add_argument("--text-heads", type=int, default=None,
-                   help="text attention heads (default: a HF config.json beside SRC, else width // 64)")
+                   help="text attention heads (default: a HF config.json beside SRC, "
+                        "else width // 64)")
     p.add_argument("--vision-heads", type=int, default=None,
-                   help="vision attention heads (default: a HF config.json beside SRC, else width // 64)")
+                   help="vision attention heads (default: a HF config.json beside SRC, "
+                        "else width // 64)")
     p.set_defaults(func=_run)

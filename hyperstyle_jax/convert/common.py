@@ -13,10 +13,10 @@ import re
 import zipfile
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
-from hyperstyle_jax.checkpoints import tree_mismatch, tree_paths  # noqa: F401 (re-exported)
-from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path, tree_mismatch
 
 
 class ConversionError(ValueError):
@@ -33,7 +33,7 @@ def load_torch_file(path: str) -> Any:
     containers is refused with an explanation.
     """
     try:
-        import torch
+        import torch  # noqa: PLC0415  optional extra (convert)
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(
             "reading .pt files needs torch: pip install 'hyperstyle_jax[convert]' "
@@ -87,11 +87,6 @@ def to_numpy_state_dict(sd: Mapping[str, Any], origin: str) -> dict[str, np.ndar
 def conv_weight(w: np.ndarray) -> np.ndarray:
     """PyTorch conv weight [O, I, kh, kw] -> HWIO [kh, kw, I, O]."""
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
-
-
-def linear_weight(w: np.ndarray) -> np.ndarray:
-    """PyTorch linear weight [out, in] -> Dense kernel [in, out]."""
-    return np.ascontiguousarray(w.T)
 
 
 # ----------------------------------------------------------------------------- strict mapping
@@ -254,8 +249,6 @@ def from_state_dict(src: SourceDict, expected: Mapping, custom: Mapping[str, Rul
 
 def eval_shape_init(model, *inputs) -> dict:
     """The model's variable shapes without computing anything: `jax.eval_shape(model.init, …)`."""
-    import jax
-
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
 
 

@@ -12,7 +12,7 @@ from hyperstyle_jax.convert.common import ConversionError, load_torch_file
 
 
 def _to_numpy(v, path: str, what: str) -> np.ndarray:
-    import torch
+    import torch  # noqa: PLC0415  optional extra (convert)
 
     if not isinstance(v, torch.Tensor):
         raise ConversionError(f"{path}: {what} is a {type(v).__name__}, expected a tensor")
@@ -33,8 +33,8 @@ def read_tensor_file(path: str) -> Union[np.ndarray, dict]:
 def save_tensor_dict(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """`torch.save` a dict of float32 CPU tensors (the official `cars_pca.pt` layout)."""
     try:
-        import torch
+        import torch  # noqa: PLC0415  optional extra (convert)
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConversionError(f"{path}: writing .pt needs torch; write .npz instead") from e
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()},
-               path)
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32))
+                for k, v in arrays.items()}, path)

@@ -24,12 +24,16 @@ HWIO; Linear `weight` [out,in] -> Dense `kernel` [in,out]; EqualLinear `weight` 
 """
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from typing import Any, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.checkpoints import KIND_BACKBONE_INIT as KIND_RESNET34
+from hyperstyle_jax.checkpoints import KIND_HYPERSTYLE, KIND_W_ENCODER, save_converted
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -40,7 +44,22 @@ from hyperstyle_jax.convert.common import (
     check_tree_matches,
     eval_shape_init,
     from_state_dict,
+    load_torch_file,
+    to_numpy_state_dict,
+    unwrap_state_dict,
 )
+from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
+from hyperstyle_jax.models import stylegan2
+from hyperstyle_jax.models.hypernetwork import (
+    DEFAULT_LAYERS_TO_TUNE,
+    ENCODER_TYPES,
+    SHARED_LAYERS,
+    HyperNetConfig,
+    feature_input_hw,
+    init_shapes,
+)
+from hyperstyle_jax.models.irse import Backbone, WEncoder, get_blocks
+from hyperstyle_jax.models.resnet import RESNET34_STAGES, HypernetBackbone, ResNet50Trunk
 from hyperstyle_jax.utils.trees import leaves_with_paths
 
 # ----------------------------------------------------------------------------- ResNet-50 (MoCo)
@@ -50,10 +69,6 @@ def resnet50_trunk_from_state_dict(src: SourceDict) -> dict:
     """torchvision resnet50 keys (`conv1`, `bn1`, `layerA.B.*` under `src.prefix`) ->
     `resnet.ResNet50Trunk` variables. `fc.*` is left for the caller to skip; call
     `src.finish()` afterwards."""
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.resnet import ResNet50Trunk
-
     return from_state_dict(src, eval_shape_init(ResNet50Trunk(), jnp.zeros((1, 64, 64, 3))))
 
 
@@ -88,8 +103,6 @@ def arcface_config_from_keys(sd: Mapping[str, np.ndarray], origin: str) -> dict:
     IR-SE-50 (`model_ir_se50.pth`: 24 units with SE, affine final BN) and IR-101
     (`CurricularFace_Backbone.pth`: 49 units, no SE, `affine=False`) are both recognised.
     """
-    from hyperstyle_jax.models.irse import get_blocks
-
     units = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))}
     if not units or "input_layer.0.weight" not in sd:
         raise ConversionError(f"{origin}: not an ArcFace/CurricularFace Backbone state dict "
@@ -112,10 +125,6 @@ def arcface_from_state_dict(src: SourceDict, config: Mapping | None = None) -> d
     `output_layer.3.weight` [512, C*H*W] flattens NCHW features in PyTorch; its columns are
     permuted to the NHWC flatten order (h, w, c) of our `Backbone`. Call `src.finish()`.
     """
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.irse import Backbone
-
     config = config or arcface_config_from_keys(src.sd, src.origin)
     input_size = config["input_size"]
     model = Backbone(input_size, config["num_layers"], config["mode"], affine=config["affine"])
@@ -147,10 +156,6 @@ def w_encoder_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origin
     table, widths and style_dim come from the shapes; n_styles from `n_styles`, else
     `opts['output_size']`, else the decoder's number of toRGB blocks.
     """
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.irse import WEncoder
-
     if not any(k.startswith("encoder.") for k in sd):
         raise ConversionError(f"{origin}: not a pSp-format W-encoder: no 'encoder.*' keys "
                               f"(found {sorted(sd)[:8]}…)")
@@ -220,18 +225,11 @@ def _count_convs(src: SourceDict, key: str) -> int:
 
 def hypernet_config_from_state_dict(src: SourceDict, opts: Mapping, generator_config):
     """`HyperNetConfig` from the official `opts` and the shapes under `src.prefix` ('hypernet.')."""
-    from hyperstyle_jax.models.hypernetwork import (
-        DEFAULT_LAYERS_TO_TUNE,
-        ENCODER_TYPES,
-        SHARED_LAYERS,
-        HyperNetConfig,
-    )
-
     what = "hypernetwork architecture"
     encoder_type = opts.get("encoder_type")
     if encoder_type not in ENCODER_TYPES:
-        raise ConversionError(f"{src.origin}: opts['encoder_type'] = {encoder_type!r} is not one of "
-                              f"{ENCODER_TYPES}")
+        raise ConversionError(f"{src.origin}: opts['encoder_type'] = {encoder_type!r} is not "
+                              f"one of {ENCODER_TYPES}")
     layers_to_tune = opts.get("layers_to_tune", DEFAULT_LAYERS_TO_TUNE)
     o, input_nc = _shape(src, "conv1.weight", 4, what)[:2]
     kw: dict[str, Any] = dict(encoder_type=encoder_type, layers_to_tune=layers_to_tune,
@@ -290,8 +288,6 @@ def hypernet_from_state_dict(src: SourceDict, config) -> dict:
     fails naming the key. If no shared layer is tuned, the (unused) shared hypernet is
     consumed and dropped. Call `src.finish()` afterwards.
     """
-    from hyperstyle_jax.models.hypernetwork import feature_input_hw, init_shapes
-
     expected = init_shapes(config, feature_input_hw(config))
     variables = from_state_dict(src, expected)
     shared = [j for j in config.tuned_layers if config.block_kind(j) == "shared"]
@@ -321,9 +317,6 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
     {'hypernet': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
      'latent_avg': [n_styles, style_dim]}.
     """
-    from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
-    from hyperstyle_jax.models import stylegan2
-
     opts = top.get("opts")
     if not isinstance(opts, Mapping):
         raise ConversionError(f"{origin}: no 'opts' dict at the top level (found "
@@ -348,7 +341,8 @@ def hyperstyle_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, origi
         raise ConversionError(f"{origin}: opts['n_hypernet_outputs'] = {n_out} but a "
                               f"{gen_config.size}px generator has {gen_config.n_convs} convs")
 
-    hsrc = SourceDict({k: v for k, v in sd.items() if k.startswith("hypernet.")}, origin, "hypernet.")
+    hsrc = SourceDict({k: v for k, v in sd.items() if k.startswith("hypernet.")}, origin,
+                      "hypernet.")
     if not hsrc.sd:
         raise ConversionError(f"{origin}: no hypernet.* keys: not a HyperStyle checkpoint")
     h_config = hypernet_config_from_state_dict(hsrc, opts, gen_config)
@@ -391,12 +385,9 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
     their fresh initialisation (see `checkpoints.merge_backbone_init`).
     Returns (config, {'params', 'batch_stats'}) with paths conv1, bn1, body_N.
     """
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.resnet import RESNET34_STAGES, HypernetBackbone
-
     if extra_channels not in EXTRA_CHANNEL_MODES:
-        raise ConversionError(f"extra_channels must be one of {EXTRA_CHANNEL_MODES}, got {extra_channels!r}")
+        raise ConversionError(f"extra_channels must be one of {EXTRA_CHANNEL_MODES}, "
+                              f"got {extra_channels!r}")
     if input_nc < 3 or input_nc % 3:
         raise ConversionError(f"input_nc must be a multiple of 3 (RGB images), got {input_nc}")
     renamed = {}
@@ -434,18 +425,8 @@ def resnet34_to_hypernet_init(sd: Mapping[str, np.ndarray], origin: str, input_n
 
 # ----------------------------------------------------------------------------- files and CLI
 
-from hyperstyle_jax.checkpoints import KIND_BACKBONE_INIT as KIND_RESNET34  # noqa: E402
-from hyperstyle_jax.checkpoints import KIND_HYPERSTYLE, KIND_W_ENCODER
-
-
 def _read(path: str) -> tuple[dict, dict]:
     """(state dict as numpy, other top-level entries) of a torch checkpoint file."""
-    from hyperstyle_jax.convert.common import (
-        load_torch_file,
-        to_numpy_state_dict,
-        unwrap_state_dict,
-    )
-
     obj = load_torch_file(path)
     sd, top = unwrap_state_dict(obj, path, ("state_dict",))
     top = {k: v for k, v in top.items() if k != "state_dict"}
@@ -457,8 +438,6 @@ def _n_params(tree: Any) -> int:
 
 
 def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
-    from hyperstyle_jax.checkpoints import save_converted
-
     sd, top = _read(src_path)
     config, tree = hyperstyle_from_state_dict(sd, top, src_path)
     save_converted(out_dir, tree, config, kind=KIND_HYPERSTYLE)
@@ -466,13 +445,12 @@ def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
     log(f"{src_path} -> {out_dir}: HyperStyle {config['generator']['size']}px, "
         f"{h['encoder_type']}, tuned layers {h['layers_to_tune'] or 'all'}; hypernet "
         f"{_n_params(tree['hypernet']['params']):,} parameters (shared hypernet stored once), "
-        f"decoder {_n_params(tree['generator']['params']):,}, latent_avg {tree['latent_avg'].shape}")
+        f"decoder {_n_params(tree['generator']['params']):,}, "
+        f"latent_avg {tree['latent_avg'].shape}")
     return config
 
 
 def convert_w_encoder(src_path: str, out_dir: str, n_styles: int | None = None, log=print) -> dict:
-    from hyperstyle_jax.checkpoints import save_converted
-
     sd, top = _read(src_path)
     config, variables = w_encoder_from_state_dict(sd, top, src_path, n_styles)
     save_converted(out_dir, variables, config, kind=KIND_W_ENCODER)
@@ -483,8 +461,6 @@ def convert_w_encoder(src_path: str, out_dir: str, n_styles: int | None = None, 
 
 
 def convert_resnet34(src_path: str, out_dir: str, extra_channels: str = "half", log=print) -> dict:
-    from hyperstyle_jax.checkpoints import save_converted
-
     sd, _ = _read(src_path)
     config, variables = resnet34_to_hypernet_init(sd, src_path, extra_channels=extra_channels)
     save_converted(out_dir, variables, config, kind=KIND_RESNET34)
@@ -495,8 +471,6 @@ def convert_resnet34(src_path: str, out_dir: str, extra_channels: str = "half", 
 
 
 def register(subparsers) -> None:
-    import argparse
-
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "hyperstyle", formatter_class=fmt,

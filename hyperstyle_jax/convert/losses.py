@@ -28,8 +28,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
+from hyperstyle_jax.convert import hyperstyle
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -39,6 +43,9 @@ from hyperstyle_jax.convert.common import (
     to_numpy_state_dict,
     unwrap_state_dict,
 )
+from hyperstyle_jax.losses.id_loss import arcface_eval_shape
+from hyperstyle_jax.losses.lpips import LPIPS, LPIPS_SCALE, LPIPS_SHIFT, NET_CHANNELS
+from hyperstyle_jax.losses.moco import moco_eval_shape
 
 LPIPS_KIND, ARCFACE_KIND, MOCO_KIND = "lpips", "arcface", "moco"
 
@@ -58,11 +65,6 @@ TRUNK_PREFIXES = ("features.", "net.layers.", "layers.", "")
 
 def lpips_expected(net_type: str) -> dict:
     """`jax.eval_shape` of the LPIPS init (a tree of ShapeDtypeStructs)."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.losses.lpips import LPIPS
-
     z = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     return jax.eval_shape(lambda a, b: LPIPS(net_type=net_type).init(jax.random.PRNGKey(0), a, b),
                           z, z)
@@ -76,8 +78,6 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
                           features_origin: str = "features", lin_origin: str = "lin",
                           net_type: str | None = None) -> tuple[dict, dict]:
     """Torch name -> array dicts -> (LPIPS variables, config). Strict on both dicts."""
-    from hyperstyle_jax.losses.lpips import LPIPS_SCALE, LPIPS_SHIFT, NET_CHANNELS
-
     prefix = next((p for p in TRUNK_PREFIXES if f"{p}0.weight" in features_sd), None)
     if prefix is None:
         raise ConversionError(
@@ -115,7 +115,8 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
     if fmt is None:
         raise ConversionError(
             f"{lin_origin}: no LPIPS linear-layer weights found: expected keys like "
-            f"{', '.join(repr(f.format(i=0)) for f in LIN_KEY_FORMATS)}; found {sorted(lin_sd)[:12]}")
+            f"{', '.join(repr(f.format(i=0)) for f in LIN_KEY_FORMATS)}; "
+            f"found {sorted(lin_sd)[:12]}")
     lin_src = SourceDict(lin_sd, lin_origin)
     out = {"net": trunk}
     for i, ch in enumerate(NET_CHANNELS[net_type]):
@@ -141,12 +142,9 @@ def lpips_from_state_dict(features_sd: Mapping[str, np.ndarray], lin_sd: Mapping
 def arcface_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "arcface"
                             ) -> tuple[dict, dict]:
     """Official `Backbone` state dict -> (variables, config)."""
-    from hyperstyle_jax.convert import hyperstyle as hs
-    from hyperstyle_jax.losses.id_loss import arcface_eval_shape
-
-    config = hs.arcface_config_from_keys(sd, origin)
+    config = hyperstyle.arcface_config_from_keys(sd, origin)
     src = SourceDict(sd, origin)
-    variables = hs.arcface_from_state_dict(src, config)
+    variables = hyperstyle.arcface_from_state_dict(src, config)
     _skip_num_batches_tracked(src)
     src.finish(f"{config['mode']}-{config['num_layers']} backbone")
     check_tree_matches(variables, arcface_eval_shape(config), origin)
@@ -158,9 +156,6 @@ def arcface_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "arcface
 
 def moco_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "moco") -> tuple[dict, dict]:
     """MoCo (`module.encoder_q.*`) or torchvision ResNet-50 state dict -> (variables, config)."""
-    from hyperstyle_jax.convert import hyperstyle as hs
-    from hyperstyle_jax.losses.moco import moco_eval_shape
-
     for prefix in ("module.encoder_q.", "encoder_q.", ""):
         if f"{prefix}conv1.weight" in sd:
             break
@@ -169,7 +164,7 @@ def moco_from_state_dict(sd: Mapping[str, np.ndarray], origin: str = "moco") -> 
             f"{origin}: no ResNet-50 query encoder found: expected 'module.encoder_q.conv1.weight' "
             f"(MoCo v2 checkpoint) or 'conv1.weight' (torchvision); found {sorted(sd)[:12]}")
     src = SourceDict(sd, origin, prefix)
-    variables = hs.resnet50_trunk_from_state_dict(src)
+    variables = hyperstyle.resnet50_trunk_from_state_dict(src)
     _skip_num_batches_tracked(src)
     src.skip("fc.")  # the MoCo projection head (fc.0, fc.2) or torchvision's classifier
     if prefix:  # the momentum encoder and the queue: training state, unused by the loss
@@ -190,8 +185,6 @@ def _read_state_dict(path: str, candidates=("state_dict",)) -> dict[str, np.ndar
 
 
 def _run_lpips(args) -> None:
-    from hyperstyle_jax.checkpoints import save_converted
-
     feats = _read_state_dict(args.features)
     same = args.lin == args.features
     lin = feats if same else _read_state_dict(args.lin)
@@ -202,8 +195,6 @@ def _run_lpips(args) -> None:
 
 
 def _run_arcface(args) -> None:
-    from hyperstyle_jax.checkpoints import save_converted
-
     sd = _read_state_dict(args.src)
     variables, config = arcface_from_state_dict(sd, args.src)
     save_converted(args.out, variables, {**config, "source": args.src}, ARCFACE_KIND)
@@ -211,8 +202,6 @@ def _run_arcface(args) -> None:
 
 
 def _run_moco(args) -> None:
-    from hyperstyle_jax.checkpoints import save_converted
-
     sd = _read_state_dict(args.src)
     variables, config = moco_from_state_dict(sd, args.src)
     save_converted(args.out, variables, {**config, "source": args.src}, MOCO_KIND)
@@ -223,9 +212,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "lpips", help="LPIPS trunk (torchvision AlexNet/VGG-16) + linear layers",
         description="Convert LPIPS v0.1 weights: the torchvision AlexNet (or VGG-16) feature "
-                    "weights plus the linear-layer file (lpips package keys 'lin{i}.model.1.weight', "
-                    "or the official port's '{i}.1.weight' / 'lin.{i}.1.weight'). The two may be "
-                    "one file (a full LPIPS module state dict).")
+                    "weights plus the linear-layer file (lpips package keys "
+                    "'lin{i}.model.1.weight', or the official port's '{i}.1.weight' / "
+                    "'lin.{i}.1.weight'). The two may be one file (a full LPIPS module state "
+                    "dict).")
     p.add_argument("features", help="torchvision alexnet/vgg16 .pth (features.N.*), or an LPIPS "
                                     "module state dict (net.layers.N.*)")
     p.add_argument("lin", help="linear-layer weights, e.g. lpips/weights/v0.1/alex.pth from the "

@@ -3,8 +3,9 @@
   python tools/convert_weights.py restyle_e4e restyle_e4e_ffhq_encode.pt ckpt/restyle_e4e_ffhq
 
 Input: the official ReStyle format `{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg',
-'opts', …}` (SPEC §11.1). Only `ProgressiveBackboneEncoder` (IR-SE, the released FFHQ
-model) is supported; the ResNet-34 variant is refused by name.
+'opts', …}` (official `utils/model_utils.py` `load_model`). Only
+`ProgressiveBackboneEncoder` (IR-SE, the released FFHQ model) is supported; the ResNet-34
+variant is refused by name.
 
 Kept:
 * `encoder.*` -> the `models.e4e.ProgressiveBackboneEncoder` variables. The unit table,
@@ -22,10 +23,12 @@ listed in one error line.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Mapping
 
 import numpy as np
 
+from hyperstyle_jax.checkpoints import save_converted
 from hyperstyle_jax.convert.common import (
     ConversionError,
     SourceDict,
@@ -35,7 +38,10 @@ from hyperstyle_jax.convert.common import (
     check_tree_matches,
     from_state_dict,
 )
-from hyperstyle_jax.convert.hyperstyle import infer_ir_units
+from hyperstyle_jax.convert.hyperstyle import _read, infer_ir_units
+from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
+from hyperstyle_jax.models import e4e, stylegan2
+from hyperstyle_jax.utils.trees import leaves_with_paths
 
 KIND = "restyle_e4e"
 SUPPORTED_ENCODER = "ProgressiveBackboneEncoder"
@@ -75,9 +81,6 @@ def restyle_e4e_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, orig
     tree = {'encoder': {'params', 'batch_stats'}, 'generator': {'params', 'noises'},
             'latent_avg': [n_styles, style_dim]}.
     """
-    from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
-    from hyperstyle_jax.models import e4e, stylegan2
-
     opts = top.get("opts") if isinstance(top.get("opts"), Mapping) else {}
     enc_type = opts.get("encoder_type", SUPPORTED_ENCODER)
     if enc_type != SUPPORTED_ENCODER:
@@ -128,15 +131,10 @@ def restyle_e4e_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, orig
 
 
 def _n_params(tree) -> int:
-    from hyperstyle_jax.utils.trees import leaves_with_paths
-
     return sum(int(np.prod(leaf.shape)) for _, leaf in leaves_with_paths(tree))
 
 
 def convert_restyle_e4e(src_path: str, out_dir: str, log=print) -> dict:
-    from hyperstyle_jax.checkpoints import save_converted
-    from hyperstyle_jax.convert.hyperstyle import _read
-
     sd, top = _read(src_path)
     config, tree = restyle_e4e_from_state_dict(sd, top, src_path)
     save_converted(out_dir, tree, config, kind=KIND)
@@ -150,8 +148,6 @@ def convert_restyle_e4e(src_path: str, out_dir: str, log=print) -> dict:
 
 
 def register(subparsers) -> None:
-    import argparse
-
     p = subparsers.add_parser(
         KIND, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="official ReStyle-e4e checkpoint (.pt) -> restyle_e4e folder (domain adaptation)",

@@ -2,7 +2,8 @@
 
     python -m hyperstyle_jax.data.build --dataset ffhq --source /data/ffhq/images1024x1024 \\
         --data_dir /data/tfds
-    python -m hyperstyle_jax.data.build --dataset celeba_hq --source /data/CelebAMask-HQ/CelebA-HQ-img \\
+    python -m hyperstyle_jax.data.build --dataset celeba_hq \\
+        --source /data/CelebAMask-HQ/CelebA-HQ-img \\
         --file_list /data/celeba_hq_test_files.txt --data_dir /data/tfds
     python -m hyperstyle_jax.data.build --dataset image_folder --source /data/my_photos \\
         --split_by ratio --test_fraction 0.05 --data_dir /data/tfds
@@ -38,7 +39,7 @@ def build_dataset(dataset: str, source: str, data_dir: str, *, file_list: str | 
     The report is also written to `report_path(data_dir, dataset)`. Raises if the dataset
     cannot be built (missing folder, a split with no readable image, ...).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415  imported only when building
 
     cls = get_builder_class(dataset)
     if not os.path.isdir(source):

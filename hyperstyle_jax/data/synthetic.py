@@ -1,26 +1,11 @@
 """Synthetic data: images rendered by a StyleGAN2 generator, with their true latents.
 
-For the tiny CPU config and for tests. The generator is either a converted checkpoint
-(`data.generator_dir`) or a seeded random one (`data.generator`, a GeneratorConfig dict).
-Each image i of a split gets
-    z_i ~ N(0, I), w_i = mapping(z_i), w_i <- w_avg + truncation * (w_i - w_avg)
-    optional offsets Δ_ij ~ N(0, perturb_std²) per ('out', 'in') pair or per 'in' channel
-        of each perturbed (by default every non-toRGB) conv j, constant over k x k
-        (a per-'out' factor alone would be divided out by the demodulation)
-    image_i = face_pool(G(w_i, weights_deltas=Δ_i, noise = the fixed buffers))
-so an exact reconstruction exists, reachable from the true W only through weight offsets
-θ·(1+Δ). z and Δ come from one NumPy stream per image (`draw`), so the data does not
-depend on the render batch size; the random generator's variables are those of
-`models.stylegan2.random_init(config, seed)` (compiled once here and reused).
-
-A random generator's toRGB weights and biases are scaled by one factor so that the
-unperturbed training images have pixel std `RANDOM_OUTPUT_STD` (a random init gives
-std ~1.7); images are linear in those parameters, so this is exact and the returned
-generator is the one that rendered the data. Images are not clipped.
-
-Rendering happens once per config: split arrays are memoised in the process and cached
-in `<data_dir>/synthetic/<fingerprint>.npz` (with the generator) when `data_dir` is set.
-The trainer must build its model on `synthetic_generator(data_config)`.
+For the tiny CPU config and for tests. `synthetic_data(data_config)` renders (once per
+config; memoised, and cached under `<data_dir>/synthetic/` when `data_dir` is set) the
+train and eval arrays so that an exact reconstruction exists, reachable from the true W
+only through weight offsets. The trainer must build its model on
+`synthetic_generator(data_config)`. How the images are drawn: docs/notes.md, "Synthetic
+data".
 """
 from __future__ import annotations
 
@@ -32,7 +17,16 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
+from hyperstyle_jax.data.sources import ArraySource
+from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
+from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+from hyperstyle_jax.utils import trees
+from hyperstyle_jax.utils.paths import atomic_write
 
 CACHE_VERSION = 1
 RANDOM_OUTPUT_STD = 0.5
@@ -83,8 +77,6 @@ def expand_deltas(deltas: dict, gen_config) -> list:
     Entry j is [B, out, in, k, k] (the value repeated over k x k, and over 'out' for the
     'in' mode), or None for an unperturbed layer.
     """
-    import jax.numpy as jnp
-
     shapes = gen_config.delta_shapes()
     out = [None] * gen_config.n_convs
     for key, d in deltas.items():
@@ -147,10 +139,8 @@ def _fingerprint(data_config) -> tuple[str, dict]:
 
 def _pool(images, size: int, hw: tuple[int, int]):
     """The model's own resize of generator outputs: the cars crop, then face_pool."""
-    from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
-
     h, w = hw
-    if h * 4 == w * 3 and h != w:  # cars: 512x512 output, content rows [64:448] (SPEC 2.4)
+    if h * 4 == w * 3 and h != w:  # cars: 512x512, content rows [64:448] (official hyperstyle.py)
         images = images[:, size // 8: size - size // 8]
     elif h != w:
         raise ValueError(f"data.image_hw={tuple(hw)}: synthetic images are square, or 3:4 "
@@ -179,11 +169,6 @@ def draw(data_config, gen_config, split: str, indices) -> tuple[np.ndarray, dict
 @functools.lru_cache(maxsize=8)
 def _jitted(gcfg, trunc: float, hw: tuple):
     """Compiled (init, mean_w, render) for one setting; reused across calls."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.stylegan2 import Generator
-
     gen = Generator(gcfg)
 
     def init(key):
@@ -205,12 +190,6 @@ def _jitted(gcfg, trunc: float, hw: tuple):
 
 
 def _render(data_config) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.checkpoints import load_generator_with_latent_avg
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     seed = int(data_config.seed)
     gdir = data_config.get("generator_dir", "")
     if gdir:
@@ -264,48 +243,20 @@ def _render(data_config) -> dict:
 # -------------------------------------------------------------------------------- cache
 
 
-def _flatten(tree: dict, prefix: str) -> dict:
-    flat = {}
-    for k, v in tree.items():
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key))
-        else:
-            flat[key] = np.asarray(v)
-    return flat
-
-
-def _unflatten(flat: dict, prefix: str) -> dict:
-    tree: dict = {}
-    for key, v in flat.items():
-        if not key.startswith(prefix + "/"):
-            continue
-        parts = key[len(prefix) + 1:].split("/")
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return tree
-
-
 def _save(path: str, data: dict, fp: dict) -> None:
     g = data["generator"]
     flat = {"fingerprint": np.asarray(json.dumps(fp, sort_keys=True)),
             "generator_config": np.asarray(json.dumps(g.config.to_dict())),
             "generator_description": np.asarray(g.description),
             "latent_avg": g.latent_avg}
-    flat.update(_flatten(g.variables, "variables"))
+    flat.update(trees.flatten(g.variables, "variables"))
     for split in SPLITS:
-        flat.update(_flatten(data[split], split))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+        flat.update(trees.flatten(data[split], split))
+    with atomic_write(path) as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def _load(path: str, fp: dict) -> dict | None:
-    from hyperstyle_jax.models.stylegan2 import GeneratorConfig
-
     try:
         with np.load(path) as z:
             flat = {k: z[k] for k in z.files}
@@ -313,10 +264,10 @@ def _load(path: str, fp: dict) -> dict | None:
         return None  # unreadable cache: render again and overwrite it
     if str(flat.get("fingerprint")) != json.dumps(fp, sort_keys=True):
         return None
-    out = {split: _unflatten(flat, split) for split in SPLITS}
+    out = {split: trees.unflatten(flat, split) for split in SPLITS}
     out["generator"] = SyntheticGenerator(
         GeneratorConfig.from_dict(json.loads(str(flat["generator_config"]))),
-        _unflatten(flat, "variables"), flat["latent_avg"], str(flat["generator_description"]))
+        trees.unflatten(flat, "variables"), flat["latent_avg"], str(flat["generator_description"]))
     return out
 
 
@@ -349,7 +300,5 @@ def synthetic_generator(data_config) -> SyntheticGenerator:
 
 def synthetic_source(data_config, split: str):
     """An `ArraySource` over split 'train' or 'eval' of the synthetic data."""
-    from hyperstyle_jax.data.pipeline import ArraySource
-
     digest, _ = _fingerprint(data_config)
     return ArraySource(synthetic_data(data_config)[split], f"synthetic:{digest}/{split}")

@@ -219,12 +219,6 @@ def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.where(n > 0, x / np.where(n > 0, n, 1), 0)
 
 
-def fs3_row(sum_unit_diffs: np.ndarray) -> np.ndarray:
-    """Final step of StyleCLIP's `GetFs` for one channel: the mean over images of the unit
-    differences normalize(f+/|f+| - f-/|f-|), normalised (the mean's 1/N cancels)."""
-    return normalize(np.asarray(sum_unit_diffs, np.float64)).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- rendering
 
 

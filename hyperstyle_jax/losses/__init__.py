@@ -1,35 +1,10 @@
 """Training losses and evaluation metrics, numerically as the official PyTorch code.
 
-Every function is pure: the frozen network's Flax variables are an argument (never
-closed-over constants), images are NHWC float32 in [-1, 1], and everything is jittable,
-differentiable and usable inside a sharded train step (params replicated, batch sharded).
-
-    l2_loss(y_hat, y)                        -> scalar   (`F.mse_loss`)
-    lpips_loss(lpips_vars, y_hat, y)         -> scalar   (batch mean, official LPIPS v0.1)
-    id_loss(arcface_vars, y_hat, y)          -> scalar   (1 - cos, ArcFace IR-SE-50)
-    moco_loss(moco_vars, y_hat, y)           -> scalar   (1 - cos, MoCo v2 ResNet-50)
-    ms_ssim(img1, img2)                      -> scalar   (official metric, batch quirk)
-    per-image versions: l2_per_image, lpips_distance, id_similarity, ms_ssim_per_image -> [B]
-
-The trainer's entry point follows the official `Coach.calc_loss` (SPEC §5):
-
-    weights = LossWeights(l2=1.0, lpips=0.8, id=0.1)          # paper faces command
-    nets = LossNets.load(lpips='ckpt/lpips_alex', id='ckpt/arcface_ir_se50')
-    total, terms = compute_losses(nets.variables, y_hat, y, weights, x=None)
-
-`compute_losses(loss_vars, y_hat, y, weights, x=None, return_id_logs=False)
--> (total scalar, terms)`:
-  * `loss_vars`: `{'lpips': ..., 'id': ..., 'moco': ...}` Flax variable dicts (only the
-    ones with a positive weight are needed), e.g. `LossNets.variables`;
-  * `weights`: `LossWeights` (static Python floats: they decide which terms exist);
-  * `x`: the encoder input for the `id_improve` log (defaults to `y`, HyperStyle's case);
-  * each term is computed only when its weight is > 0; `terms` holds the scalars
-    `loss_id`, `id_improve` (ID or MoCo), `loss_l2`, `loss_lpips`, `loss_moco` and
-    `loss` (= total), named as the official `loss_dict`; with `return_id_logs` it also
-    holds `id_logs` = {'diff_target', 'diff_input', 'diff_views'} arrays [B].
-  * `id > 0` together with `moco > 0` is an error (as the official Coach); unlike the
-    official code, having neither is allowed (the official crashes there), but at least
-    one weight must be positive.
+Pure functions: the frozen network's Flax variables are an argument, images are NHWC
+float32 in [-1, 1], and everything is jittable, differentiable and usable in a sharded
+train step. `l2_loss`, `lpips_loss`, `id_loss`, `moco_loss`, `ms_ssim` (scalars) and their
+per-image [B] versions; `LossWeights`, `LossNets` and `compute_losses` follow the official
+`training/coach_hyperstyle.py` `Coach.calc_loss`. Contract: docs/CONTRACTS.md, "Losses".
 """
 from __future__ import annotations
 
@@ -38,6 +13,7 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
+from hyperstyle_jax.checkpoints import load_converted
 from hyperstyle_jax.losses.id_loss import id_embed, id_loss, id_loss_terms, id_similarity
 from hyperstyle_jax.losses.l2 import l2_loss, l2_per_image
 from hyperstyle_jax.losses.lpips import lpips_distance, lpips_loss
@@ -90,8 +66,6 @@ class LossNets:
     def load(cls, lpips: str | None = None, id: str | None = None,  # noqa: A002 - official name
              moco: str | None = None) -> "LossNets":
         """Read the folders written by `tools/convert_weights.py` (None = not needed)."""
-        from hyperstyle_jax.checkpoints import load_converted
-
         out = {}
         for name, path in (("lpips", lpips), ("id", id), ("moco", moco)):
             if path is not None:
@@ -106,7 +80,8 @@ class LossNets:
         missing = [flags[n] for n in weights.networks() if n not in self.variables]
         if missing:
             raise ValueError("loss networks needed but not loaded: " + ", ".join(missing)
-                             + "; convert them with tools/convert_weights.py and pass their folders")
+                             + "; convert them with tools/convert_weights.py and pass their "
+                             "folders")
 
 
 def compute_losses(loss_vars: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray, weights: LossWeights,

@@ -20,7 +20,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from hyperstyle_jax.losses.batching import deinterleave, interleave, similarity_terms
+from hyperstyle_jax.losses.similarity import deinterleave, interleave, similarity_terms
 from hyperstyle_jax.models.irse import Backbone, get_blocks
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hyperstyle_jax.losses.alexnet import ALEXNET_CHANNELS, AlexNetFeatures
-from hyperstyle_jax.losses.batching import deinterleave, interleave
+from hyperstyle_jax.losses.similarity import deinterleave, interleave
 from hyperstyle_jax.losses.vgg import VGG16_CHANNELS, VGG16Features
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -41,7 +42,8 @@ class LPIPS(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         if self.net_type not in NET_CHANNELS:
-            raise ValueError(f"LPIPS net_type {self.net_type!r}: expected one of {sorted(NET_CHANNELS)}")
+            raise ValueError(f"LPIPS net_type {self.net_type!r}: expected one of "
+                             f"{sorted(NET_CHANNELS)}")
         trunk = (AlexNetFeatures if self.net_type == "alex" else VGG16Features)(
             precision=self.precision, name="net")
         shift = jnp.asarray(LPIPS_SHIFT, jnp.float32)
@@ -80,7 +82,5 @@ def lpips_loss(variables: Mapping, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.nd
 
 def init_lpips(net_type: str = "alex", hw: int = 64, seed: int = 0) -> dict:
     """Randomly initialised variables (for shapes and tests; real ones are converted)."""
-    import jax
-
     z = jnp.zeros((1, hw, hw, 3), jnp.float32)
     return LPIPS(net_type=net_type).init(jax.random.PRNGKey(seed), z, z)

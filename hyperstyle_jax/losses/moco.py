@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperstyle_jax.losses.batching import similarity_terms
+from hyperstyle_jax.losses.similarity import similarity_terms
 from hyperstyle_jax.models.resnet import ResNet50Trunk
 
 MOCO_INPUT = 224

@@ -43,12 +43,6 @@ def gaussian_taps(size: int, sigma: float = 1.5) -> np.ndarray:
     return g / g.sum(dtype=np.float32)
 
 
-def gaussian_window(size: int, sigma: float = 1.5) -> np.ndarray:
-    """[size, size] float32 window of the official `create_window`."""
-    g = gaussian_taps(size, sigma)
-    return np.outer(g, g).astype(np.float32)
-
-
 def dynamic_range(img1: jnp.ndarray) -> jnp.ndarray:
     """The official `val_range=None` rule, from img1 only: scalar L in {1, 2, 255, 256}."""
     max_val = jnp.where(jnp.max(img1) > 128, 255.0, 1.0)

@@ -1,4 +1,4 @@
-"""OpenAI CLIP (ViT branch) in Flax Linen, as StyleCLIP uses it (SPEC §13.2).
+"""OpenAI CLIP (ViT branch) in Flax Linen, as StyleCLIP uses it (official `clip/model.py`).
 
 Parameter names mirror OpenAI's `clip/model.py` state dict so the converter's table is one
 line per key family: `token_embedding/weight`, `positional_embedding`,
@@ -138,7 +138,8 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        x = x + MultiheadAttention(self.width, self.heads, name="attn")(LayerNorm(name="ln_1")(x), mask)
+        attn = MultiheadAttention(self.width, self.heads, name="attn")
+        x = x + attn(LayerNorm(name="ln_1")(x), mask)
         return x + MLP(self.width, name="mlp")(LayerNorm(name="ln_2")(x))
 
 
@@ -172,7 +173,8 @@ class VisionTransformer(nn.Module):
                     padding="VALID", use_bias=False, name="conv1")(x)
         b = x.shape[0]
         x = x.reshape(b, grid * grid, self.width)  # row-major over (h, w), as torch's flatten
-        cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,), jnp.float32)
+        cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,),
+                         jnp.float32)
         pos = self.param("positional_embedding", nn.initializers.normal(scale),
                          (grid * grid + 1, self.width), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
@@ -191,7 +193,8 @@ class Embedding(nn.Module):
 
     @nn.compact
     def __call__(self, ids):
-        w = self.param("weight", nn.initializers.normal(0.02), (self.num, self.features), jnp.float32)
+        w = self.param("weight", nn.initializers.normal(0.02), (self.num, self.features),
+                       jnp.float32)
         return jnp.take(w, ids, axis=0)
 
 

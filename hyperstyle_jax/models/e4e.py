@@ -1,4 +1,5 @@
-"""ReStyle-e4e: the W+ encoder HyperStyle uses for domain adaptation (SPEC §11).
+"""ReStyle-e4e: the W+ encoder HyperStyle uses for domain adaptation (official
+`scripts/run_domain_adaptation.py`).
 
 Official code: HyperStyle `models/encoders/restyle_e4e_encoders.py`
 (`ProgressiveBackboneEncoder`, `GradualStyleBlock`), `models/encoders/e4e.py` (`e4e.forward`)

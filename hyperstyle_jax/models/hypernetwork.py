@@ -1,7 +1,8 @@
 """HyperStyle's hypernetwork: backbone features -> one weight offset per tuned generator layer.
 
 Official: `models/hypernetworks/hypernetwork.py` `SharedWeightsHyperNetResNet` and
-`SharedWeightsHyperNetResNetSeparable` (SPEC §1.2–§1.7).
+`SharedWeightsHyperNetResNetSeparable`, with `refinement_blocks.py` and
+`shared_weights_hypernet.py` beside it.
 
     HyperNetwork(config).apply(variables, x, train)   # x: [B, H, W, 6] = cat[x, y_hat]
       -> list of length config.n_outputs: Δ_j [B, out, in, k, k] for tuned layers, else None
@@ -86,7 +87,8 @@ class HyperNetConfig:
     spatial: int = 16
 
     def __post_init__(self):
-        object.__setattr__(self, "layer_params", tuple(tuple(int(v) for v in p) for p in self.layer_params))
+        object.__setattr__(self, "layer_params",
+                           tuple(tuple(int(v) for v in p) for p in self.layer_params))
         object.__setattr__(self, "stages", tuple(tuple(int(v) for v in s) for s in self.stages))
         if self.encoder_type not in ENCODER_TYPES:
             raise ValueError(f"HyperNetConfig: encoder_type {self.encoder_type!r} is not one of "
@@ -170,8 +172,8 @@ class HyperNetwork(nn.Module):
             kind = c.block_kind(j)
             k, cin, cout = c.layer_params[j]
             if kind == "shared":
-                blocks.append(HyperRefinementBlock(c.hyper_block_inner_c, c.hypernet_z_dim, c.spatial,
-                                                   precision=pr))
+                blocks.append(HyperRefinementBlock(c.hyper_block_inner_c, c.hypernet_z_dim,
+                                                   c.spatial, precision=pr))
             elif kind is not None:
                 cls = RefinementBlockSeparable if kind == "separable" else RefinementBlock
                 blocks.append(cls(k, cin, cout, is_to_rgb(j), c.refine_block_inner_c,

@@ -1,6 +1,7 @@
 """HyperStyle: W-encoder + frozen StyleGAN2 + iterative weight-offset hypernetwork.
 
-The official flow (SPEC §3, `models/hyperstyle.py`, `utils/inference_utils.py`):
+The official flow (`models/hyperstyle.py` `HyperStyle.forward`, `utils/inference_utils.py`
+`run_inversion`):
     codes = W-encoder(x) + latent_avg                     (one w repeated, never changes)
     y_0   = pool(G(codes))                                (fixed noise buffers)
     for t = 1..n:  Δ_t = hypernet(cat[x, y_{t-1}]);  D_t = D_{t-1} + Δ_t
@@ -99,7 +100,8 @@ class HyperStyle:
         return img, self.pool(img)
 
     def encode(self, frozen: dict, x: jax.Array) -> jax.Array:
-        """x [B, h, w, 3] -> codes [B, n_styles, style_dim] (W-encoder in eval mode + latent_avg)."""
+        """x [B, h, w, 3] -> codes [B, n_styles, style_dim] (W-encoder in eval mode +
+        latent_avg)."""
         if self.w_encoder is None:
             raise ValueError("HyperStyle: this model has no W-encoder; pass codes explicitly")
         w = self.w_encoder.apply(frozen["w_encoder"], x, False)

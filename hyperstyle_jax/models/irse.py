@@ -13,15 +13,16 @@ Public API
   `bottleneck_IR_SE(in_channel, depth, stride)`: `__call__(x, train=False)`.
 * `WEncoder(n_styles, style_dim=512, units=get_blocks(50), input_width=64, mode='ir_se')`:
   `__call__(x [B, H, W, 3], train=False) -> [B, n_styles, style_dim]` (one w repeated:
-  HyperStyle inverts into W, SPEC §6.2).
+  HyperStyle inverts into W: official `models/encoders/psp.py` with `WEncoder`).
 * `Backbone(input_size=112, num_layers=50, mode='ir_se', drop_ratio=0.6, affine=True)`:
   the ArcFace network of the ID loss. `__call__(x [B, 112, 112, 3], train=False) ->
   [B, 512]`, the **L2-normalized** embedding (official `forward` returns `l2_norm(x)`).
   `train=True` uses batch statistics and dropout (needs the 'dropout' rng); the ID loss
   always runs it with `train=False`. Input is the cropped face pooled to 112x112 in
-  [-1, 1] (SPEC §5). Its `output_layer_3` Dense kernel rows are in NHWC-flatten order
-  (h, w, c): the converter (`convert.hyperstyle.arcface_from_state_dict`) permutes the
-  official (c, h, w)-ordered `output_layer.3.weight` accordingly.
+  [-1, 1] (official `criteria/id_loss.py` `IDLoss.extract_feats`). Its `output_layer_3`
+  Dense kernel rows are in NHWC-flatten order (h, w, c): the converter
+  (`convert.hyperstyle.arcface_from_state_dict`) permutes the official (c, h, w)-ordered
+  `output_layer.3.weight` accordingly.
 """
 from __future__ import annotations
 
@@ -81,12 +82,13 @@ class bottleneck_IR(nn.Module):  # noqa: N801 - official name
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.shape[-1] != self.in_channel:
-            raise ValueError(f"{type(self).__name__}({self.in_channel}, {self.depth}, {self.stride}): "
-                             f"input has {x.shape[-1]} channels")
+            raise ValueError(f"{type(self).__name__}({self.in_channel}, {self.depth}, "
+                             f"{self.stride}): input has {x.shape[-1]} channels")
         if self.in_channel == self.depth:
             shortcut = max_pool(x, 1, self.stride)
         else:
-            shortcut = conv2d(self.depth, 1, self.stride, 0, use_bias=False, name="shortcut_layer_0")(x)
+            shortcut = conv2d(self.depth, 1, self.stride, 0, use_bias=False,
+                              name="shortcut_layer_0")(x)
             shortcut = BatchNorm(name="shortcut_layer_1")(shortcut, train)
         r = BatchNorm(name="res_layer_0")(x, train)
         r = conv2d(self.depth, 3, 1, 1, use_bias=False, name="res_layer_1")(r)
@@ -201,8 +203,8 @@ class Backbone(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ValueError(f"Backbone: expected input [B, {self.input_size}, {self.input_size}, 3] "
-                             f"(NHWC), got {x.shape}")
+            raise ValueError(f"Backbone: expected input [B, {self.input_size}, "
+                             f"{self.input_size}, 3] (NHWC), got {x.shape}")
         x = input_and_body_forward(self, x, train)
         x = self.output_layer_0(x, train)
         x = self.dropout(x, deterministic=not train)

@@ -82,7 +82,8 @@ def upfirdn2d(x: Array, kernel: Array, up=1, down=1, pad=(0, 0), gain: float = 1
     kh, kw = np.shape(kernel)
     hp, wp = x.shape[1] * upy + py0 + py1, x.shape[2] * upx + px0 + px1
     if hp < kh or wp < kw:
-        raise ValueError(f"upfirdn2d: padded input {(hp, wp)} is smaller than the kernel {(kh, kw)}")
+        raise ValueError(f"upfirdn2d: padded input {(hp, wp)} is smaller than the kernel "
+                         f"{(kh, kw)}")
     sep = _separate(kernel)
     if sep is not None:
         col, row = sep

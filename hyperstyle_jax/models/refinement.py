@@ -1,4 +1,5 @@
-"""HyperStyle's refinement blocks and the shared-weights hypernetwork (SPEC §1.4–§1.7).
+"""HyperStyle's refinement blocks and the shared-weights hypernetwork
+(official `models/hypernetworks/refinement_blocks.py`, `shared_weights_hypernet.py`).
 
 Each block maps the backbone features [B, 16, 16, C] to a weight offset Δ for one
 generator layer, in the official layout [B, out, in, k, k]. Names mirror
@@ -162,7 +163,8 @@ class SeparableBlock(nn.Module):
     """Official `SeparableBlock(input_size, kernel_channels_in, kernel_channels_out, kernel_size)`.
 
     features [B, 1, 1, input_size] (or [B, input_size]) -> kernel [B, out, in, k, k]:
-      kin  = make_kernel_in(f).view(B, k, k, 1, in);  kout = make_kernel_out(f).view(B, k, k, out, 1)
+      kin  = make_kernel_in(f).view(B, k, k, 1, in)
+      kout = make_kernel_out(f).view(B, k, k, out, 1)
       K    = kout @ kin                                            # [B, k, k, out, in]
       K    = kernel_linear_in(K).permute(0, 1, 2, 4, 3)            # [B, k, k, in, out]
       K    = kernel_linear_out(K).permute(0, 4, 3, 1, 2)           # [B, out, in, k, k]

@@ -6,7 +6,8 @@
 * `ResNet50Trunk`: torchvision `resnet50` without `fc` (conv1, bn1, ReLU, max-pool,
   layer1..4, global average pool) -> [B, 2048]; block names `layer1_0`..`layer4_2`.
   Used by the MoCo loss; `__call__(x [B, H, W, 3], train=False)`.
-* `HypernetBackbone`: HyperStyle's hypernet feature extractor (SPEC §1.2): 6-channel
+* `HypernetBackbone`: HyperStyle's hypernet feature extractor (official
+  `models/hypernetworks/hypernetwork.py` `SharedWeightsHyperNetResNet`): 6-channel
   7x7/2 conv without bias, BatchNorm, per-channel PReLU, **no max-pool**, then the
   BasicBlocks of a stage table flattened into `body_0`..`body_{N-1}` (resnet34 default:
   16 blocks, downsample on body_3, body_7, body_13). 256x256 input -> [B, 16, 16, 512].
@@ -25,8 +26,10 @@ import jax
 from hyperstyle_jax.models.layers import BatchNorm, PReLU, conv2d, global_avg_pool, max_pool
 
 # (planes, blocks, stride) per stage: torchvision resnet34 layer1..layer4.
-RESNET34_STAGES: Tuple[Tuple[int, int, int], ...] = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
-RESNET50_STAGES: Tuple[Tuple[int, int, int], ...] = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+RESNET34_STAGES: Tuple[Tuple[int, int, int], ...] = (
+    (64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+RESNET50_STAGES: Tuple[Tuple[int, int, int], ...] = (
+    (64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
 
 
 class BasicBlock(nn.Module):
@@ -100,7 +103,8 @@ class ResNet50Trunk(nn.Module):
     """torchvision `resnet50` up to the global average pool: x [B, H, W, 3] -> [B, 2048].
 
     Names: `conv1`, `bn1`, `layer{1..4}_{i}/{conv1,bn1,…,downsample_0,downsample_1}`.
-    No input normalization is applied (the MoCo loss feeds [-1, 1] images, SPEC §5).
+    No input normalization is applied (the MoCo loss feeds [-1, 1] images, official
+    `criteria/moco_loss.py`).
     """
     stages: Tuple[Tuple[int, int, int], ...] = RESNET50_STAGES
 
@@ -124,7 +128,8 @@ class ResNet50Trunk(nn.Module):
 
 def build_stem_and_body(input_nc: int, stem_width: int,
                         stages: Sequence[Sequence[int]], precision: str = "fp32") -> tuple:
-    """The hypernet stem and body modules, for a `setup` to assign to `conv1`, `bn1`, `relu`, `body`.
+    """The hypernet stem and body modules, for a `setup` to assign to `conv1`, `bn1`, `relu`,
+    `body`.
 
     Assigning the returned list to `self.body` names the blocks `body_0`, `body_1`, …
     (the official `hypernet.body.N`). `input_nc` is kept for documentation: Flax infers

@@ -1,6 +1,6 @@
 """The StyleGAN2 generator of HyperStyle (rosinality's, plus per-sample weight offsets).
 
-Official code: HyperStyle `models/stylegan2/model.py` `Generator` (SPEC §2). Module and
+Official code: HyperStyle `models/stylegan2/model.py` `Generator`. Module and
 parameter names mirror its state dict (`style_1`, `input`, `conv1`, `to_rgb1`, `convs_N`,
 `to_rgbs_N`, `modulation`, `noise`, `activate`), so the converter's table is one line per
 key. Images are NHWC, un-clipped (no tanh), nominally in [-1, 1].
@@ -10,7 +10,7 @@ key. Images are NHWC, un-clipped (no tanh), nominally in [-1, 1].
 module: its math is rosinality's plus a label embedding in the mapping (`c_dim > 0`) and
 the `conv_clamp` clipping; `convert/stylegan2_ada.py` maps its keys onto these names.
 
-Official layer index j (the position in `weights_deltas`, SPEC §1.3):
+Official layer index j (the position in `weights_deltas`, `refinement_blocks.py` `PARAMETERS`):
   0 = conv1, 1 = to_rgb1, then per block b: 2+3b = convs_{2b} (up-conv),
   3+3b = convs_{2b+1}, 4+3b = to_rgbs_{b}.
 Latent index: conv1 w[:,0], to_rgb1 w[:,1]; block b: w[:,1+2b], w[:,2+2b], w[:,3+2b].

@@ -1,7 +1,7 @@
 """StyleSpace: the per-layer style vectors s of the generator, and rendering from given s.
 
-Official code: HyperStyle `editing/styleclip/model.py` (SPEC §12.1) and
-`editing/styleclip/stylespace_utils.py` (§12.2). There, every `ModulatedConv2d` returns
+Official code: HyperStyle `editing/styleclip/model.py` `Generator` and
+`editing/styleclip/stylespace_utils.py`. There, every `ModulatedConv2d` returns
 its style `s = modulation(w)` (the EqualLinear output, *before* the 1/sqrt(fan_in) weight
 scale) and accepts a given s instead (`input_is_stylespace`); the HyperStyle offsets Δ
 still enter as `scale * W * (1 + Δ) * s`, independently of the style edit.
@@ -13,7 +13,8 @@ Here the generator is left untouched:
     the output of every layer's `modulation` EqualLinear by the given s, so rendering
     from s is the generator's own forward (noise, deltas, per-sample conv form).
 
-Layer index j is the official one (SPEC §1.3): 0 = conv1, 1 = to_rgb1, then per block b
+Layer index j is the official one (`models/hypernetworks/refinement_blocks.py`
+`PARAMETERS`): 0 = conv1, 1 = to_rgb1, then per block b
 2+3b = convs_{2b} (up), 3+3b = convs_{2b+1}, 4+3b = to_rgbs_{b}; toRGB at j = 1, 4, 7, ...
 s_j has the conv's *input* channels, and uses W+ row 0, 1, then 1+2b, 2+2b, 3+2b.
 """

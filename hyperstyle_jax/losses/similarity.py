@@ -1,8 +1,10 @@
-"""Running a frozen network once on several image batches, sharding-friendly.
+"""ID / MoCo similarity terms, and running a frozen network once on several batches.
 
-The losses embed y_hat and y (and x) with one network call. Stacking them on a new axis 1
-and merging it into the batch axis interleaves the rows (y_hat_0, y_0, y_hat_1, y_1, ...),
-so the rows of a batch shard stay on their device under a batch-sharded `jit`; a plain
+`similarity_terms` is the official ID/MoCo loss bookkeeping shared by `id_loss` and `moco`;
+`interleave`/`deinterleave` (also used by `lpips`) batch the network calls: the losses
+embed y_hat and y (and x) with one network call. Stacking them on a new axis 1 and
+merging it into the batch axis interleaves the rows (y_hat_0, y_0, y_hat_1, y_1, ...), so
+the rows of a batch shard stay on their device under a batch-sharded `jit`; a plain
 `concatenate` would move half of every shard to another device.
 """
 from __future__ import annotations
