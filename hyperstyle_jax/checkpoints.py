@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hyperstyle_jax.models import e4e, hypernetwork, irse, stylegan2
+from hyperstyle_jax.models import discriminator, e4e, hypernetwork, irse, stylegan2
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
 from hyperstyle_jax.utils.trees import leaves_with_paths, set_path, tree_mismatch
 
@@ -234,16 +234,11 @@ KIND_DISCRIMINATOR = "discriminator"
 
 def load_discriminator(path: str):
     """A `discriminator` folder -> (DiscriminatorConfig, variables {'params'})."""
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.models.discriminator import DiscriminatorConfig, init_shapes
-
     cfg_dict, tree = load_converted(path, kind=KIND_DISCRIMINATOR)
     try:
-        config = DiscriminatorConfig.from_dict(cfg_dict)
+        config = discriminator.DiscriminatorConfig.from_dict(cfg_dict)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad discriminator config.json: {e}") from None
     variables = {"params": tree.get("params", {})}
-    check_loaded(variables, init_shapes(config), path, "discriminator params")
+    check_loaded(variables, discriminator.init_shapes(config), path, "discriminator params")
     return config, jax.tree_util.tree_map(jnp.asarray, variables)

@@ -16,6 +16,7 @@ of per-layer float32 arrays, toRGB layers included); both official formats, read
 """
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
@@ -61,11 +62,11 @@ _NUMPY_GLOBALS = {
 
 
 def _multiarray():
+    # numpy 2 moved numpy.core to numpy._core; fs3.npy pickles name one or the other.
     try:
-        from numpy._core import multiarray
+        return importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
-    return multiarray
+        return importlib.import_module("numpy.core.multiarray")
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -103,7 +104,8 @@ def load_s_mean_std(path: str) -> tuple[list, list]:
     for what, arrs in (("means", means), ("stds", stds)):
         conv = []
         for j, a in enumerate(arrs):
-            if not isinstance(a, np.ndarray) or a.ndim != 1 or not np.issubdtype(a.dtype, np.floating):
+            if (not isinstance(a, np.ndarray) or a.ndim != 1
+                    or not np.issubdtype(a.dtype, np.floating)):
                 raise EditError(f"{path}: {what}[{j}] is not a 1-D float array")
             conv.append(a.astype(np.float32))
         out.append(conv)
@@ -149,7 +151,8 @@ def check_files(fs3: np.ndarray, s_std: Sequence[np.ndarray], lay: StyleSpaceLay
 # ----------------------------------------------------------------------------- directions
 
 
-def channel_weights(fs3: np.ndarray, delta_i: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def channel_weights(fs3: np.ndarray, delta_i: np.ndarray, beta: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """`get_delta_s` up to the per-layer split: (r_c, Δs), both [rows] float32.
 
     r_c = fs3 @ Δi; rows with |r_c| < beta are zeroed, the rest divided by max|Δs| over
@@ -209,7 +212,7 @@ def apply(styles: Sequence[np.ndarray], direction: Sequence[np.ndarray],
                       for a in alphas]).astype(np.float32) for s, d in zip(styles, direction)]
 
 
-# ----------------------------------------------------------------------------- fs3 (StyleCLIP's GetFs)
+# ------------------------------------------------------------------ fs3 (StyleCLIP's GetFs)
 
 
 def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:

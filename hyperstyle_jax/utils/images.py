@@ -5,11 +5,12 @@ on disk they are 8-bit RGB.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from hyperstyle_jax.utils.paths import atomic_write
 
@@ -55,7 +56,6 @@ def read_image(path: str) -> np.ndarray:
 
 def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Like `read_image` for encoded bytes (PNG, JPEG, ...)."""
-    import io
 
     if not data:
         raise ImageReadError(f"{name}: empty file")
@@ -127,8 +127,6 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
             y, x = pad + i * rh + band, pad + j * (cw + pad)
             grid[y:y + ch, x:x + cw] = im
     if font is not None:
-        from PIL import ImageDraw
-
         pil = Image.fromarray(grid)
         draw = ImageDraw.Draw(pil)
         for i, row in enumerate(labels):
@@ -148,8 +146,6 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
 
 def _label_font(size: int):
     """PIL's bundled font at `size` px (needs FreeType), else its fixed bitmap font."""
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError, OSError, ImportError):
