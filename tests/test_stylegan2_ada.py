@@ -18,10 +18,11 @@ from conftest import FIXTURES
 
 from hyperstyle_jax import checkpoints
 from hyperstyle_jax.convert import stylegan2_ada as ada
-from hyperstyle_jax.convert.common import ConversionError, SourceDict, tree_paths
+from hyperstyle_jax.convert.common import ConversionError, SourceDict
 from hyperstyle_jax.models import discriminator as dmodel
 from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import tree_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(FIXTURES, "14_stylegan2_ada")
