@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hyperstyle_jax
 from hyperstyle_jax import edit, invert
 from hyperstyle_jax.align import detect, paste
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
+from hyperstyle_jax.editing import interfacegan
 from hyperstyle_jax.inversion_files import read_transform
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -87,7 +89,10 @@ def _support(photo_shape, faces):
 
 
 def _check_pasted(pasted_path, photo_path, faces):
-    out = np.asarray(Image.open(pasted_path))
+    return _check_pasted_array(np.asarray(Image.open(pasted_path)), photo_path, faces)
+
+
+def _check_pasted_array(out, photo_path, faces):
     photo = _photo(photo_path)
     assert out.shape == photo.shape and out.dtype == np.uint8
     support = _support(photo.shape, faces)
@@ -184,3 +189,17 @@ def test_edit_inversion_photo_missing(ckpts, age, inverted, tmp_path, capsys):
     lines = [line for line in cap.err.splitlines() if line.startswith("not pasted:")]
     assert len(lines) == 1 and str(tmp_path / "gone.jpg") in lines[0], cap.err
     assert os.listdir(out / "pasted" / "age_2") == ["two.png"]
+
+
+def test_api_keeps_transforms(ckpts, age, photos, tmp_path):
+    """hyperstyle_jax.load(...).invert(align=True) keeps the transform; paste_back gives
+    the photo at its size; save/load_inversion keep the transform."""
+    model = hyperstyle_jax.load(*ckpts, batch_size=1)
+    [item] = model.invert([str(photos / "face.jpg")], n_iters=1, align=True)
+    assert item.origin is not None and item.origin.photo == "face"
+    edited = model.edit(item, interfacegan.apply, interfacegan.load_direction(age), [3])
+    out = model.paste_back(item, edited[0])
+    _check_pasted_array(out, photos / "face.jpg", [item.origin.face])
+    model.save(str(tmp_path / "saved"), [item])
+    [back] = model.load_inversion(str(tmp_path / "saved"))
+    assert back.origin == item.origin
