@@ -92,7 +92,8 @@ class PasteWriter:
                 photo = paste_back(photo, crop, origin.face)
         except (images.ImageReadError, PasteError, OSError) as e:
             self._bad.add(source)
-            line = f"not pasted: {_one_line(e)}"
+            msg = _one_line(e)
+            line = f"not pasted: {msg if msg.startswith(source) else f'{source}: {msg}'}"
             self.failed.append((source, line))
             self.report(line)
             return

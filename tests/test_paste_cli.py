@@ -18,6 +18,7 @@ from hyperstyle_jax import edit, invert
 from hyperstyle_jax.align import detect, paste
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.editing import interfacegan
+from hyperstyle_jax.inference import image_loader
 from hyperstyle_jax.inversion_files import read_transform
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -203,3 +204,29 @@ def test_api_keeps_transforms(ckpts, age, photos, tmp_path):
     model.save(str(tmp_path / "saved"), [item])
     [back] = model.load_inversion(str(tmp_path / "saved"))
     assert back.origin == item.origin
+
+
+def test_detector_and_face_reach_alignment(photos):
+    """--detector and --face go through to alignment (the loader invert_paths uses), and
+    every subcommand and invert take them."""
+    load, _ = image_loader(True, face="all", detector="cnn")
+    faces = [f for _, f in load(str(photos / "two.png"))]
+    assert len(faces) == 2 and {f.detector for f in faces} == {"cnn"}
+    args = edit.build_parser().parse_args(
+        ["ganspace", "--checkpoint", "c", "--inversion", "i", "--out", "o", "--pca", "p",
+         "--paste_back", "--face", "all", "--detector", "cnn"])
+    assert (args.paste_back, args.face, args.detector) == (True, "all", "cnn")
+    args = invert.parse_args(["--checkpoint", "c", "--w_encoder", "w", "--images", "i",
+                              "--out", "o", "--paste_back", "--detector", "cnn"])
+    assert args.align and args.detector == "cnn" and args.face == "largest"
+
+
+def test_interpolate_pastes_into_the_first_photo(ckpts, inverted, photos, tmp_path, capsys):
+    out = tmp_path / "interp"
+    code = edit.main(["interpolate", "--checkpoint", ckpts[0], "--inversion", str(inverted),
+                      "--out", str(out), "--pair", "face_face0", "two_face1", "--alphas", "0.5",
+                      "--paste_back"])
+    assert code == 0, capsys.readouterr().err
+    assert os.listdir(out / "pasted" / "alpha_0.5") == ["face_face0__two_face1.png"]
+    _check_pasted(out / "pasted" / "alpha_0.5" / "face_face0__two_face1.png",
+                  photos / "face.jpg", [read_transform(str(inverted), "face_face0").face])

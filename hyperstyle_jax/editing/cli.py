@@ -53,6 +53,7 @@ from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
 from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter, load_renderer
 from hyperstyle_jax.inversion_files import InvertedImage
+from hyperstyle_jax.invert import face_arg
 from hyperstyle_jax.paste_writer import PasteWriter
 from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import atomic_write, list_images
@@ -77,7 +78,7 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--align", action="store_true",
                    help="with --images: align faces first (official FFHQ crop, largest face, "
                         "1024; hyperstyle_jax.align, needs the align extra)")
-    g.add_argument("--face", type=_face_arg, default="largest",
+    g.add_argument("--face", type=face_arg, default="largest",
                    help="with --align: which face ('largest', 'all': each edited as "
                         "<stem>_face<k> and pasted into the same photo, or an index K)")
     g.add_argument("--detector", choices=detect.DETECTORS, default="hog",
@@ -91,19 +92,13 @@ def common_parser() -> argparse.ArgumentParser:
     o.add_argument("--save_npy", action="store_true",
                    help="write arrays/<stem>.npz: float32 un-clipped images per edit")
     o.add_argument("--save_inversion", action="store_true",
-                   help="with --images: also write latents.npz and deltas/ (the invert format)")
+                   help="with --images: also write latents.npz, deltas/ and, aligned, "
+                        "transforms/ (the invert format)")
     o.add_argument("--paste_back", action="store_true",
                    help="also write pasted/<key>/<photo>.png: each edit pasted into the "
                         "original photo at its size (with --images it implies --align; with "
                         "--inversion the folder's transforms/ are used)")
     return p
-
-
-def _face_arg(value: str):
-    try:
-        return align.parse_face(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- inputs
