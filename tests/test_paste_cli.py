@@ -230,3 +230,28 @@ def test_interpolate_pastes_into_the_first_photo(ckpts, inverted, photos, tmp_pa
     assert os.listdir(out / "pasted" / "alpha_0.5") == ["face_face0__two_face1.png"]
     _check_pasted(out / "pasted" / "alpha_0.5" / "face_face0__two_face1.png",
                   photos / "face.jpg", [read_transform(str(inverted), "face_face0").face])
+
+
+def test_invert_paste_back_exif_and_gray(ckpts, tmp_path, capsys):
+    """An EXIF-rotated JPEG is pasted into its upright view (the face lands where it is);
+    a grayscale photo stays grayscale at its size."""
+    src = tmp_path / "in"
+    src.mkdir()
+    upright = Image.open(FACE).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers rotate 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(src / "turned.jpg", quality=95, exif=exif)
+    upright.convert("L").save(src / "gray.png")
+    out = tmp_path / "out"
+    hs, we = ckpts
+    code = invert.main(["--checkpoint", hs, "--w_encoder", we, "--images", str(src),
+                        "--out", str(out), "--n_iters", "1", "--batch_size", "2",
+                        "--paste_back"])
+    assert code == 0, capsys.readouterr().err
+    turned = read_transform(str(out), "turned")
+    assert turned.face.original_size == upright.size
+    got = _check_pasted(out / "pasted" / "turned.png", src / "turned.jpg", [turned.face])
+    assert got.shape == (upright.size[1], upright.size[0], 3)
+    gray = _check_pasted(out / "pasted" / "gray.png", src / "gray.png",
+                         [read_transform(str(out), "gray").face])
+    assert gray.ndim == 2
