@@ -6,6 +6,7 @@
     model = hyperstyle_jax.load("ckpt/hyperstyle_ffhq", "ckpt/w_encoder_faces")
     [me] = model.invert(["me.jpg"], align=True)       # InvertedImage: codes, deltas, ...
     older = model.edit(me, interfacegan.apply, interfacegan.load_direction("age.pt"), [3])
+    photo = model.paste_back(me, older[0])            # uint8: me.jpg, the face edited
     model.save("out/", [me])                          # the `invert` folder (--inversion)
 
 Everything runs through the inference layer the CLIs and the page use
@@ -15,11 +16,12 @@ once. Images are float32 [H, W, 3] in [-1, 1], un-clipped (`utils.images.to_uint
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from hyperstyle_jax import inversion_files
+from hyperstyle_jax import align, inversion_files
 from hyperstyle_jax.editing.render import EditRenderer
 from hyperstyle_jax.inference import Inverter, invert_paths, load_inverter, load_renderer
 from hyperstyle_jax.inversion_files import InvertedImage
@@ -57,11 +59,13 @@ class Model:
         return self._inverters[n_iters]
 
     def invert(self, inputs: Union[ImageInput, Sequence[ImageInput]], n_iters: int = 5,
-               align: bool = False) -> list:
+               align: bool = False, detector: str = "hog") -> list:
         """Image files and/or arrays (uint8 [H, W, 3], or float in [-1, 1]) -> one
         `InvertedImage` each (stem from the file name, else 'image_<i>'), with its final
         reconstruction. A file that cannot be read (or, with align, has no face) raises
-        its one-line ValueError; align applies to files."""
+        its one-line ValueError; align applies to files (the largest face, found by
+        `detector` 'hog' or 'cnn'), and keeps its transform in `item.origin` (what
+        `paste_back` and `save` use)."""
         if isinstance(inputs, (str, np.ndarray)) and not (
                 isinstance(inputs, np.ndarray) and inputs.ndim == 4):
             inputs = [inputs]
@@ -70,9 +74,10 @@ class Model:
         by_path: dict = {}
         for batch in invert_paths(self.inverter, paths, n_iters, self.batch_size,
                                   align_faces=align, skip_unreadable=False, run=run,
-                                  desc="invert"):
+                                  desc="invert", detector=detector):
             for i, (path, stem) in enumerate(zip(batch.paths, batch.stems)):
-                by_path[path] = _item(stem, batch.result, i, batch.inputs[i])
+                by_path[path] = _item(stem, batch.result, i, batch.inputs[i],
+                                      batch.origins[i])
         index = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
         by_index: dict = {}
         if index:  # the compiled inverter takes them in batches, the last one padded
@@ -97,16 +102,40 @@ class Model:
         codes, deltas = edit_fn(item.codes, item.deltas, *args, **kwargs)
         return self.render(codes, deltas)
 
+    def paste_back(self, item: InvertedImage, image: Optional[np.ndarray] = None,
+                   photo: Optional[np.ndarray] = None) -> np.ndarray:
+        """An aligned item's photo with `image` (float [-1, 1] or uint8 [n, n, 3]; default
+        its reconstruction) pasted over its face -> uint8, the photo's size, upright per
+        EXIF. photo: the photo to paste into (default: read from `item.origin.source`;
+        pass the result of a previous call to paste several faces)."""
+        if item.origin is None:
+            raise ValueError(f"{item.stem}: no alignment transform (invert with align=True, "
+                             f"or load_inversion of a folder with transforms/)")
+        image = item.reconstruction if image is None else np.asarray(image)
+        if image is None:
+            raise ValueError(f"{item.stem}: no image to paste (pass image=)")
+        if image.dtype != np.uint8:
+            image = images.to_uint8(image)
+        if photo is None:
+            photo, _ = align.read_original(item.origin.source)
+        return align.paste_back(photo, image, item.origin.face)
+
     def save(self, folder: str, items: Sequence[InvertedImage]) -> None:
-        """Write latents.npz, deltas/ and inputs/ (`inversion_files`), so that
-        `python -m hyperstyle_jax.edit ... --inversion folder` and `load_inversion` read them."""
+        """Write latents.npz, deltas/, inputs/ and transforms/ (aligned items;
+        `inversion_files`), so that `python -m hyperstyle_jax.edit ... --inversion folder`
+        (with --paste_back) and `load_inversion` read them."""
         inversion_files.write_inversion(folder, items)
 
     def load_inversion(self, folder: str) -> list:
-        """An `invert --save_latents --save_deltas` folder -> [InvertedImage]."""
+        """An `invert --save_latents --save_deltas` folder -> [InvertedImage]; items whose
+        transforms/<stem>.json exists get their `origin` (for `paste_back`)."""
         g = self.inverter.generator_config
-        return inversion_files.read_inversion(folder, self.inverter.model.tuned_delta_shapes(),
-                                              g.n_latent, g.style_dim)
+        items = inversion_files.read_inversion(folder, self.inverter.model.tuned_delta_shapes(),
+                                               g.n_latent, g.style_dim)
+        for it in items:
+            if os.path.isfile(inversion_files.transform_path(folder, it.stem)):
+                it.origin = inversion_files.read_transform(folder, it.stem)
+        return items
 
 
 def _as_uint8(x: np.ndarray) -> np.ndarray:
@@ -119,10 +148,10 @@ def _as_uint8(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.uint8 else images.to_uint8(x)
 
 
-def _item(stem: str, result: dict, i: int, image: np.ndarray) -> InvertedImage:
+def _item(stem: str, result: dict, i: int, image: np.ndarray, origin=None) -> InvertedImage:
     deltas = [None if d is None else np.asarray(d[i]) for d in result["deltas"]]
     return InvertedImage(stem, np.asarray(result["codes"][i]), deltas, image,
-                         np.asarray(result["images"][-1][i]))
+                         np.asarray(result["images"][-1][i]), origin)
 
 
 def load(checkpoint: str, w_encoder: Optional[str] = None, precision: str = "fp32",

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperstyle_jax import align, parallel
+from hyperstyle_jax import align, inversion_files, parallel
 from hyperstyle_jax.checkpoints import (
     CheckpointError,
     load_hyperstyle,
@@ -416,75 +416,91 @@ class StepwiseInverter:
 
 @dataclasses.dataclass
 class InvertedBatch:
-    """What `invert_paths` yields per batch: the files inverted (in input order), their
-    output stems, the inputs as the model saw them (uint8 [n, h, w, 3]), per image the
-    `align.AlignedFace` it was cut from (None without alignment; its transform is what a
+    """What `invert_paths` yields per batch: the files inverted (in input order; a file
+    appears once per face with face='all'), their output stems, the inputs as the model
+    saw them (uint8 [n, h, w, 3]), per image the `inversion_files.FaceOrigin` it was cut
+    from (source path, photo name, `align.AlignedFace`; None without alignment: what a
     paste-back needs), the batched inverter's outputs for these n images, the files of
     this batch that were skipped [(path, one-line reason)] and the seconds on the device."""
     paths: list
     stems: list
     inputs: np.ndarray
-    faces: list
+    origins: list
     result: dict
     skipped: list
     seconds: float
+
+    @property
+    def faces(self) -> list:
+        """Per image its `align.AlignedFace` (None without alignment)."""
+        return [None if o is None else o.face for o in self.origins]
 
     def deltas(self, i: int) -> list:
         """Image i's final offsets: per layer None or [out, in, k, k]."""
         return [None if d is None else np.asarray(d[i]) for d in self.result["deltas"]]
 
 
-def image_loader(align_faces: bool = False) -> tuple:
-    """(path -> (uint8 [H, W, 3], AlignedFace or None), the errors that mean 'skip it').
+def image_loader(align_faces: bool = False, face="largest", detector: str = "hog") -> tuple:
+    """(path -> [(uint8 [H, W, 3], AlignedFace or None)], the errors that mean 'skip it').
 
-    align_faces: the official FFHQ crop of the largest face at 1024 (`hyperstyle_jax.align`);
-    a file with no face is skipped like an unreadable one. Raises
-    `align.AlignUnavailableError` (one line) when the align extra is missing."""
+    align_faces: the official FFHQ crop at 1024 (`hyperstyle_jax.align`) of the chosen
+    face(s) (face: 'largest', 'last', 'all' or an index; detector 'hog' or 'cnn'); a file
+    with no face is skipped like an unreadable one. Raises `align.AlignUnavailableError`
+    (one line) when the align extra (or the detector's model) is missing."""
     if not align_faces:
-        return (lambda path: (images.read_image(path), None)), (images.ImageReadError,)
-    align.require()
+        return (lambda path: [(images.read_image(path), None)]), (images.ImageReadError,)
+    face = align.parse_face(face)
+    align.require(detector)
 
     def load(path):
-        face = align.align_faces(path, size=1024)[0]
-        return face.image, face
+        return [(f.image, f) for f in align.align_faces(path, size=1024, face=face,
+                                                        detector=detector)]
 
     return load, (images.ImageReadError, align.AlignError)
 
 
 def read_batch(paths: Sequence[str], hw: tuple, load: Callable, errors: tuple) -> tuple:
-    """Read (load: path -> (uint8 [H, W, 3], face)) and resize to hw -> (ok paths, uint8
-    [hw..., 3] arrays, [(path, reason)] for files that raised one of `errors`, faces)."""
+    """Read (load: path -> [(uint8 [H, W, 3], face)]) and resize to hw -> (ok paths, uint8
+    [hw..., 3] arrays, [(path, reason)] for files that raised one of `errors`, faces);
+    a path is repeated in `ok` once per face."""
     ok, arrays, bad, faces = [], [], [], []
     for path in paths:
         try:
-            img, face = load(path)
+            loaded = load(path)
         except errors as e:
             bad.append((path, str(e)))
             continue
-        if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
-            print(f"warning: {path}: {img.shape[1]}x{img.shape[0]} is smaller than the "
-                  f"model's {hw[1]}x{hw[0]} input; upscaled (expect a blurry result)",
-                  file=sys.stderr)
-        arrays.append(images.resize(img, hw))
-        ok.append(path)
-        faces.append(face)
+        for img, face in loaded:
+            if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
+                print(f"warning: {path}: {img.shape[1]}x{img.shape[0]} is smaller than the "
+                      f"model's {hw[1]}x{hw[0]} input; upscaled (expect a blurry result)",
+                      file=sys.stderr)
+            arrays.append(images.resize(img, hw))
+            ok.append(path)
+            faces.append(face)
     return ok, arrays, bad, faces
 
 
 def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_size: int,
                  align_faces: bool = False, resize_outputs: bool = False,
                  skip_unreadable: bool = True, run: Optional[Callable] = None,
-                 desc: str = "invert") -> Iterator[InvertedBatch]:
+                 desc: str = "invert", face="largest",
+                 detector: str = "hog") -> Iterator[InvertedBatch]:
     """Invert image files batch by batch: read (or align), resize to the model's input,
     invert; yields an `InvertedBatch` per batch, so the caller writes (or pastes back) each
     batch as it comes and memory does not grow with the number of files.
 
-    Files that cannot be read (or, aligning, hold no face) are named on stderr and in
-    `skipped` (`skip_unreadable=False`: the error is raised instead). Progress goes to
-    `utils.cli.progress_bar`. run: a compiled `inverter.batched_inverter(batch_size,
-    n_iters, resize_outputs)` to reuse (compiled on the first batch otherwise).
+    Aligning, `face` chooses the face(s) ('largest' default; 'all': every face, stems
+    `<stem>_face<k>` with k dlib's detection index, all sharing the photo name `<stem>`)
+    and `detector` finds them ('hog' or 'cnn'). Files that cannot be read (or, aligning,
+    hold no face) are named on stderr and in `skipped` (`skip_unreadable=False`: the error
+    is raised instead). Progress goes to `utils.cli.progress_bar`. run: a compiled
+    `inverter.batched_inverter(batch_size, n_iters, resize_outputs)` to reuse (compiled on
+    the first batch otherwise; a batch of files holding more faces than batch_size runs in
+    several calls).
     """
-    load, errors = image_loader(align_faces)
+    load, errors = image_loader(align_faces, face, detector)
+    every_face = align_faces and align.parse_face(face) == "all"
     if not skip_unreadable:
         errors = ()
     stems = dict(zip(paths, unique_stems(paths)))
@@ -492,8 +508,8 @@ def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_s
     t_run, n_done = 0.0, 0
     try:
         for start in range(0, len(paths), batch_size):
-            ok, arrays, bad, faces = read_batch(paths[start:start + batch_size],
-                                                inverter.input_hw, load, errors)
+            chunk = paths[start:start + batch_size]
+            ok, arrays, bad, faces = read_batch(chunk, inverter.input_hw, load, errors)
             for _, reason in bad:
                 cli.write_line(bar, f"skipped: {reason}")
             bar.update(len(bad))
@@ -509,8 +525,12 @@ def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_s
             result = run(images.to_float(x))
             seconds = time.perf_counter() - t0
             t_run, n_done = t_run + seconds, n_done + len(ok)
-            bar.update(len(ok))
+            bar.update(len(chunk) - len(bad))
             bar.set_postfix_str(f"{n_done / t_run:.2f} img/s")
-            yield InvertedBatch(ok, [stems[p] for p in ok], x, faces, result, bad, seconds)
+            out_stems = [f"{stems[p]}_face{f.index}" if every_face else stems[p]
+                         for p, f in zip(ok, faces)]
+            origins = [None if f is None else inversion_files.FaceOrigin(p, stems[p], f)
+                       for p, f in zip(ok, faces)]
+            yield InvertedBatch(ok, out_stems, x, origins, result, bad, seconds)
     finally:
         bar.close()

@@ -8,6 +8,11 @@
     OUT/deltas/<stem>.npz           'layer_<j>': final offsets [out, in, k, k] per tuned layer
     OUT/arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
                                     'codes' [n_styles, D]
+    OUT/transforms/<stem>.json      aligned inputs: the source photo's path, its name in
+                                    pasted/ and the `align.AlignedFace` transform (what
+                                    `edit --inversion OUT --paste_back` pastes with)
+    OUT/pasted/<photo>.png          with --paste_back: the final reconstruction pasted into
+                                    the source photo (every face of it), at its size
 
 Folders written before `latents.npz` hold `latents.npy` (the official script's pickled dict);
 `read_codes` still reads them, and that is the only pickle this package loads. Every file
@@ -18,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from hyperstyle_jax.align import AlignedFace, AlignError
 from hyperstyle_jax.utils import images
 from hyperstyle_jax.utils.paths import atomic_write
 
@@ -32,22 +39,37 @@ ITERATIONS = "iterations"
 ARRAYS = "arrays"
 DELTAS = "deltas"
 INPUTS = "inputs"
+TRANSFORMS = "transforms"
+PASTED = "pasted"
+TRANSFORM_FORMAT = "hyperstyle_jax.FaceOrigin/1"
 
 
 class InversionFileError(ValueError):
     """A missing or malformed file of an inversion folder (one line naming it)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class FaceOrigin:
+    """Where an aligned input came from: the source photo's path, the name of its pasted
+    outputs (the photo's stem: every face of one photo shares it) and the alignment
+    transform that `align.paste_back` inverts."""
+    source: str
+    photo: str
+    face: AlignedFace
+
+
 @dataclasses.dataclass
 class InvertedImage:
     """One inverted image: codes [n_styles, D]; deltas: per generator layer None or
     [out, in, k, k]; image: the input as the model saw it, uint8 [h, w, 3] (None when
-    unknown); reconstruction: the final render, float32 [H, W, 3] (None when not kept)."""
+    unknown); reconstruction: the final render, float32 [H, W, 3] (None when not kept);
+    origin: the photo and transform of an aligned input (None when not aligned)."""
     stem: str
     codes: np.ndarray
     deltas: list
     image: Optional[np.ndarray] = None
     reconstruction: Optional[np.ndarray] = None
+    origin: Optional[FaceOrigin] = None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -131,12 +153,35 @@ def write_item(out: str, stem: str, image: np.ndarray, iterations: Sequence[np.n
         write_deltas(out, stem, deltas)
 
 
+def transform_path(folder: str, stem: str) -> str:
+    """OUT/transforms/<stem>.json."""
+    return os.path.join(folder, TRANSFORMS, f"{stem}.json")
+
+
+def write_transform(out: str, stem: str, origin: FaceOrigin) -> None:
+    """OUT/transforms/<stem>.json: the source photo (absolute path), its pasted name and
+    the AlignedFace record (`AlignedFace.to_dict`)."""
+    record = {"format": TRANSFORM_FORMAT, "source": os.path.abspath(origin.source),
+              "photo": origin.photo, "face": origin.face.to_dict()}
+    with atomic_write(transform_path(out, stem), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def pasted_path(out: str, photo: str, key: Optional[str] = None) -> str:
+    """OUT/pasted/<photo>.png (invert), OUT/pasted/<key>/<photo>.png (edit)."""
+    parts = [out, PASTED] + ([key] if key else []) + [f"{photo}.png"]
+    return os.path.join(*parts)
+
+
 def write_inversion(out: str, items: Sequence[InvertedImage]) -> None:
-    """latents.npz, deltas/<stem>.npz and inputs/<stem>.png (when known) of inverted
-    images: what a later `edit --inversion OUT` reads."""
+    """latents.npz, deltas/<stem>.npz, inputs/<stem>.png (when known) and
+    transforms/<stem>.json (aligned inputs) of inverted images: what a later
+    `edit --inversion OUT` reads."""
     for it in items:
         if it.image is not None:
             write_input(out, it.stem, it.image)
+        if it.origin is not None:
+            write_transform(out, it.stem, it.origin)
         write_deltas(out, it.stem, it.deltas)
     write_codes(out, {it.stem: it.codes for it in items})
 
@@ -214,6 +259,31 @@ def read_input(folder: str, stem: str) -> Optional[np.ndarray]:
         return images.read_image(path) if os.path.isfile(path) else None
     except images.ImageReadError:
         return None
+
+
+def read_transform(folder: str, stem: str) -> FaceOrigin:
+    """transforms/<stem>.json -> FaceOrigin; InversionFileError (one line naming the file)
+    when it is missing or malformed. The source photo itself is not opened here."""
+    path = transform_path(folder, stem)
+    if not os.path.isfile(path):
+        raise InversionFileError(f"{path}: missing (invert with --align or --paste_back "
+                                 f"keeps each face's transform)")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InversionFileError(f"{path}: not a transform file ({_one_line(e)})") from None
+    if not isinstance(record, dict) or record.get("format") != TRANSFORM_FORMAT:
+        raise InversionFileError(f"{path}: not a transform file (format {TRANSFORM_FORMAT})")
+    try:
+        face = AlignedFace.from_dict(record.get("face"), path)
+    except AlignError as e:
+        raise InversionFileError(str(e)) from None
+    source, photo = record.get("source"), record.get("photo")
+    if not isinstance(source, str) or not isinstance(photo, str) or not photo:
+        raise InversionFileError(f"{path}: needs 'source' (the photo's path) and 'photo' "
+                                 f"(its name) strings")
+    return FaceOrigin(source, photo, face)
 
 
 def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int,

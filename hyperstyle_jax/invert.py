@@ -14,22 +14,31 @@ Output layout (OUT/...; `hyperstyle_jax.inversion_files` writes and reads it):
                                 [out, in, k, k] (with --save_deltas)
     arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
                                 'codes' [n_styles, 512] (with --save_npy)
+    transforms/<stem>.json      with --align: the source photo's path and the face's
+                                alignment transform (`edit --inversion OUT --paste_back`)
+    pasted/<photo>.png          with --paste_back: the final reconstruction of each face
+                                pasted into the photo, at its size, upright per EXIF (PNG)
 Images are read with PIL (any format; converted to RGB) and resized as the official
 transforms do. A file that cannot be read is reported in one line and skipped; the exit
 status is 1 if any file failed.
 With --align, each image is first aligned in memory as the official FFHQ crop (1024, the
-largest face; needs `pip install -e '.[align]'`), then resized; the grids show the aligned
-input, and a file with no face is reported and skipped like an unreadable one.
+largest face or --face; needs `pip install -e '.[align]'`), then resized; the grids show the
+aligned input, and a file with no face is reported and skipped like an unreadable one.
+With --face all every face is inverted as <stem>_face<k> (k: dlib's detection index).
+--paste_back implies --align.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 
 from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax.align import detect
 from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter
+from hyperstyle_jax.paste_writer import PasteWriter
 from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils.paths import list_images
 
@@ -56,6 +65,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--align", action="store_true",
                    help="align faces first (official FFHQ crop, largest face; "
                         "hyperstyle_jax.align)")
+    p.add_argument("--face", type=face_arg, default="largest",
+                   help="with --align: which face ('largest', 'all': each as <stem>_face<k>, "
+                        "or an index K in dlib's order)")
+    p.add_argument("--detector", choices=detect.DETECTORS, default="hog",
+                   help="with --align: dlib's HOG (the official's) or its CNN (finds tilted "
+                        "and turned faces; seconds per photo on a CPU)")
+    p.add_argument("--paste_back", action="store_true",
+                   help="also write pasted/<photo>.png: the reconstruction pasted into the "
+                        "original photo at its size (implies --align)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
                         "(faster on AVX-512 BF16 / AMX CPUs and accelerators; ~0.5%% from fp32)")
@@ -64,7 +82,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--n_iters must be >= 1, got {args.n_iters}")
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    args.align = args.align or args.paste_back
     return args
+
+
+def face_arg(value: str):
+    """--face: 'largest' | 'last' | 'all' | an index K (argparse type)."""
+    try:
+        return align.parse_face(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:
@@ -80,7 +107,7 @@ def _main(argv) -> int:
         raise cli.UserError(f"no images found at {args.images!r}")
     if args.align:
         try:
-            image_loader(align_faces=True)
+            image_loader(align_faces=True, face=args.face, detector=args.detector)
         except align.AlignUnavailableError as e:
             raise cli.UserError(f"--align: {e}") from None
     inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
@@ -90,27 +117,43 @@ def _main(argv) -> int:
     run = inverter.batched_inverter(args.batch_size, n, resize_outputs=args.resize_outputs)
     codes, failed = {}, []
     t_run, n_done = 0.0, 0
+    paster = PasteWriter(out, {}, report=lambda line: print(line, file=sys.stderr))
     for batch in invert_paths(inverter, paths, n, args.batch_size, align_faces=args.align,
-                              run=run):
+                              run=run, face=args.face, detector=args.detector):
         failed += batch.skipped
         t_run, n_done = t_run + batch.seconds, n_done + len(batch.stems)
         res = batch.result
+        for i, stem in enumerate(batch.stems):
+            if batch.origins[i] is not None:
+                inversion_files.write_transform(out, stem, batch.origins[i])
+                if args.paste_back:
+                    paster.expect(stem, batch.origins[i])
         for i, stem in enumerate(batch.stems):
             iterations = [res["init"][i]] + [res["images"][k][i] for k in range(n)]
             inversion_files.write_item(
                 out, stem, batch.inputs[i], iterations, res["codes"][i],
                 deltas=batch.deltas(i) if args.save_deltas else None, save_arrays=args.save_npy)
+            paster.add(stem, iterations[-1])
             codes[stem] = res["codes"][i]
+    paster.close()
 
     if args.save_latents and codes:
         inversion_files.write_codes(out, codes)
     n_ok = len(paths) - len(failed)
     per_img = f"{1000 * t_run / n_done:.1f} ms per image" if n_done else "no image inverted"
+    if args.paste_back:
+        print(f"pasted {len(paster.written)} photo(s) into "
+              f"{os.path.join(out, inversion_files.PASTED)}")
     print(f"inverted {n_ok} of {len(paths)} images into {out} ({n} iterations); "
           f"{per_img} excluding compilation, on {jax.device_count()} "
           f"{jax.default_backend()} device(s)")
-    if failed:
-        print(f"{len(failed)} file(s) failed: " + ", ".join(p for p, _ in failed), file=sys.stderr)
+    if failed or paster.failed:
+        if failed:
+            print(f"{len(failed)} file(s) failed: " + ", ".join(p for p, _ in failed),
+                  file=sys.stderr)
+        if paster.failed:
+            print(f"{len(paster.failed)} photo(s) not pasted: "
+                  + ", ".join(p for p, _ in paster.failed), file=sys.stderr)
         return 1
     return 0
 

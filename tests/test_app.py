@@ -148,7 +148,8 @@ def server(files):
            str(d / "pca.npz"), "--examples", str(d / "examples"), "--n_iters", str(N_ITERS),
            "--clip", str(d / "clip"), "--fs3", os.path.join(F10, "fs3_narrow.npy"),
            "--s_stats", os.path.join(F10, "S_mean_std_narrow"), "--restyle", str(d / "restyle"),
-           "--generator", str(d / "toon"), "--max_upload_mb", str(MAX_UPLOAD_MB), "--cache_items", "4", "--port", str(port)]
+           "--generator", str(d / "toon"), "--max_upload_mb", str(MAX_UPLOAD_MB),
+           "--cache_items", "4", "--port", str(port)]
     # JAX logs every compilation: none may happen after warm-up (checked at the end).
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -247,7 +248,8 @@ def test_upload_invert_edit_download(page, server, files, tmp_path):
     pg = page
     # controls come from the model's files: one slider per direction, GANSpace names
     assert pg.locator("#ifg-sliders input[type=range]").count() == 2
-    names = pg.evaluate("[...document.querySelectorAll('#ganspace-select option')].map(o => o.value)")
+    names = pg.evaluate(
+        "[...document.querySelectorAll('#ganspace-select option')].map(o => o.value)")
     # none, the official cars edits that fit (component 0, rows 0-5: Pose I/II), PC 0..3
     assert names == ["", "pose_i", "pose_ii", "pc_0", "pc_1", "pc_2", "pc_3"], names
     pg.set_input_files("#file-input", [str(photos["photo0.png"]), str(photos["photo1.png"])])
@@ -370,6 +372,40 @@ def test_bad_uploads_get_a_message(page, server, files):
     _wait_version(pg, 3)
 
 
+def test_aligned_upload_downloads_the_full_photo(page, server, tmp_path):
+    """An aligned upload offers "download full photo": the upload's size, the edited face
+    pasted back, every pixel outside the face mask the upload's own."""
+    from hyperstyle_jax import align
+    from hyperstyle_jax.align import paste
+
+    face_jpg = os.path.join(HERE, "12_alignment", "grace_hopper.jpg")
+    pg = page
+    pg.check("#align")
+    pg.set_input_files("#file-input", face_jpg)
+    pg.click("#upload-btn")
+    _wait_inverted(pg)
+    _wait_version(pg, 1)
+    assert "aligned" in pg.inner_text("#message")
+    _act(pg, lambda: pg.locator("#ifg-age").fill("3"))
+    assert pg.is_visible("#download-full")
+    with pg.expect_download() as dl:
+        pg.click("#download-full")
+    assert dl.value.suggested_filename == "grace_hopper_full.png"
+    dl.value.save_as(tmp_path / "full.png")
+    out = np.asarray(Image.open(tmp_path / "full.png"))
+    photo, _ = paste.read_original(face_jpg)
+    assert out.shape == photo.shape
+    with Image.open(face_jpg) as pil:  # as the page aligns an upload: PIL's decode
+        [face] = align.align_faces(pil, size=1024)
+    alpha, box = paste.blend_weight(face)
+    support = np.zeros(photo.shape[:2], np.float32)
+    support[box[1]:box[3], box[0]:box[2]] = alpha
+    np.testing.assert_array_equal(out[support == 0], photo[support == 0])
+    assert np.abs(out[support > 0.99].astype(int) - photo[support > 0.99]).mean() > 1
+    # an unaligned upload has no full photo to offer
+    pg.uncheck("#align")
+
+
 def test_concurrent_renders_queue(server):
     """Several clients at once: every request is answered (the device lock queues them)."""
     import json
@@ -378,9 +414,11 @@ def test_concurrent_renders_queue(server):
     body = _png(_photo(3))
     boundary = "xyzBOUNDARY"
     form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"c.png\""
-            f"\r\nContent-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(base + "/api/upload", data=form, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            f"\r\nContent-Type: image/png\r\n\r\n").encode() + body
+    form += f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(
+        base + "/api/upload", data=form, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     item = json.loads(urllib.request.urlopen(req, timeout=30).read())["items"][0]
     for _ in range(600):
         j = json.loads(_get(f"{base}/api/job/{item['job']}")[1])

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from hyperstyle_jax.align import detect
 from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
 from hyperstyle_jax.app.inversion_cache import InversionCache
 from hyperstyle_jax.app.server import serve
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--generator", action="append", default=[], metavar="DIR",
                    help="converted fine-tuned generator (a domain); repeatable")
     e.add_argument("--restyle_iters", type=int, default=2, help="ReStyle-e4e iterations")
+    e.add_argument("--detector", choices=detect.DETECTORS, default="hog",
+                   help="face detector for 'align faces first': dlib's HOG or its CNN (tilted "
+                        "and turned faces; seconds per photo on a CPU)")
     e.add_argument("--examples", metavar="DIR",
                    help="folder of example images offered on the page (default with --demo: "
                         "its held-out images; else a few generated ones)")
@@ -130,7 +134,8 @@ def build_engine(args):
                   restyle_iters=args.restyle_iters, examples=examples,
                   n_generated_examples=0 if examples else 3,
                   max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
-                  max_pixels=int(args.max_megapixels * 1e6), cache=cache)
+                  max_pixels=int(args.max_megapixels * 1e6), cache=cache,
+                  detector=args.detector)
 
 
 def _private_tempdir() -> str:

@@ -9,6 +9,7 @@ domain`); the web layer (`app.server`) only parses requests and calls these meth
     prep = eng.prepare(data, "me.jpg", align=True)    # decode, align, resize (CPU only)
     inv = eng.invert(prep, on_step=show)              # W-encoder, then n iterations
     img = eng.render(inv, EditSpec.parse({...}))      # one compiled call per edit
+    png = eng.full_photo(inv, spec)                   # aligned: the edit pasted into the upload
 
 Serving rules kept here: every compiled function is built (and run once) in `warm_up`,
 so no request compiles; every device call holds `self.device` (one lock), so concurrent
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax.align import detect
 from hyperstyle_jax.app.inversion_cache import Inversion, InversionCache, content_key
 from hyperstyle_jax.editing import EditError, domain, ganspace, interfacegan, interpolate, styleclip
 from hyperstyle_jax.inference import StepwiseInverter, compile_for_batch
@@ -183,11 +185,14 @@ class StyleClipParts:
 
 @dataclasses.dataclass
 class Prepared:
-    """A decoded (and maybe aligned) upload at the model's input size."""
+    """A decoded (and maybe aligned) upload at the model's input size; aligned, also the
+    face's transform and the uploaded bytes (what `full_photo` pastes into)."""
     key: str
     name: str
     image: np.ndarray  # uint8 [h, w, 3]
     note: str = ""
+    face: Optional[align.AlignedFace] = None
+    photo: Optional[bytes] = None
 
 
 # ----------------------------------------------------------------------------- engine
@@ -199,7 +204,7 @@ class Engine:
                  restyle=None, generators: Sequence = (), restyle_iters: int = 2,
                  examples: Optional[dict] = None, n_generated_examples: int = 0,
                  max_upload_bytes: int = 20 << 20, max_pixels: int = 50_000_000,
-                 cache: Optional[InversionCache] = None):
+                 cache: Optional[InversionCache] = None, detector: str = "hog"):
         if n_iters < 1:
             raise ValueError(f"n_iters must be >= 1, got {n_iters}")
         self.inverter = inverter
@@ -220,6 +225,7 @@ class Engine:
         self.n_generated_examples = int(n_generated_examples)
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
         self.cache = cache or InversionCache()
+        self.detector = detect.check_detector(detector)
         self.device = DeviceLock()
         self._delta_s: dict = {}  # (neutral, target, beta) -> StyleSpace direction
         self._built = False
@@ -317,11 +323,12 @@ class Engine:
             raise UploadError(f"{name}: file too large ({len(data) / 2 ** 20:.1f} MB; the "
                               f"limit is {self.max_upload_bytes / 2 ** 20:.0f} MB)")
         img = self._decode(data, name)
-        note = ""
+        note, face = "", None
         if align:
-            img, note = self._align(img, name)
+            img, face, note = self._align(data, img, name)
         image = images.resize(img, tuple(self.inverter.input_hw))
-        return Prepared(content_key(data, align), name, image, note)
+        return Prepared(content_key(data, align), name, image, note, face,
+                        data if face is not None else None)
 
     def _decode(self, data: bytes, name: str) -> np.ndarray:
         try:
@@ -340,17 +347,21 @@ class Engine:
             raise UploadError(f"{name}: unreadable image ({type(e).__name__}: "
                               f"{' '.join(str(e).split())})") from None
 
-    def _align(self, img: np.ndarray, name: str) -> tuple:
+    def _align(self, data: bytes, img: np.ndarray, name: str) -> tuple:
+        """-> (crop or the whole image, AlignedFace or None, note). The upload is aligned
+        upright per EXIF (as `full_photo` reads it back), the largest face."""
         try:
-            align.require()
+            align.require(self.detector)
         except align.AlignUnavailableError as e:
-            return img, f"alignment unavailable ({e}); the whole image was used"
+            return img, None, f"alignment unavailable ({e}); the whole image was used"
         try:
-            return align.align_image(img, size=1024, name=name)[0], "aligned (FFHQ crop)"
+            with Image.open(io.BytesIO(data)) as pil:
+                face = align.align_faces(pil, size=1024, name=name, detector=self.detector)[0]
+            return face.image, face, "aligned (FFHQ crop)"
         except align.NoFaceError:
-            return img, f"no face found in {name}; the whole image was used"
-        except (align.AlignError, images.ImageReadError) as e:
-            return img, f"could not align ({e}); the whole image was used"
+            return img, None, f"no face found in {name}; the whole image was used"
+        except (align.AlignError, images.ImageReadError, OSError) as e:
+            return img, None, f"could not align ({e}); the whole image was used"
 
     # ---- inversion
 
@@ -387,7 +398,7 @@ class Engine:
                 xr = images.to_float(images.resize(prep.image, tuple(self.restyle.input_hw))[None])
                 restyle_codes = np.asarray(self._restyle_run(xr)["latent"][0], np.float32)
         inv = Inversion(prep.key, prep.name, prep.image, codes, deltas, iterations,
-                        state.image()[0], restyle_codes, prep.note)
+                        state.image()[0], restyle_codes, prep.note, prep.face, prep.photo)
         if cache:
             self.cache.put(inv)
         return inv
@@ -471,6 +482,24 @@ class Engine:
                                                      self.styleclip.s_std, beta, self._lay)
         return self._delta_s[k]
 
+    def full_photo(self, inv: Inversion, spec: EditSpec, other: Optional[Inversion] = None
+                   ) -> bytes:
+        """PNG bytes of the uploaded photo (its size, upright per EXIF) with the edited
+        render pasted over the face (`align.paste_back`): the render is the one compiled
+        call of `render`, the paste is CPU work outside the device lock."""
+        if inv.face is None or inv.photo is None:
+            raise EditError(f"{inv.name}: the full photo needs an aligned upload (tick "
+                            f"'align faces first' and upload it again)")
+        edited = images.to_uint8(self.render(inv, spec, other))
+        try:
+            with Image.open(io.BytesIO(inv.photo)) as pil:
+                photo, _ = align.read_original(pil)
+            pasted = align.paste_back(photo, edited, inv.face)
+        except (align.PasteError, images.ImageReadError, OSError) as e:
+            raise EditError(f"{inv.name}: could not paste back ({' '.join(str(e).split())})"
+                            ) from None
+        return png_bytes(pasted)
+
     # ---- downloads, in the `invert` formats (`inversion_files`)
 
     @staticmethod
@@ -489,7 +518,8 @@ def stem_of(name: str) -> str:
 
 
 def png_bytes(img: np.ndarray, max_side: int = 0) -> bytes:
-    """float [-1, 1] or uint8 [H, W, 3] -> PNG bytes (optionally shrunk to max_side)."""
+    """float [-1, 1] or uint8 [H, W, 3] ([H, W] or [H, W, 4] photos too) -> PNG bytes
+    (optionally shrunk to max_side)."""
     arr = img if img.dtype == np.uint8 else images.to_uint8(img)
     if max_side and max(arr.shape[:2]) > max_side:
         s = max_side / max(arr.shape[:2])

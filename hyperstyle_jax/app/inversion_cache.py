@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from hyperstyle_jax.align import AlignedFace
+
 
 def content_key(data: bytes, align: bool) -> str:
     """sha256 of the uploaded bytes, plus the alignment choice (a different model input)."""
@@ -31,7 +33,9 @@ class Inversion:
     codes [n_styles, D]; deltas: per generator layer None or [out, in, k, k] (the `invert`
     formats' unbatched entries); image: the model input, uint8 [h, w, 3]; iterations: uint8
     [H, W, 3] renders after the W-encoder (0) and each hypernetwork iteration (1..n);
-    restyle_codes: ReStyle-e4e W+ codes for domain adaptation (None without --restyle).
+    restyle_codes: ReStyle-e4e W+ codes for domain adaptation (None without --restyle);
+    face, photo: for an aligned upload, its `align.AlignedFace` and the uploaded bytes
+    (the full-photo download pastes the edit into them; None otherwise).
     """
     key: str
     name: str
@@ -42,6 +46,8 @@ class Inversion:
     reconstruction: np.ndarray          # float32 [H, W, 3], un-clipped: the final render
     restyle_codes: Optional[np.ndarray] = None
     note: str = ""
+    face: Optional[AlignedFace] = None
+    photo: Optional[bytes] = None
 
     @property
     def nbytes(self) -> int:
@@ -49,7 +55,7 @@ class Inversion:
                   *(d for d in self.deltas if d is not None)]
         if self.restyle_codes is not None:
             arrays.append(self.restyle_codes)
-        return int(sum(np.asarray(a).nbytes for a in arrays))
+        return int(sum(np.asarray(a).nbytes for a in arrays)) + len(self.photo or b"")
 
 
 class InversionCache:

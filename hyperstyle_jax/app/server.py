@@ -4,11 +4,13 @@ Routes (JSON unless said):
     GET  /                      the page (static/index.html; its JS and CSS under /static)
     GET  /api/info              the model's controls (directions, GANSpace edits, ...)
     POST /api/upload            multipart `files` (one or more) + `align` -> one entry per
-                                file: {name, key, job} or {name, error}
+                                file: {name, key, job, note, aligned} or {name, error}
     POST /api/example/{name}    the same for a shipped / generated example
     GET  /api/job/{id}?since=k  inversion progress: status, step, iteration images >= k
     GET  /api/image/{key}/{which}.png     which = input | reconstruction
     POST /api/render            {key, edits} -> image/png of the edited render
+    GET  /api/full/{key}.png?edits=JSON   an aligned upload's photo (its size) with the
+                                edited face pasted back (attachment <stem>_full.png)
     GET  /api/latents/{key}.npy, /api/deltas/{key}.npz   the `invert` formats
     GET  /api/health            queue and cache figures (for the load test)
 
@@ -21,6 +23,7 @@ those name classes imported inside `create_app`.)
 import base64
 import collections
 import itertools
+import json
 import os
 import queue
 import threading
@@ -179,7 +182,8 @@ def create_app(engine: Engine, max_pending: int = 64):
             job = jobs.submit(prep)
         except UploadError as e:
             return {"name": name, "error": str(e)}
-        return {"name": name, "key": job.key, "job": job.id, "note": job.note}
+        return {"name": name, "key": job.key, "job": job.id, "note": job.note,
+                "aligned": prep.face is not None}
 
     @app.post("/api/upload")
     async def upload(files: list[UploadFile] = File(...), align: bool = Form(False)):
@@ -246,6 +250,21 @@ def create_app(engine: Engine, max_pending: int = 64):
         stem = stem_of(inv.name)
         return Response(png_bytes(img), media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{stem}_edit.png"'})
+
+    @app.get("/api/full/{key}.png")
+    def full_photo(key: str, edits: str = "{}"):
+        try:
+            inv = lookup(key)
+            spec = EditSpec.parse(json.loads(edits))
+            other = lookup(spec.mix_with) if spec.mix_with and spec.mix_alpha else None
+            png = engine.full_photo(inv, spec, other)
+        except KeyError:
+            return error(gone, 404)
+        except ValueError as e:  # EditError, and bad JSON
+            return error(one_line(e))
+        stem = stem_of(inv.name)
+        return Response(png, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{stem}_full.png"'})
 
     @app.get("/api/latents/{key}.npz")
     def latents(key: str):

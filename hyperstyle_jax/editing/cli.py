@@ -16,21 +16,26 @@ ctx.style_dim, ctx.inverter are ready before any image is inverted), then reads
 functions, renders with `ctx.render(codes [K, n_styles, D], deltas)` (deltas unbatched =
 shared by the K codes, or [K, ...] per code) and writes with
 `ctx.write_standard(item, reconstruction, rows)`, rows = per grid row a list of
-(key, label, image) (or the lower-level `write_edit(key, stem, image)`,
+(key, label, image) (or the lower-level `write_edit(key, stem, image, source=None)`,
 `write_grid(stem, rows of (label, image))`, `write_arrays(stem, {key: image})`), looping
 over `ctx.progress(items, name)`. The common options (input, --checkpoint, --w_encoder,
---n_iters, --batch_size, --align, --out, --save_npy, --save_inversion) come from
-`common_parser()`; a new subcommand adds its module to `SUBCOMMANDS`. Errors: raise `EditError`
-with a one-line message; `main` prints `error: <message>` and exits 1, and everything
-already written stays (each file is complete when it appears). Images are float32
-[H, W, 3] in [-1, 1], un-clipped.
+--n_iters, --batch_size, --align, --face, --detector, --paste_back, --out, --save_npy,
+--save_inversion) come from `common_parser()`; a new subcommand adds its module to
+`SUBCOMMANDS`. Errors: raise `EditError` with a one-line message; `main` prints
+`error: <message>` and exits 1, and everything already written stays (each file is
+complete when it appears). Images are float32 [H, W, 3] in [-1, 1], un-clipped.
 
 Output layout under --out:
     edits/<key>/<stem>.png     one per edit (key e.g. age_-3, pose_ii, alpha_0.25)
     grids/<stem>.png           labelled rows: input | reconstruction | one column per edit
     arrays/<stem>.npz          with --save_npy: float32 [H, W, 3] per key + 'reconstruction'
     latents.npz, deltas/,      with --save_inversion (and --images): the `invert` format
-    inputs/<stem>.png          (`inversion_files`), so later edits can use --inversion OUT
+    inputs/<stem>.png,         (`inversion_files`), so later edits can use --inversion OUT
+    transforms/<stem>.json     (transforms of aligned inputs)
+    pasted/<key>/<photo>.png   with --paste_back: each edit pasted into the source photo
+                               (every face of it), its size, upright per EXIF, PNG
+                               (`paste_writer`); an edit written for stem S is pasted into
+                               S's photo (`write_edit(..., source=)` names another item's)
 """
 from __future__ import annotations
 
@@ -43,10 +48,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax.align import detect
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
 from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter, load_renderer
 from hyperstyle_jax.inversion_files import InvertedImage
+from hyperstyle_jax.invert import face_arg
+from hyperstyle_jax.paste_writer import PasteWriter
 from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import atomic_write, list_images
 
@@ -70,6 +78,12 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--align", action="store_true",
                    help="with --images: align faces first (official FFHQ crop, largest face, "
                         "1024; hyperstyle_jax.align, needs the align extra)")
+    g.add_argument("--face", type=face_arg, default="largest",
+                   help="with --align: which face ('largest', 'all': each edited as "
+                        "<stem>_face<k> and pasted into the same photo, or an index K)")
+    g.add_argument("--detector", choices=detect.DETECTORS, default="hog",
+                   help="with --align: dlib's HOG (the official's) or its CNN (tilted and "
+                        "turned faces; seconds per photo on a CPU)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
                         "(faster on AVX-512 BF16 / AMX CPUs and accelerators)")
@@ -78,7 +92,12 @@ def common_parser() -> argparse.ArgumentParser:
     o.add_argument("--save_npy", action="store_true",
                    help="write arrays/<stem>.npz: float32 un-clipped images per edit")
     o.add_argument("--save_inversion", action="store_true",
-                   help="with --images: also write latents.npz and deltas/ (the invert format)")
+                   help="with --images: also write latents.npz, deltas/ and, aligned, "
+                        "transforms/ (the invert format)")
+    o.add_argument("--paste_back", action="store_true",
+                   help="also write pasted/<key>/<photo>.png: each edit pasted into the "
+                        "original photo at its size (with --images it implies --align; with "
+                        "--inversion the folder's transforms/ are used)")
     return p
 
 
@@ -124,6 +143,9 @@ class EditContext:
         self.renderer = EditRenderer(inverter, args.batch_size)
         self.failed: list = []
         self._items = None
+        self.paster = None
+        if getattr(args, "paste_back", False):
+            self.paster = PasteWriter(self.out, {}, report=self._say)
         os.makedirs(self.out, exist_ok=True)
 
     # inputs
@@ -137,23 +159,58 @@ class EditContext:
     def _load_items(self) -> list:
         a = self.args
         if a.inversion:
-            return inversion_files.read_inversion(
+            items = inversion_files.read_inversion(
                 a.inversion, self.inverter.model.tuned_delta_shapes(), self.n_styles,
                 self.style_dim)
+            if self.paster is not None:
+                self._read_transforms(items)
+            return items
         paths = list_images(a.images)
         if not paths:
             raise EditError(f"no images found at {a.images!r}")
         items = []
         for batch in invert_paths(self.inverter, paths, a.n_iters, a.batch_size,
-                                  align_faces=getattr(a, "align", False)):
+                                  align_faces=getattr(a, "align", False),
+                                  face=getattr(a, "face", "largest"),
+                                  detector=getattr(a, "detector", "hog")):
             self.failed += batch.skipped
             items += [InvertedImage(stem, np.asarray(batch.result["codes"][i]), batch.deltas(i),
-                                    batch.inputs[i]) for i, stem in enumerate(batch.stems)]
+                                    batch.inputs[i], origin=batch.origins[i])
+                      for i, stem in enumerate(batch.stems)]
         if a.save_inversion and items:
             inversion_files.write_inversion(self.out, items)
         if not items:
             raise EditError(f"none of the {len(paths)} input files could be read")
+        if self.paster is not None:
+            for it in items:
+                if it.origin is not None:
+                    self.paster.expect(it.stem, it.origin)
         return items
+
+    def _read_transforms(self, items: list) -> None:
+        """--inversion with --paste_back: each item's transforms/<stem>.json (and its source
+        photo) or one line saying which file is missing; those items are edited, not pasted."""
+        for it in items:
+            try:
+                it.origin = inversion_files.read_transform(self.args.inversion, it.stem)
+            except inversion_files.InversionFileError as e:
+                self._not_pasted(it.stem, f"{e}; {it.stem} is edited but not pasted back")
+                continue
+            if not os.path.isfile(it.origin.source):
+                where = inversion_files.transform_path(self.args.inversion, it.stem)
+                self._not_pasted(it.stem, f"{it.origin.source}: source photo missing (named "
+                                          f"in {where}); {it.stem} is edited but not pasted "
+                                          f"back")
+                continue
+            self.paster.expect(it.stem, it.origin)
+
+    def _not_pasted(self, stem: str, line: str) -> None:
+        self._say(f"not pasted: {line}")
+        self.failed.append((stem, line))
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     def item(self, name: str) -> InvertedImage:
         return find_item(self.items, name)
@@ -167,8 +224,23 @@ class EditContext:
     # outputs; each file is written under a temporary name and renamed, so a file that
     # exists is complete even if the run is killed.
 
-    def write_edit(self, key: str, stem: str, image: np.ndarray) -> None:
+    def write_edit(self, key: str, stem: str, image: np.ndarray,
+                   source: str | None = None) -> None:
+        """edits/<key>/<stem>.png; with --paste_back also pasted into the photo of item
+        `source` (default: the item `stem`): pasted/<key>/<photo>.png, or <stem>.png when
+        `source` is given (one face in another name, e.g. an interpolation A__B)."""
         images.save_image(os.path.join(self.out, "edits", key, f"{stem}.png"), image)
+        if self.paster is not None:
+            if source is None:
+                self.paster.add(stem, image, key)
+            else:
+                self.paster.add(source, image, key, name=stem)
+
+    def close(self) -> None:
+        """Write what is still pending (pasted photos waiting for a face)."""
+        if self.paster is not None:
+            self.paster.close()
+            self.failed += self.paster.failed
 
     def write_grid(self, stem: str, rows: Sequence[Sequence[tuple]]) -> None:
         """rows of (label, image or None) cells; cells take the largest image's size (the
@@ -223,11 +295,14 @@ def number_label(v: float) -> str:
 def load_model(args: argparse.Namespace):
     """--checkpoint (+ --w_encoder with --images) -> Inverter."""
     precision = getattr(args, "precision", "fp32")
+    if getattr(args, "paste_back", False) and args.images:
+        args.align = True
     if args.align and not args.images:
         raise EditError("--align applies to --images (an --inversion folder is already aligned)")
     if args.images:
         try:  # fail before loading the model if the extra is missing
-            image_loader(args.align)
+            image_loader(args.align, getattr(args, "face", "largest"),
+                         getattr(args, "detector", "hog"))
         except align.AlignUnavailableError as e:
             raise EditError(f"--align: {e}") from None
         if not args.w_encoder:
@@ -245,7 +320,10 @@ def run_subcommand(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
     ctx = EditContext(args, load_model(args))
-    args.run(args, ctx)
+    try:
+        args.run(args, ctx)
+    finally:
+        ctx.close()
     n = len(ctx._items or [])
     print(f"{args.command}: {n} input(s) edited into {args.out} in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)

@@ -96,7 +96,7 @@ def run(args, ctx) -> None:
         recon_a, recon_b, mixed = images[0], images[1], images[2:]
         keys = [alpha_key(x) for x in alphas]
         for k, im in zip(keys, mixed):
-            ctx.write_edit(k, stem, im)
+            ctx.write_edit(k, stem, im, source=a.stem)  # --paste_back: into A's photo
         ctx.write_grid(stem, [[("input A", a.image), (a.stem, recon_a)]
                               + [(f"alpha {x:g}", im) for x, im in zip(alphas, mixed)]
                               + [(b.stem, recon_b), ("input B", b.image)]])

@@ -238,10 +238,11 @@ async function render(item) {
   state.inFlight = true;
   const status = $("render-status");
   status.dataset.state = "rendering"; status.textContent = "rendering…";
+  const sent = edits();
   try {
     const resp = await fetch("/api/render", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ key: item.key, edits: edits() }),
+      body: JSON.stringify({ key: item.key, edits: sent }),
     });
     if (!resp.ok) await jsonOrError(resp);
     const blob = await resp.blob();
@@ -252,6 +253,13 @@ async function render(item) {
     if (old.startsWith("blob:")) URL.revokeObjectURL(old);
     $("download-png").href = url;
     $("download-png").download = `${item.name.replace(/\.[^.]*$/, "")}_edit.png`;
+    // an aligned upload: the same edits pasted into the uploaded photo (rendered on click)
+    $("download-full").hidden = !item.aligned;
+    if (item.aligned) {
+      $("download-full").href =
+        `/api/full/${item.key}.png?edits=${encodeURIComponent(JSON.stringify(sent))}`;
+      $("download-full").download = `${item.name.replace(/\.[^.]*$/, "")}_full.png`;
+    }
     state.version += 1;
     img.dataset.version = String(state.version);
     status.dataset.version = String(state.version);
