@@ -69,7 +69,9 @@ def _assert_steps_equal(ours, ref):
 def test_steps_and_outputs_from_landmarks(fx, cfg, case, size):
     prefix, path, _ = CASES[case]
     rec = []
-    out = steps.align_from_landmarks(_rgb(path), fx[prefix + "landmarks"].astype(np.int64), size, rec)
+    out = steps.align_from_landmarks(
+        _rgb(path), fx[prefix + "landmarks"].astype(np.int64), size, rec
+    )
     _assert_steps_equal(json.loads(json.dumps(rec)), _recorded(cfg, case, size))
     np.testing.assert_array_equal(np.asarray(out), fx[prefix + OUT_KEYS[size][0]])
 
@@ -98,9 +100,9 @@ def test_each_step_alone(fx, cfg, case):
     pad = steps.pad_amounts(img3.size, quad3, qsize2)
     img4, quad4 = steps.pad_blur(img3, quad3, qsize2)
     if "np.pad" in rec:
-        (t, b), (l, r), _ = rec["np.pad"]["pad_width"]
-        assert list(pad) == [l, t, r, b]
-        assert img4.size == (img3.size[0] + l + r, img3.size[1] + t + b)
+        (top, bottom), (left, right), _ = rec["np.pad"]["pad_width"]
+        assert list(pad) == [left, top, right, bottom]
+        assert img4.size == (img3.size[0] + left + right, img3.size[1] + top + bottom)
     else:
         assert pad is None and img4 is img3
     np.testing.assert_array_equal(np.asarray(img4), fx[prefix + "pre_transform_image"])
@@ -115,7 +117,9 @@ def test_each_step_alone(fx, cfg, case):
 def test_model_input(fx, prefix):
     """What invert feeds the model: PIL bilinear to 256, then [-1, 1]."""
     x = images.to_float(images.resize(fx[prefix + "aligned_1024"], (256, 256)))
-    np.testing.assert_allclose(x, fx[prefix + "model_input_256"][0].transpose(1, 2, 0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        x, fx[prefix + "model_input_256"][0].transpose(1, 2, 0), rtol=0, atol=1e-6
+    )
 
 
 def test_shrink_on_a_huge_quad():
@@ -224,7 +228,9 @@ def test_awkward_inputs(tmp_path):
     files = {}
     g.convert("L").save(files.setdefault("gray", tmp_path / "gray.png"))
     g.convert("RGBA").save(files.setdefault("rgba", tmp_path / "rgba.png"))
-    Image.fromarray(a[..., 1].astype(np.uint16) * 257).save(files.setdefault("16bit", tmp_path / "16bit.png"))
+    Image.fromarray(a[..., 1].astype(np.uint16) * 257).save(
+        files.setdefault("16bit", tmp_path / "16bit.png")
+    )
     g.convert("CMYK").save(files.setdefault("cmyk", tmp_path / "cmyk.jpg"))
     # Stored turned by 90 degrees, with the EXIF tag (6) that turns it upright.
     rot = g.transpose(Image.Transpose.ROTATE_90)
@@ -329,4 +335,6 @@ def test_invert_align(tmp_path, fx, capsys, monkeypatch, e2e_checkpoints):
     cell = np.asarray(Image.open(out / "final" / "face.png")).shape[:2]
     # One row: the cells end 2 px above the bottom, below any label band.
     top = grid.shape[0] - 2 - cell[0]
-    np.testing.assert_array_equal(grid[top:top + cell[0], 2:2 + cell[1]], images.resize(arrs[0], cell))
+    np.testing.assert_array_equal(
+        grid[top:top + cell[0], 2:2 + cell[1]], images.resize(arrs[0], cell)
+    )

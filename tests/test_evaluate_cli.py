@@ -75,8 +75,10 @@ def tree(tmp_path_factory):
     # --save_npy arrays: float, un-clipped, 512x512 (resized to 256 like the images).
     os.makedirs(f"{out}/arrays")
     np.savez(f"{out}/arrays/a.npz", init=np.full((512, 512, 3), 0.3, np.float32),
-             iter_1=np.full((512, 512, 3), f(100), np.float32), codes=np.zeros((14, 512), np.float32))
-    np.savez(f"{out}/arrays/tex.npz", init=f(tex).astype(np.float32), iter_1=np.full((256, 256, 3), 1.5, np.float32))
+             iter_1=np.full((512, 512, 3), f(100), np.float32),
+             codes=np.zeros((14, 512), np.float32))
+    np.savez(f"{out}/arrays/tex.npz", init=f(tex).astype(np.float32),
+             iter_1=np.full((256, 256, 3), 1.5, np.float32))
     with open(f"{out}/arrays/corrupt.npz", "wb") as fh:
         fh.write(b"PK garbage")
     return out, gt
@@ -98,7 +100,8 @@ def test_invert_layout_pngs(tree, capsys, tmp_path):
     assert list(rep["iterations"]) == ["0", "1"]
     pi = rep["per_image"]
     assert set(pi["0"]) == {"a", "b", "tex"} and set(pi["1"]) == {"a", "b", "tex"}
-    expect = {("0", "a"): (120, 100), ("0", "b"): (200, 200), ("1", "a"): (110, 100), ("1", "b"): (180, 200)}
+    expect = {("0", "a"): (120, 100), ("0", "b"): (200, 200),
+              ("1", "a"): (110, 100), ("1", "b"): (180, 200)}
     for (it, stem), (p, g) in expect.items():
         np.testing.assert_allclose(pi[it][stem]["l2"], l2_const(p, g), rtol=1e-5, atol=1e-12)
         # rtol 1e-4: E[x^2] - mu^2 of a constant cancels to ~1e-7, against C2 ~ 1e-3.
@@ -115,7 +118,8 @@ def test_invert_layout_pngs(tree, capsys, tmp_path):
     assert set(reasons) == {"nogt.png", "broken_gt.png", "bad.png"}
     assert reasons["nogt.png"].startswith("no ground truth named 'nogt.*'")
     assert reasons["bad.png"].startswith("unreadable") and "bad.png" in reasons["bad.png"]
-    assert reasons["broken_gt.png"].startswith("ground truth unreadable") and "gt/broken_gt.png" in reasons["broken_gt.png"]
+    assert (reasons["broken_gt.png"].startswith("ground truth unreadable")
+            and "gt/broken_gt.png" in reasons["broken_gt.png"])
     for name in ("nogt.png", "broken_gt.png", "bad.png"):
         assert name in stderr
     assert rep["counts"]["scored"] == 6 and rep["counts"]["skipped"] == 3
@@ -127,7 +131,8 @@ def test_invert_layout_pngs(tree, capsys, tmp_path):
 
 def test_invert_layout_npz(tree, capsys):
     out, gt = tree
-    rc, _, stderr = run(capsys, "--pred", out, "--gt", gt, "--metrics", "l2,msssim", "--pred_format", "npz")
+    rc, _, stderr = run(capsys, "--pred", out, "--gt", gt, "--metrics", "l2,msssim",
+                        "--pred_format", "npz")
     assert rc == 1 and "corrupt.npz" in stderr
     rep = json.load(open(os.path.join(out, "metrics.json")))  # the default --out
     assert os.path.isfile(os.path.join(out, "metrics.md"))
@@ -142,11 +147,12 @@ def test_invert_layout_npz(tree, capsys):
 
 def test_numeric_folders_plain_folder_and_usage_errors(tree, capsys, tmp_path):
     out, gt = tree
-    rc, _, _ = run(capsys, "--pred", os.path.join(out, "iterations"), "--gt", gt, "--metrics", "l2,msssim",
-                   "--out", str(tmp_path / "a.json"))
+    rc, _, _ = run(capsys, "--pred", os.path.join(out, "iterations"), "--gt", gt,
+                   "--metrics", "l2,msssim", "--out", str(tmp_path / "a.json"))
     assert rc == 1 and list(json.load(open(tmp_path / "a.json"))["iterations"]) == ["0", "1"]
     plain = os.path.join(out, "iterations", "1")
-    rc, _, _ = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "l2,msssim", "--out", str(tmp_path / "b.json"))
+    rc, _, _ = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "l2,msssim",
+                   "--out", str(tmp_path / "b.json"))
     rep = json.load(open(tmp_path / "b.json"))
     assert rc == 1 and list(rep["iterations"]) == ["images"] and rep["counts"]["scored"] == 3
     # Missing weights name the flag; a bad folder is named; exit status 2.
@@ -154,7 +160,8 @@ def test_numeric_folders_plain_folder_and_usage_errors(tree, capsys, tmp_path):
     assert rc == 2 and "metric 'lpips' needs --lpips_weights" in err
     rc, _, err = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "id")
     assert rc == 2 and "--id_weights" in err
-    rc, _, err = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "l2", "--lpips_weights", str(tmp_path))
+    rc, _, err = run(capsys, "--pred", plain, "--gt", gt, "--metrics", "l2",
+                     "--lpips_weights", str(tmp_path))
     assert rc == 1 and "lpips" not in err  # lpips not requested: its weights are not read
     rc, _, err = run(capsys, "--pred", plain, "--gt", str(tmp_path / "nope"), "--metrics", "l2")
     assert rc == 2 and "nope: not a folder" in err
@@ -175,7 +182,8 @@ def fixture_pairs(tmp_path_factory):
     for name, key in (("pred", "img_a256"), ("gt", "img_b256")):
         for i, img in enumerate(io[key]):
             u8 = np.round((np.transpose(img, (1, 2, 0)) + 1) * 127.5)
-            assert np.abs(u8 / 127.5 - 1 - np.transpose(img, (1, 2, 0))).max() < 1e-6  # exactly 8-bit
+            # exactly 8-bit
+            assert np.abs(u8 / 127.5 - 1 - np.transpose(img, (1, 2, 0))).max() < 1e-6
             save(str(root / name / f"pair{i}.png"), u8)
     weights = str(root / "lpips")
     assert convert(["lpips", os.path.join(METRICS_DIR, "alexnet_features_random_torchvision.pt"),
@@ -206,9 +214,12 @@ def test_two_devices_sharded_and_padded(fixture_pairs, tmp_path):
     """A fresh process with 2 CPU devices: --batch_size 5 -> 6 (a multiple of 2), the 4 pairs
     in one padded batch sharded over both devices; the official numbers are unchanged."""
     pred, gt, weights, io = fixture_pairs
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-m", "hyperstyle_jax.evaluate", "--pred", pred, "--gt", gt,
-                          "--metrics", "l2,lpips,msssim", "--lpips_weights", weights, "--batch_size", "5",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-m", "hyperstyle_jax.evaluate",
+                          "--pred", pred, "--gt", gt,
+                          "--metrics", "l2,lpips,msssim", "--lpips_weights", weights,
+                          "--batch_size", "5",
                           "--out", str(tmp_path / "d.json"), "--no_progress"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

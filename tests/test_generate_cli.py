@@ -18,7 +18,8 @@ GEN = os.path.join(FIXTURES, "01_generator")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "ckpt"
-    convert_stylegan2(os.path.join(GEN, "stylegan2_narrow64_rosinality.pt"), str(out), log=lambda s: None)
+    convert_stylegan2(os.path.join(GEN, "stylegan2_narrow64_rosinality.pt"), str(out),
+                      log=lambda s: None)
     return str(out)
 
 
@@ -27,7 +28,8 @@ def cases():
     return dict(np.load(os.path.join(GEN, "generator_cases.npz")))
 
 
-@pytest.mark.parametrize("case,key,space,trunc", [("d", "wplus", "w+", "1"), ("b", "z", "z", "0.7")])
+@pytest.mark.parametrize("case,key,space,trunc",
+                         [("d", "wplus", "w+", "1"), ("b", "z", "z", "0.7")])
 def test_latents_reproduce_official_images(ckpt, cases, tmp_path, case, key, space, trunc):
     """3 codes at batch 2 (the last batch is padded); const noise = the checkpoint buffers;
     case b truncates toward mean_latent, which equals the checkpoint's latent_avg."""
@@ -36,7 +38,8 @@ def test_latents_reproduce_official_images(ckpt, cases, tmp_path, case, key, spa
     np.save(lat, cases[key])
     out = tmp_path / "out"
     rc = generate.main(["--checkpoint", ckpt, "--latents", str(lat), "--input_space", space,
-                        "--truncation", trunc, "--batch_size", "2", "--out", str(out), "--save_npy"])
+                        "--truncation", trunc, "--batch_size", "2", "--out", str(out),
+                        "--save_npy"])
     assert rc == 0
     want = nhwc(cases[f"img_{case}"])
     for i in range(3):
