@@ -62,13 +62,13 @@ def run(config, steps: int, optimizer: str = "ranger") -> dict:
 
     from hyperstyle_jax.data import make_train_iterator
     from hyperstyle_jax import parallel
-    from hyperstyle_jax.training import model_setup
+    from hyperstyle_jax.training import hyperstyle_task
     from hyperstyle_jax.training.optim import make_optimizer
-    from hyperstyle_jax.training.step import TrainState, make_train_step
+    from hyperstyle_jax.training.hyperstyle_step import TrainState, make_train_step
 
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    built = model_setup.build(config)
+    built = hyperstyle_task.build(config)
     if optimizer == "sgd":
         import optax
 

@@ -6,7 +6,7 @@ r"""Train HyperStyle's hypernetwork or its W-encoder, data-parallel over every d
     python -m hyperstyle_jax.train --config configs/w_encoder_ffhq.py --workdir /ckpt/w_enc
 
 `config.task` selects what is trained: 'hyperstyle' (the hypernetwork) or 'w_encoder'
-(the W-encoder, `hyperstyle_jax.training.w_encoder_setup`); both export a converted
+(the W-encoder, `hyperstyle_jax.training.w_encoder_task`); both export a converted
 folder (<workdir>/export) that `invert` reads.
 
 `--config` defaults to configs/tiny.py (a 3-6 minute CPU demo). Overrides are
@@ -17,7 +17,7 @@ JAX_PROCESS_ID); automatic on a TPU pod slice. See docs/training.md.
 
 The loop reads top to bottom in sections, as big_vision's train.py: distributed and mesh,
 model and frozen networks, optimizer, train state (created sharded), steps, input,
-checkpoint and resume, evaluation, loop. The steps are `hyperstyle_jax.training.step` and
+checkpoint and resume, evaluation, loop. The steps are `hyperstyle_jax.training.hyperstyle_step` and
 `hyperstyle_jax.training.w_encoder_step`.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from hyperstyle_jax import parallel
 from hyperstyle_jax.data import make_eval_iterator, make_train_iterator
-from hyperstyle_jax.training import model_setup
+from hyperstyle_jax.training import hyperstyle_task
 from hyperstyle_jax.training.checkpointing import Checkpointer, abstract_like
 from hyperstyle_jax.training.config import check_config
 from hyperstyle_jax.training.metrics_log import MetricsWriter
@@ -154,11 +154,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     # The task (config.task) gives the model, its frozen networks, the state and the steps.
     tx = make_optimizer(config.optim)
     if config.task == "w_encoder":
-        from hyperstyle_jax.training import w_encoder_setup
+        from hyperstyle_jax.training import w_encoder_task
 
-        task = w_encoder_setup.build_task(config, tx)
+        task = w_encoder_task.build_task(config, tx)
     else:
-        task = model_setup.build_task(config, tx)
+        task = hyperstyle_task.build_task(config, tx)
     for line in task.description:
         logging.info("%s", line)
         if is_main:
@@ -353,7 +353,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     return {"status": status, "step": final_step, "eval": last_val, "signal": stopper.received}
 
 
-def _export(task: model_setup.Task, state, out_dir: str) -> None:
+def _export(task: hyperstyle_task.Task, state, out_dir: str) -> None:
     """Write the trained network as a converted folder (`task.export_kind`, for inference)."""
     import shutil
 

@@ -37,7 +37,7 @@ from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.training import w_encoder_losses as wl
-from hyperstyle_jax.training.step import _masked_rows, eval_terms
+from hyperstyle_jax.training.hyperstyle_step import _masked_rows, eval_terms
 
 
 @flax.struct.dataclass
@@ -222,7 +222,7 @@ def make_w_encoder_eval_step(model: WEncoderModel, weights: LossWeights, *,
             for k, v in eval_terms(frozen["loss"], y, x).items():
                 sums[f"{k}/{name}"] = jnp.sum(v * mask)
         total, _ = compute_losses(frozen["loss"], _masked_rows(y_hat, x, mask), x, weights)
-        sums["val_loss"] = total * x.shape[0]  # see step.make_eval_step: mean * B = sum
+        sums["val_loss"] = total * x.shape[0]  # see hyperstyle_step.make_eval_step: mean * B = sum
         if with_images:
             sums["images"] = y_hat[None]
         return sums

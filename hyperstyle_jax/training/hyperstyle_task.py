@@ -10,7 +10,7 @@
     export_tree(built, config, hyper_host) -> (config dict, tree) for a converted folder
 
 `Task` is what the loop in `train.py` needs from a training task; `build_task(config, tx)`
-makes HyperStyle's (`config.task = 'hyperstyle'`), `training.w_encoder_setup.build_task`
+makes HyperStyle's (`config.task = 'hyperstyle'`), `training.w_encoder_task.build_task`
 the W-encoder's (`'w_encoder'`).
 """
 from __future__ import annotations
@@ -194,7 +194,7 @@ def build_task(config, tx) -> Task:
     """HyperStyle's hypernetwork training (SPEC §4.1) as a `Task`."""
     import jax.numpy as jnp
 
-    from hyperstyle_jax.training.step import (
+    from hyperstyle_jax.training.hyperstyle_step import (
         TrainState,
         format_eval,
         make_eval_step,

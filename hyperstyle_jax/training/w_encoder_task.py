@@ -1,6 +1,6 @@
 """The W-encoder training task (`config.task = 'w_encoder'`): model, frozen parts, export.
 
-    task = build_task(config, tx)        # a model_setup.Task for the loop in train.py
+    task = build_task(config, tx)        # a hyperstyle_task.Task for the loop in train.py
 
 The encoder is the official `WEncoder` (IR-SE body + the W head; `config.w_encoder`:
 `num_layers` 50 or a narrowed `stages` table, `input_width`, `mode`). Its first params:
@@ -25,7 +25,7 @@ from hyperstyle_jax.losses import LossNets, LossWeights
 from hyperstyle_jax.models.irse import WEncoder, get_block, get_blocks
 from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
 from hyperstyle_jax.models.stylegan2 import Generator
-from hyperstyle_jax.training import model_setup
+from hyperstyle_jax.training import hyperstyle_task
 from hyperstyle_jax.training.w_encoder_step import (
     ExtraTerms,
     WEncoderModel,
@@ -87,7 +87,7 @@ def _merge_backbone(fresh: dict, backbone: dict, origin: str) -> dict:
     return out
 
 
-def build_task(config, tx) -> model_setup.Task:
+def build_task(config, tx) -> hyperstyle_task.Task:
     import jax
     import jax.numpy as jnp
 
@@ -95,7 +95,7 @@ def build_task(config, tx) -> model_setup.Task:
 
     lines = ["task: W-encoder training (IR-SE + W head; codes w + latent_avg, one w for "
              "every layer)"]
-    gcfg, gvars, latent_avg = model_setup._generator(config, None, None, lines)
+    gcfg, gvars, latent_avg = hyperstyle_task._generator(config, None, None, lines)
     fb_hw = tuple(int(v) for v in config.model.feedback_hw)
     wc = config.w_encoder
     ecfg = encoder_config(config, gcfg)
@@ -161,7 +161,7 @@ def build_task(config, tx) -> model_setup.Task:
                                "generator_size": int(gcfg.size)})
         return cfg, {"params": host["params"], "batch_stats": host["batch_stats"]}
 
-    return model_setup.Task(
+    return hyperstyle_task.Task(
         name="w_encoder", description=lines, frozen=frozen, init_inputs=init_inputs,
         make_state=make_state,
         train_step=make_w_encoder_train_step(model, weights, extra, tx, disc_tx,
