@@ -1,11 +1,11 @@
 """The train step against the official procedure, written out plainly here.
 
-Reference (official `perform_forward_on_batch`, SPEC §4.1): initial inversion without
-gradient; for t = 1..n, the hypernet in train mode on cat[x, y_{t-1}] with y_{t-1} and the
-accumulated offsets as constants, loss_t from the losses module (`compute_losses`),
-`loss_t.backward()` accumulating into the gradient; one update. With SGD(lr=1) the update
-is exactly minus the accumulated gradient, so params_before - params_after must equal the
-reference's summed per-iteration gradients.
+Reference (official `training/coach_hyperstyle.py` `Coach.perform_forward_on_batch`):
+initial inversion without gradient; for t = 1..n, the hypernet in train mode on cat[x,
+y_{t-1}] with y_{t-1} and the accumulated offsets as constants, loss_t from the losses
+module (`compute_losses`), `loss_t.backward()` accumulating into the gradient; one update.
+With SGD(lr=1) the update is exactly minus the accumulated gradient, so params_before -
+params_after must equal the reference's summed per-iteration gradients.
 """
 import os
 import subprocess
@@ -24,9 +24,9 @@ N_ITERS = 2
 
 
 def _config(tmp):
+    from hyperstyle_jax.checkpoints import save_converted
     from hyperstyle_jax.losses.lpips import init_lpips
     from hyperstyle_jax.training.config import base_config
-    from hyperstyle_jax.checkpoints import save_converted
 
     lpips_dir = os.path.join(tmp, "lpips")
     save_converted(lpips_dir, init_lpips("alex", 32, seed=3), {"net": "alex"}, kind="lpips")
@@ -64,7 +64,7 @@ def setup(tmp_path_factory):
     it.close()
     frozen = jax.tree.map(jnp.asarray, {"model": built.frozen_model, "loss": built.frozen_loss})
     hyper = built.model.init_hypernet(jax.random.PRNGKey(0))
-    # Scale the refinement outputs down (SPEC §9.2: random blocks give |Δ| of 30-600).
+    # Scale the refinement outputs down (random blocks give |Δ| of 30-600).
     hyper = jax.tree_util.tree_map_with_path(
         lambda p, x: x * 1e-2 if "shared_weight_hypernet" in jax.tree_util.keystr(p) else x, hyper)
     # The first transform keeps the gradient it receives as its state (to compare it
