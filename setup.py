@@ -6,9 +6,11 @@ setup(
     version="0.1.0",
     description="HyperStyle StyleGAN2 inversion with a hypernetwork, in JAX/Flax",
     packages=find_packages(include=["hyperstyle_jax", "hyperstyle_jax.*"]),
-    # CLIP's BPE merges (from clip-anytorch 2.6.0, MIT) and StyleCLIP's templates, with their licence.
-    package_data={"hyperstyle_jax.clip": ["bpe_simple_vocab_16e6.txt.gz", "templates.txt", "LICENSE"],
-                  "hyperstyle_jax.app": ["static/*"]},  # the editing page's HTML/JS/CSS
+    # CLIP's BPE merges (from clip-anytorch 2.6.0, MIT) and StyleCLIP's templates, with their
+    # licence; the editing page's HTML/JS/CSS.
+    package_data={"hyperstyle_jax.clip": ["bpe_simple_vocab_16e6.txt.gz", "templates.txt",
+                                          "LICENSE"],
+                  "hyperstyle_jax.app": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -40,8 +42,8 @@ setup(
         # The editing page (python -m hyperstyle_jax.app).
         "app": ["fastapi", "uvicorn", "python-multipart"],
         # playwright drives Debian's chromium (.ci/run installs it); never `playwright install`.
-        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "dlib-bin", "face-recognition-models",
-                 "scipy", "safetensors", "ftfy", "regex",
+        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "dlib-bin",
+                 "face-recognition-models", "scipy", "safetensors", "ftfy", "regex",
                  "fastapi", "uvicorn", "python-multipart", "playwright"],
     },
 )

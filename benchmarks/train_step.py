@@ -32,10 +32,10 @@ def tiny_config():
 
 
 def full256_config(tmp: str, batch_size: int):
+    from hyperstyle_jax.checkpoints import save_converted
     from hyperstyle_jax.losses.lpips import init_lpips
     from hyperstyle_jax.models.stylegan2 import GeneratorConfig
     from hyperstyle_jax.training.config import base_config
-    from hyperstyle_jax.checkpoints import save_converted
 
     lpips_dir = os.path.join(tmp, "lpips")
     save_converted(lpips_dir, init_lpips("alex", 64, seed=0), {"net": "alex"}, kind="lpips")
@@ -60,15 +60,15 @@ def run(config, steps: int, optimizer: str = "ranger") -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from hyperstyle_jax.data import make_train_iterator
     from hyperstyle_jax import parallel
-    from hyperstyle_jax.training import model_setup
+    from hyperstyle_jax.data import make_train_iterator
+    from hyperstyle_jax.training import hyperstyle_task
+    from hyperstyle_jax.training.hyperstyle_step import TrainState, make_train_step
     from hyperstyle_jax.training.optim import make_optimizer
-    from hyperstyle_jax.training.step import TrainState, make_train_step
 
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    built = model_setup.build(config)
+    built = hyperstyle_task.build(config)
     if optimizer == "sgd":
         import optax
 

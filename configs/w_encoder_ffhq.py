@@ -16,8 +16,8 @@ Data (TFDS array_record, no TensorFlow):
 Train (writes /ckpt/w_encoder_ffhq/export, a converted w_encoder folder):
     python -m hyperstyle_jax.train --config configs/w_encoder_ffhq.py \
         --workdir /ckpt/w_encoder_ffhq --config.data.data_dir=/data/tfds
-The seed's extra terms (off here, as in base_config): e4e's latent discriminator and the
-W-mean regulariser:
+The optional terms (off here, as in base_config): e4e's latent discriminator and the
+W-mean regulariser (squared distance of w to latent_avg):
     ... --config.w_encoder.disc_lambda=0.1 --config.w_encoder.w_norm_lambda=1e-3
 Then HyperStyle on its codes, and inversion with it, exactly as with the official file:
     python -m hyperstyle_jax.train --config configs/ffhq.py --workdir /ckpt/hyperstyle_ffhq \

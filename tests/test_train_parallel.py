@@ -184,6 +184,28 @@ def test_damaged_last_checkpoint_resumes_from_the_previous_one(micro):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_emptied_checkpoint_files_resume_quietly(micro):
+    """Array files emptied in the last step: one warning, the previous step, no traceback
+    (orbax's failed restore must leave no reads behind to fail into a closed event loop)."""
+    import shutil
+
+    steps, every = 12, 4
+    src = micro / "uninterrupted"
+    if not (src / "checkpoints" / str(steps)).is_dir():
+        _finish(_spawn(micro, src, steps, every, 2))
+    damaged = micro / "emptied"
+    shutil.copytree(src, damaged)
+    for root, _, files in os.walk(damaged / "checkpoints" / str(steps) / "state"):
+        if os.path.basename(root) == "d":
+            for f in files:
+                open(os.path.join(root, f), "w").close()
+    out = _finish(_spawn(micro, damaged, steps, every, 2))
+    assert "Traceback" not in out and "Event loop is closed" not in out, out[-3000:]
+    assert out.count("cannot be read") == 1, out[-3000:]
+    assert f"resuming from the last good checkpoint, step {steps - every}" in out
+    assert f"RESULT done {steps}" in out
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro):
     steps, every = 400, 4
     workdir = micro / "sigterm"

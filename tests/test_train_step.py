@@ -1,11 +1,11 @@
 """The train step against the official procedure, written out plainly here.
 
-Reference (official `training/coach_hyperstyle.py` `perform_forward_on_batch`): initial inversion without
-gradient; for t = 1..n, the hypernet in train mode on cat[x, y_{t-1}] with y_{t-1} and the
-accumulated offsets as constants, loss_t from the losses module (`compute_losses`),
-`loss_t.backward()` accumulating into the gradient; one update. With SGD(lr=1) the update
-is exactly minus the accumulated gradient, so params_before - params_after must equal the
-reference's summed per-iteration gradients.
+Reference (official `training/coach_hyperstyle.py` `Coach.perform_forward_on_batch`):
+initial inversion without gradient; for t = 1..n, the hypernet in train mode on cat[x,
+y_{t-1}] with y_{t-1} and the accumulated offsets as constants, loss_t from the losses
+module (`compute_losses`), `loss_t.backward()` accumulating into the gradient; one update.
+With SGD(lr=1) the update is exactly minus the accumulated gradient, so params_before -
+params_after must equal the reference's summed per-iteration gradients.
 """
 import os
 import subprocess
@@ -52,13 +52,13 @@ def _config(tmp):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from hyperstyle_jax.data import make_train_iterator
-    from hyperstyle_jax.training import model_setup
+    from hyperstyle_jax.training import hyperstyle_task
     from hyperstyle_jax.training.config import check_config
-    from hyperstyle_jax.training.step import TrainState, make_train_step
+    from hyperstyle_jax.training.hyperstyle_step import TrainState, make_train_step
 
     c = _config(str(tmp_path_factory.mktemp("train_step")))
     check_config(c)
-    built = model_setup.build(c)
+    built = hyperstyle_task.build(c)
     it = make_train_iterator(c.data, global_batch_size=c.batch_size)
     batch = jax.tree.map(jnp.asarray, next(it))
     it.close()
@@ -170,7 +170,7 @@ def test_update_is_the_accumulated_gradient_and_only_hypernet_changes(setup, ref
 
 
 def test_non_finite_batch_leaves_the_state_unchanged(setup):
-    from hyperstyle_jax.training.step import TrainState
+    from hyperstyle_jax.training.hyperstyle_step import TrainState
 
     before = setup["before"]
     state = jax.tree.map(jnp.asarray, before)

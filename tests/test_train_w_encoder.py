@@ -283,7 +283,7 @@ def test_backbone_init_is_a_strict_merge_and_config_checks_name_the_key(tmp_path
     misshaped leaf is named. Shapes only (eval_shape), no compile."""
     from hyperstyle_jax.models.irse import Backbone, WEncoder
     from hyperstyle_jax.training.config import base_config, check_config
-    from hyperstyle_jax.training.w_encoder_setup import _merge_backbone
+    from hyperstyle_jax.training.w_encoder_task import _merge_backbone
 
     def zeros(f):
         return jax.tree.map(lambda s: np.full(s.shape, 1.0, s.dtype), dict(jax.eval_shape(f)))

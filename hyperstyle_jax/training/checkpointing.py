@@ -9,7 +9,10 @@ Kept: the last `keep_last` checkpoints and the `keep_best` with the lowest valid
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -70,9 +73,10 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore onto `abstract_state` (ShapeDtypeStructs with shardings) -> (state, data)."""
         try:
-            out = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                              data=ocp.args.JsonRestore()))
+            with _draining_event_loops():
+                out = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                  data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types: name the folder and step
             raise RuntimeError(
                 f"cannot restore checkpoint step {step} from {self.directory}: "
@@ -114,8 +118,6 @@ class Checkpointer:
         try:
             self.manager.delete(step)
         except Exception:  # noqa: BLE001 - a half-written folder orbax cannot parse
-            import shutil
-
             shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
             self.manager.reload()
 
@@ -125,6 +127,38 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that lets its pending tasks finish before it closes.
+
+    orbax runs a restore in a fresh event loop and closes it as soon as the first array
+    read fails (a damaged step). The reads still in flight then complete into the closed
+    loop: tensorstore prints `RuntimeError: Event loop is closed` for each, and asyncio
+    logs their errors again when they are collected. Drained, they end inside the loop.
+    """
+
+    def close(self) -> None:
+        pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+        if pending and not self.is_running() and not self.is_closed():
+            self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+    """Event loops created inside (orbax's, one per restore) drain before closing."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def abstract_like(tree: Any) -> Any:

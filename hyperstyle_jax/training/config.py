@@ -1,14 +1,23 @@
-"""Fields shared by every training config, with the official defaults (SPEC §4), and checks.
+"""Fields shared by every training config, with the official defaults, and checks.
 
-Each `configs/<name>.py` calls `base_config()` and changes what its recipe needs. Every
-field the trainer reads is here, so a typo in an override (`--config.bacth_size=4`) or a
-wrong type (`--config.batch_size=abc`) is rejected by the locked ConfigDict.
+The defaults are the official `options/train_options.py` `TrainOptions` and
+`training/coach_hyperstyle.py` `Coach`'s. Each `configs/<name>.py` calls `base_config()`
+and changes what its recipe needs. Every field the trainer reads is here, so a typo in an
+override (`--config.bacth_size=4`) or a wrong type (`--config.batch_size=abc`) is rejected
+by the locked ConfigDict. `write_config_json` keeps the run's config in its workdir;
+`config_lines` lists every key with its value (for `train --help`).
 """
-import ml_collections
+import os
+import time
 
-from hyperstyle_jax.data.config import default_data_config
+import ml_collections
+from absl import logging
+
+from hyperstyle_jax.data.config import check_data_config, default_data_config
+from hyperstyle_jax.losses import LossWeights
 from hyperstyle_jax.models.hypernetwork import DEFAULT_LAYERS_TO_TUNE
 from hyperstyle_jax.training.optim import ADAM_DEFAULTS, RANGER_DEFAULTS
+from hyperstyle_jax.utils.paths import atomic_write
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
         mode="ir_se",               # 'ir_se' | 'ir'
         backbone_init="",           # converted arcface folder: the IR-SE body init (pSp/e4e)
         init_from="",               # converted w_encoder folder: fine-tune from it
-        w_norm_lambda=0.0,          # lambda * ||w - latent_avg||^2 (the seed's W-mean term)
+        w_norm_lambda=0.0,          # the W-mean regulariser lambda * ||w - latent_avg||^2
         disc_lambda=0.0,            # --w_discriminator_lambda (e4e: 0.1); 0 = no discriminator
         disc_lr=2e-5,               # --w_discriminator_lr (Adam)
         disc_layers=4,              # LatentCodesDiscriminator(512, 4)
@@ -101,11 +110,6 @@ TASKS = ("hyperstyle", "w_encoder")
 
 def check_config(c) -> None:
     """Raise ValueError naming the first invalid field (beyond the ConfigDict type locks)."""
-    import os
-
-    from hyperstyle_jax.data.config import check_data_config
-    from hyperstyle_jax.losses import LossWeights
-
     def positive(key, allow_zero=False):
         v = c[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
@@ -196,3 +200,34 @@ def _check_w_encoder(w) -> None:
             raise ValueError(f"config.w_encoder.{key}={w[key]!r}: expected an int >= 1")
     if w.backbone_init and w.init_from:
         raise ValueError("config.w_encoder: set backbone_init or init_from, not both")
+
+
+# ---------------------------------------------------------------------------------------
+# The run's config as a file, and as lines
+# ---------------------------------------------------------------------------------------
+def write_config_json(config, workdir: str) -> None:
+    """<workdir>/config.json; a different one already there is kept as config.<time>.json."""
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=1, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old != text:
+            keep = os.path.join(workdir, f"config.{int(time.time())}.json")
+            os.replace(path, keep)
+            logging.warning("config differs from the one in %s; the old one is kept as %s",
+                            path, keep)
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def config_lines(config, prefix: str = "config.") -> list:
+    """Every leaf key with its value, `config.a.b = value`, sorted."""
+    lines = []
+    for key in sorted(config.keys()):
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            lines += config_lines(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return lines

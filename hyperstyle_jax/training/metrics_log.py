@@ -14,6 +14,10 @@ import time
 from typing import Mapping
 
 import numpy as np
+from tensorboardX import SummaryWriter
+
+from hyperstyle_jax.utils.images import save_image
+from hyperstyle_jax.utils.paths import atomic_write
 
 
 class MetricsWriter:
@@ -23,8 +27,6 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
             os.makedirs(workdir, exist_ok=True)
             path = os.path.join(workdir, "metrics.jsonl")
             if resume_step is not None:
@@ -47,8 +49,6 @@ class MetricsWriter:
         """grid: uint8 [H, W, 3] (e.g. from `utils.images.make_grid`)."""
         if not self.enabled:
             return
-        from hyperstyle_jax.utils.images import save_image
-
         grid = np.asarray(grid_uint8)
         self._tb.add_image(name, grid, step, dataformats="HWC")
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
@@ -56,10 +56,6 @@ class MetricsWriter:
         save_image(path, grid)
         row = {"step": int(step), "split": "image", "name": name, "path": path}
         self._jsonl.write(json.dumps(row) + "\n")
-
-    def text(self, step: int, name: str, text: str) -> None:
-        if self.enabled:
-            self._tb.add_text(name, text, step)
 
     def flush(self) -> None:
         if self.enabled:
@@ -71,6 +67,18 @@ class MetricsWriter:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def grid_labels(tag: str, rows: list) -> list:
+    """Column headers from a grid tag 'val/input|initial|iterations' (first row only)."""
+    names = tag.split("/", 1)[-1].split("|")
+    head = []
+    for name in names:
+        if name == "iterations":
+            head += [f"iteration {t}" for t in range(1, len(rows[0]) - len(head) + 1)]
+        else:
+            head.append(name)
+    return [head[:len(rows[0])]] + [[""] * len(r) for r in rows[1:]]
 
 
 def _truncate_after(path: str, step: int) -> None:
@@ -85,10 +93,8 @@ def _truncate_after(path: str, step: int) -> None:
                     keep.append(line if line.endswith("\n") else line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         f.writelines(keep)
-    os.replace(tmp, path)
 
 
 def _to_float(v) -> float:

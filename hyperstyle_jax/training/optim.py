@@ -104,7 +104,9 @@ class MomentsState(NamedTuple):
 
 
 def _init_moments(params) -> MomentsState:
-    zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
+    def zeros(p):
+        return jnp.zeros_like(p, dtype=jnp.float32)
+
     return MomentsState(jnp.zeros([], jnp.int32), jax.tree.map(zeros, params),
                         jax.tree.map(zeros, params))
 

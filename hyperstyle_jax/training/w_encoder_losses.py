@@ -1,4 +1,4 @@
-"""The W-encoder's extra terms (the seed's, from e4e/pSp); pure functions of arrays.
+"""The W-encoder's optional terms: the W-mean regulariser and e4e's latent discriminator.
 
     w_norm(w_delta)                        mean_b ||w_b - latent_avg||^2, given w - latent_avg
     d_loss_nonsaturating(real, fake)       e4e `discriminator_loss`:
@@ -8,8 +8,9 @@
 
 Logits are [B]; codes [B, D]. The trainer applies the weights: lambda_w_norm * w_norm,
 disc_lambda * g_loss, and e4e's lazy R1 `r1_gamma / 2 * r1 * r1_every` every r1_every steps.
-The W-mean term is squared (gradient 2 lambda (w - avg)); pSp's `WNormLoss` is the
-unsquared norm, but the seed asks for the distance to the mean of W as a quadratic.
+The W-mean regulariser is squared (gradient 2 lambda (w - avg)), a quadratic penalty on
+the distance to the mean of W; pSp's `criteria/w_norm.py` `WNormLoss` is the unsquared
+norm. The discriminator terms are e4e's `training/coach.py` `Coach` ones.
 """
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ from hyperstyle_jax.models.irse import WEncoder
 from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
-from hyperstyle_jax.training import w_encoder_losses as wl
-from hyperstyle_jax.training.step import _masked_rows, eval_terms
+from hyperstyle_jax.training import w_encoder_losses
+from hyperstyle_jax.training.hyperstyle_step import _masked_rows, eval_terms
 
 
 @flax.struct.dataclass
@@ -140,7 +140,8 @@ def make_w_encoder_train_step(model: WEncoderModel, weights: LossWeights, extra:
 
             def d_loss_fn(p):
                 real, fake = d_apply(p, w_real), d_apply(p, w_fake)
-                return wl.d_loss_nonsaturating(real, fake), (jnp.mean(real), jnp.mean(fake))
+                d_loss = w_encoder_losses.d_loss_nonsaturating(real, fake)
+                return d_loss, (jnp.mean(real), jnp.mean(fake))
 
             (d_loss, (d_real, d_fake)), g = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
             upd, d_opt = disc_tx.update(g, d_opt, d_params)
@@ -149,7 +150,7 @@ def make_w_encoder_train_step(model: WEncoderModel, weights: LossWeights, extra:
             def r1_update(args):  # e4e: r1 / 2 * R1 * d_reg_every, its own optimizer step
                 p, o = args
                 r1, g = jax.value_and_grad(
-                    lambda p: wl.r1_penalty(lambda w: d_apply(p, w), w_real))(p)
+                    lambda p: w_encoder_losses.r1_penalty(lambda w: d_apply(p, w), w_real))(p)
                 g = jax.tree.map(lambda t: t * (extra.r1_gamma / 2 * extra.r1_every), g)
                 u, o = disc_tx.update(g, o, p)
                 return optax.apply_updates(p, u), o, r1
@@ -170,10 +171,10 @@ def make_w_encoder_train_step(model: WEncoderModel, weights: LossWeights, extra:
             total, terms = compute_losses(frozen["loss"], y_hat, x, weights)
             terms = dict(terms)
             if extra.w_norm_lambda > 0:
-                terms["loss_w_norm"] = wl.w_norm(w_delta[:, 0])
+                terms["loss_w_norm"] = w_encoder_losses.w_norm(w_delta[:, 0])
                 total = total + extra.w_norm_lambda * terms["loss_w_norm"]
             if extra.adversarial:
-                terms["loss_adv"] = wl.g_loss_nonsaturating(d_apply(d_params,
+                terms["loss_adv"] = w_encoder_losses.g_loss_nonsaturating(d_apply(d_params,
                                                                     w_delta[:, 0] + avg[0]))
                 total = total + extra.disc_lambda * terms["loss_adv"]
             terms["loss"] = total
@@ -222,7 +223,7 @@ def make_w_encoder_eval_step(model: WEncoderModel, weights: LossWeights, *,
             for k, v in eval_terms(frozen["loss"], y, x).items():
                 sums[f"{k}/{name}"] = jnp.sum(v * mask)
         total, _ = compute_losses(frozen["loss"], _masked_rows(y_hat, x, mask), x, weights)
-        sums["val_loss"] = total * x.shape[0]  # see step.make_eval_step: mean * B = sum
+        sums["val_loss"] = total * x.shape[0]  # see hyperstyle_step.make_eval_step: mean * B = sum
         if with_images:
             sums["images"] = y_hat[None]
         return sums

@@ -1,4 +1,4 @@
-"""Load what the trainer needs from a config: the model, its frozen parts, the first params.
+"""The HyperStyle training task: the model, its frozen parts and first params from a config.
 
     built = build(config)
     built.model          models.hyperstyle.HyperStyle (generator + hypernet [+ W-encoder])
@@ -10,22 +10,31 @@
     export_tree(built, config, hyper_host) -> (config dict, tree) for a converted folder
 
 `Task` is what the loop in `train.py` needs from a training task; `build_task(config, tx)`
-makes HyperStyle's (`config.task = 'hyperstyle'`), `training.w_encoder_setup.build_task`
-the W-encoder's (`'w_encoder'`).
+makes HyperStyle's (`config.task = 'hyperstyle'`), `training.w_encoder_task.build_task`
+the W-encoder's (`'w_encoder'`). `frozen_generator` serves both.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax import checkpoints
+from hyperstyle_jax.data.synthetic import synthetic_generator
 from hyperstyle_jax.losses import LossNets, LossWeights
-from hyperstyle_jax.models.hypernetwork import HyperNetConfig
+from hyperstyle_jax.models.hypernetwork import HyperNetConfig, parse_layers_to_tune
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig
+from hyperstyle_jax.training.hyperstyle_step import (
+    TrainState,
+    format_eval,
+    make_eval_step,
+    make_train_step,
+)
 
 
 @dataclasses.dataclass
@@ -51,20 +60,33 @@ def _hypernet_config(gen_config, config) -> HyperNetConfig:
         raise ValueError(f"config.model: {e}") from None
 
 
-def _generator(config, init_tree, init_cfgs, lines):
-    """(GeneratorConfig, variables, latent_avg [n_latent, D]) of the frozen generator."""
-    ck = config.checkpoints
-    if config.w_code == "true_latent" and ck.generator and (
-            os.path.abspath(ck.generator) != os.path.abspath(config.data.generator_dir or "")):
-        raise ValueError(f"config.w_code='true_latent' needs the generator that rendered the "
-                         f"synthetic data: config.checkpoints.generator={ck.generator!r} must be "
-                         f"empty or equal config.data.generator_dir={config.data.generator_dir!r}")
-    if ck.generator:
-        gcfg, gvars, latent_avg = checkpoints.load_generator_with_latent_avg(ck.generator)
-        lines.append(f"generator: {ck.generator} ({gcfg.size} px)")
-    elif config.data.source == "synthetic":  # exactly the generator that rendered the data
-        from hyperstyle_jax.data.synthetic import synthetic_generator
+def _layers_line(hcfg: HyperNetConfig, size: int) -> str:
+    """Which of the requested layers exist at this generator size (the official parser
+    drops indices past the generator's last layer)."""
+    tuned = ", ".join(map(str, hcfg.tuned_layers))
+    if not hcfg.layers_to_tune.strip():
+        return f"all {len(hcfg.tuned_layers)} layers: {tuned}"
+    requested = parse_layers_to_tune(hcfg.layers_to_tune, 1 << 30)
+    if len(requested) == len(hcfg.tuned_layers):
+        return f"{len(requested)} tuned layers: {tuned}"
+    return (f"{len(hcfg.tuned_layers)} of the {len(requested)} requested layers exist at "
+            f"{size} px: {tuned}")
 
+
+def frozen_generator(config, init_tree, init_cfgs, lines):
+    """(GeneratorConfig, variables, latent_avg [n_latent, D]) of the frozen generator."""
+    paths = config.checkpoints
+    if config.w_code == "true_latent" and paths.generator and (
+            os.path.abspath(paths.generator)
+            != os.path.abspath(config.data.generator_dir or "")):
+        raise ValueError(f"config.w_code='true_latent' needs the generator that rendered the "
+                         f"synthetic data: config.checkpoints.generator={paths.generator!r} must "
+                         f"be empty or equal config.data.generator_dir="
+                         f"{config.data.generator_dir!r}")
+    if paths.generator:
+        gcfg, gvars, latent_avg = checkpoints.load_generator_with_latent_avg(paths.generator)
+        lines.append(f"generator: {paths.generator} ({gcfg.size} px)")
+    elif config.data.source == "synthetic":  # exactly the generator that rendered the data
         sg = synthetic_generator(config.data)
         gcfg, gvars, latent_avg = sg.config, sg.variables, sg.latent_avg
         lines.append(f"generator: the synthetic data's {sg.description}, {gcfg.size} px")
@@ -76,7 +98,7 @@ def _generator(config, init_tree, init_cfgs, lines):
         raise ValueError("no generator: set config.checkpoints.generator (a converted "
                          "stylegan2 folder) or config.init_from")
     if latent_avg is None:
-        raise ValueError(f"{ck.generator}: the generator checkpoint has no latent_avg "
+        raise ValueError(f"{paths.generator}: the generator checkpoint has no latent_avg "
                          "(the official code then estimates it with mean_latent(1e5))")
     latent_avg = np.broadcast_to(np.asarray(latent_avg, np.float32).reshape(-1, gcfg.style_dim),
                                  (gcfg.n_latent, gcfg.style_dim)).copy()
@@ -86,12 +108,12 @@ def _generator(config, init_tree, init_cfgs, lines):
 def build(config) -> BuiltModel:
     """-> BuiltModel for `config` (already checked by `check_config`)."""
     lines = []
-    ck = config.checkpoints
+    paths = config.checkpoints
     init_cfgs = init_tree = None
     if config.init_from:
         init_cfgs, init_tree = checkpoints.load_hyperstyle(config.init_from)
         lines.append(f"init_from: {config.init_from} (the hypernetwork is fine-tuned from it)")
-    gcfg, gvars, latent_avg = _generator(config, init_tree, init_cfgs, lines)
+    gcfg, gvars, latent_avg = frozen_generator(config, init_tree, init_cfgs, lines)
 
     hcfg = _hypernet_config(gcfg, config)
     if init_tree is not None and init_cfgs["hypernet"] != hcfg:
@@ -107,13 +129,13 @@ def build(config) -> BuiltModel:
                     "latent_avg": latent_avg}
     wcfg = None
     if config.w_code == "encoder":
-        wcfg, wvars = checkpoints.load_w_encoder(ck.w_encoder)
+        wcfg, wvars = checkpoints.load_w_encoder(paths.w_encoder)
         if wcfg["n_styles"] != gcfg.n_latent or wcfg["style_dim"] != gcfg.style_dim:
-            raise ValueError(f"config.checkpoints.w_encoder={ck.w_encoder!r} gives "
+            raise ValueError(f"config.checkpoints.w_encoder={paths.w_encoder!r} gives "
                              f"{wcfg['n_styles']} x {wcfg['style_dim']} codes; the generator "
                              f"needs {gcfg.n_latent} x {gcfg.style_dim}")
         frozen_model["w_encoder"] = wvars
-        lines.append(f"W code: the frozen W-encoder {ck.w_encoder}")
+        lines.append(f"W code: the frozen W-encoder {paths.w_encoder}")
     else:
         lines.append("W code: the TRUE LATENTS of the synthetic images (no W-encoder in this "
                      "run); the hypernetwork learns to undo the per-image weight offsets")
@@ -123,7 +145,8 @@ def build(config) -> BuiltModel:
                        precision="bf16" if config.compute_dtype == "bfloat16" else "fp32")
 
     weights = LossWeights.from_config(config.loss)
-    nets = LossNets.load(lpips=ck.lpips or None, id=ck.arcface or None, moco=ck.moco or None)
+    nets = LossNets.load(lpips=paths.lpips or None, id=paths.arcface or None,
+                         moco=paths.moco or None)
     nets.check(weights)
     frozen_loss = {k: v for k, v in nets.variables.items() if k in weights.networks()}
     lines.append("losses: " + ", ".join(f"{n} x {getattr(weights, n)}" for n in weights.active()))
@@ -131,15 +154,15 @@ def build(config) -> BuiltModel:
     init_override = None
     if init_tree is not None:
         init_override = init_tree["hypernet"]
-    elif ck.resnet34:
-        _, backbone = checkpoints.load_hypernet_backbone_init(ck.resnet34)
+    elif paths.resnet34:
+        _, backbone = checkpoints.load_hypernet_backbone_init(paths.resnet34)
         fresh = jax.tree.map(np.asarray, jax.jit(model.init_hypernet)(
             jax.random.split(jax.random.PRNGKey(config.seed))[0]))
-        init_override = checkpoints.merge_backbone_init(fresh, backbone, ck.resnet34)
-        lines.append(f"hypernetwork stem and body from ImageNet ResNet-34: {ck.resnet34}")
+        init_override = checkpoints.merge_backbone_init(fresh, backbone, paths.resnet34)
+        lines.append(f"hypernetwork stem and body from ImageNet ResNet-34: {paths.resnet34}")
 
-    lines.append(f"hypernetwork: {hcfg.encoder_type}, {len(hcfg.tuned_layers)} tuned layers "
-                 f"({hcfg.layers_to_tune or 'all'}), feedback {fb_hw[0]}x{fb_hw[1]}")
+    lines.append(f"hypernetwork: {hcfg.encoder_type}, {_layers_line(hcfg, gcfg.size)}; "
+                 f"feedback {fb_hw[0]}x{fb_hw[1]}")
     return BuiltModel(model=model, weights=weights, true_latent=config.w_code == "true_latent",
                       frozen_model=frozen_model, frozen_loss=frozen_loss,
                       init_override=init_override, description=lines)
@@ -189,18 +212,19 @@ class Task:
     export_tree: Callable
     export_kind: str
 
+    def export(self, trained: dict, out_dir: str) -> None:
+        """Write host {'params', 'batch_stats'} as a converted `export_kind` folder."""
+        cfg, tree = self.export_tree(trained)
+        tmp = out_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoints.save_converted(tmp, tree, cfg, kind=self.export_kind)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+
 
 def build_task(config, tx) -> Task:
-    """HyperStyle's hypernetwork training (SPEC §4.1) as a `Task`."""
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.training.step import (
-        TrainState,
-        format_eval,
-        make_eval_step,
-        make_train_step,
-    )
-
+    """HyperStyle's hypernetwork training (official `training/coach_hyperstyle.py`
+    `Coach.train`) as a `Task`."""
     built = build(config)
 
     def make_state(rng, hyper):

@@ -1,4 +1,5 @@
-"""The jitted train and eval steps (SPEC §4.1, the official `perform_forward_on_batch`).
+"""HyperStyle's jitted train and eval steps (official `training/coach_hyperstyle.py`
+`Coach.train` and `Coach.perform_forward_on_batch`).
 
 Per batch x (images NHWC in [-1, 1], sharded on the mesh's `data` axis):
   1. initial inversion without gradient: codes, y0 = initial(frozen, batch);

@@ -1,12 +1,13 @@
 """The W-encoder training task (`config.task = 'w_encoder'`): model, frozen parts, export.
 
-    task = build_task(config, tx)        # a model_setup.Task for the loop in train.py
+    task = build_task(config, tx)        # a hyperstyle_task.Task for the loop in train.py
 
 The encoder is the official `WEncoder` (IR-SE body + the W head; `config.w_encoder`:
 `num_layers` 50 or a narrowed `stages` table, `input_width`, `mode`). Its first params:
 `config.w_encoder.init_from` (a converted `w_encoder` folder, fine-tuning), else the
 IR-SE body of `config.w_encoder.backbone_init` (a converted `arcface` folder: pSp/e4e
-start from `model_ir_se50.pth`, SPEC §6.2; a strict merge: every encoder param but the
+start from `model_ir_se50.pth`, official pSp `models/encoders/psp_encoders.py`
+`Encoder4Editing.__init__` / `pSp.load_weights`; a strict merge: every encoder param but the
 W head must be there with its shape), else a fresh init. The generator is frozen and is
 the one HyperStyle will later use (`config.checkpoints.generator`, or the synthetic data's).
 
@@ -18,14 +19,17 @@ HyperStyle adds its own checkpoint's latent_avg).
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax import checkpoints
 from hyperstyle_jax.losses import LossNets, LossWeights
 from hyperstyle_jax.models.irse import WEncoder, get_block, get_blocks
-from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator
+from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator, init_discriminator
 from hyperstyle_jax.models.stylegan2 import Generator
-from hyperstyle_jax.training import model_setup
+from hyperstyle_jax.training import hyperstyle_task
+from hyperstyle_jax.training.optim import torch_adam
 from hyperstyle_jax.training.w_encoder_step import (
     ExtraTerms,
     WEncoderModel,
@@ -34,6 +38,7 @@ from hyperstyle_jax.training.w_encoder_step import (
     make_w_encoder_eval_step,
     make_w_encoder_train_step,
 )
+from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
 
 
 def encoder_units(wc) -> tuple:
@@ -59,8 +64,6 @@ def encoder_config(config, gen_config) -> dict:
 def _merge_backbone(fresh: dict, backbone: dict, origin: str) -> dict:
     """Strict: every encoder leaf except the W head (`linear`) comes from `backbone` with
     the same shape; the ArcFace output layer is the only part of `backbone` left out."""
-    from hyperstyle_jax.utils.trees import leaves_with_paths, set_path
-
     src = {c: dict(leaves_with_paths(backbone.get(c, {}))) for c in ("params", "batch_stats")}
     out = {c: {} for c in fresh}
     bad, used = [], set()
@@ -87,15 +90,10 @@ def _merge_backbone(fresh: dict, backbone: dict, origin: str) -> dict:
     return out
 
 
-def build_task(config, tx) -> model_setup.Task:
-    import jax
-    import jax.numpy as jnp
-
-    from hyperstyle_jax.training.optim import torch_adam
-
+def build_task(config, tx) -> hyperstyle_task.Task:
     lines = ["task: W-encoder training (IR-SE + W head; codes w + latent_avg, one w for "
              "every layer)"]
-    gcfg, gvars, latent_avg = model_setup._generator(config, None, None, lines)
+    gcfg, gvars, latent_avg = hyperstyle_task.frozen_generator(config, None, None, lines)
     fb_hw = tuple(int(v) for v in config.model.feedback_hw)
     wc = config.w_encoder
     ecfg = encoder_config(config, gcfg)
@@ -108,8 +106,9 @@ def build_task(config, tx) -> model_setup.Task:
     disc_tx = torch_adam(float(wc.disc_lr)) if extra.adversarial else None
 
     weights = LossWeights.from_config(config.loss)
-    ck = config.checkpoints
-    nets = LossNets.load(lpips=ck.lpips or None, id=ck.arcface or None, moco=ck.moco or None)
+    paths = config.checkpoints
+    nets = LossNets.load(lpips=paths.lpips or None, id=paths.arcface or None,
+                         moco=paths.moco or None)
     nets.check(weights)
     frozen = {"model": {"generator": {"params": gvars["params"], "noises": gvars["noises"]},
                         "latent_avg": latent_avg},
@@ -144,8 +143,6 @@ def build_task(config, tx) -> model_setup.Task:
             enc = model.init_encoder(rng)
         d_params, d_opt = {}, {}
         if extra.adversarial:
-            from hyperstyle_jax.models.latent_discriminator import init_discriminator
-
             d_params = init_discriminator(gcfg.style_dim, int(wc.disc_layers),
                                           jax.random.fold_in(rng, 1))
             d_opt = disc_tx.init(d_params)
@@ -161,7 +158,7 @@ def build_task(config, tx) -> model_setup.Task:
                                "generator_size": int(gcfg.size)})
         return cfg, {"params": host["params"], "batch_stats": host["batch_stats"]}
 
-    return model_setup.Task(
+    return hyperstyle_task.Task(
         name="w_encoder", description=lines, frozen=frozen, init_inputs=init_inputs,
         make_state=make_state,
         train_step=make_w_encoder_train_step(model, weights, extra, tx, disc_tx,
