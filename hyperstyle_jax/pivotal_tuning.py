@@ -344,7 +344,18 @@ def make_params(gen_config: GeneratorConfig, config: RefineConfig, target, codes
 
 def batched_refiner(inverter, batch_size: int, config: RefineConfig, lpips=None,
                     chunk_steps: Optional[int] = None):
-    """Compile the refinement of fixed-size batches for an `inference.Inverter`.
+    """`compile_refiner` for an `inference.Inverter`: its generator, fixed noise, cars crop
+    and latent_avg (the locality term's w_avg)."""
+    model = inverter.model
+    return compile_refiner(model.generator, inverter.frozen["generator"], batch_size, config,
+                           lpips=lpips, crop=model.config.cars_crop,
+                           w_avg=inverter.frozen["latent_avg"], chunk_steps=chunk_steps)
+
+
+def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: RefineConfig,
+                    lpips=None, crop: bool = False, w_avg=None,
+                    chunk_steps: Optional[int] = None):
+    """Compile the refinement of fixed-size batches on `generator` with `gen_vars`.
 
     lpips: converted LPIPS (alex) variables `{'params'}` or None (L2 alone). Returns
     run(target [n <= batch_size, h, w, 3], codes [n, n_styles, D], deltas list (None or
@@ -358,15 +369,14 @@ def batched_refiner(inverter, batch_size: int, config: RefineConfig, lpips=None,
     The mesh is `parallel.local_mesh`: batch-sharded state and inputs, replicated weights;
     the loop state is donated from chunk to chunk.
     """
-    model = inverter.model
-    gen, crop = model.generator, model.config.cars_crop
+    gen = generator
     gcfg = gen.config
     remat = resolve_remat(config, gcfg)
     mesh = parallel.local_mesh(batch_size)
     repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    gen_vars = jax.device_put(inverter.frozen["generator"], repl)
+    gen_vars = jax.device_put(gen_vars, repl)
     lpips_vars = None if lpips is None else jax.device_put(lpips, repl)
-    w_avg = np.asarray(inverter.frozen["latent_avg"], np.float32)
+    w_avg = None if w_avg is None else np.asarray(w_avg, np.float32)
 
     init = jax.jit(functools.partial(init_state, config))
     step_fn = jax.jit(functools.partial(run_steps, gen, config, crop=crop, remat=remat),
@@ -385,9 +395,8 @@ def batched_refiner(inverter, batch_size: int, config: RefineConfig, lpips=None,
             parallel.pad_batch(np.asarray(a, np.float32), batch_size), batch)
         padded = [None if d is None else put(d) for d in deltas]
         params, fixed = make_params(gcfg, config, put(target), put(codes), padded, w_avg)
-        params, fixed = jax.device_put((params, fixed), batch)
-        if "w_avg" in fixed:
-            fixed["w_avg"] = jax.device_put(fixed["w_avg"], repl)
+        params = jax.device_put(params, batch)
+        fixed = {k: jax.device_put(v, repl if k == "w_avg" else batch) for k, v in fixed.items()}
         valid = jax.device_put(np.arange(batch_size) < n, batch)
         start = ev(gen_vars, lpips_vars, fixed, params)
         state = init(params, valid)
@@ -499,6 +508,7 @@ def export_generator(out_dir: str, config: GeneratorConfig, variables: dict, del
             torch.save(obj, f)
 
 
-__all__ = ["RefineConfig", "batched_refiner", "refine", "objective", "train_step", "run_steps",
-           "evaluate", "init_state", "make_params", "tuned_layer_indices", "state_bytes",
-           "tuned_generator", "rosinality_state_dict", "export_generator"]
+__all__ = ["RefineConfig", "batched_refiner", "compile_refiner", "refine", "objective",
+           "train_step", "run_steps", "evaluate", "init_state", "make_params",
+           "tuned_layer_indices", "state_bytes", "tuned_generator", "rosinality_state_dict",
+           "export_generator"]
