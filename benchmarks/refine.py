@@ -2,9 +2,9 @@
 """Seconds per step and per image of the refinement (`hyperstyle_jax.pivotal_tuning`):
 PTI's objective (L2 + LPIPS-alex at 256x256) minimised by Adam over the offsets of every
 non-toRGB conv (HyperStyle's tuned layers), on a random full-width generator, for each
-size and batch size. Also the compiled step's memory (`memory_analysis`: arguments, temp,
-output) with and without the generator's rematerialisation. Prints one table with the
-machine and the load average.
+size and batch size. Also the compiled step's temporaries (XLA `memory_analysis`) for the
+whole batch at once and with `micro_batch=1` (one image's gradient at a time). Prints one
+table with the machine and the load average.
 
     python benchmarks/refine.py                                # 256, batch 1 and 4
     python benchmarks/refine.py --sizes 256,1024 --batches 1,4 --steps 5
@@ -16,6 +16,7 @@ s/image (PTI's 350 steps) = s/step / batch * 350: no image stops early (threshol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import platform
@@ -54,12 +55,12 @@ def setup(size: int, batch: int, seed: int = 0):
     return gen, gen_vars, codes, deltas, inputs(batch, 256, seed)
 
 
-def memory(gen, gen_vars, lpips_vars, config, codes, deltas, target, remat: bool) -> dict:
+def memory(gen, gen_vars, lpips_vars, config, codes, deltas, target) -> dict:
     """memory_analysis of one compiled step (bytes): arguments, temporaries, outputs."""
     params, fixed = pt.make_params(gen.config, config, jnp.asarray(target), jnp.asarray(codes),
                                    deltas)
     state = pt.init_state(config, params, jnp.ones((codes.shape[0],), bool))
-    fn = jax.jit(functools.partial(pt.run_steps, gen, config, remat=remat), donate_argnums=(3,))
+    fn = jax.jit(functools.partial(pt.run_steps, gen, config), donate_argnums=(3,))
     t = time.perf_counter()
     m = fn.lower(gen_vars, lpips_vars, fixed, state, np.int32(1)).compile().memory_analysis()
     return {"args": m.argument_size_in_bytes, "temp": m.temp_size_in_bytes,
@@ -85,8 +86,10 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="256", help="generator sizes, comma-separated")
     p.add_argument("--batches", default="1,4", help="batch sizes, comma-separated")
     p.add_argument("--steps", type=int, default=4, help="timed steps per run (after a first one)")
-    p.add_argument("--memory", choices=("none", "b1", "all"), default="b1",
-                   help="memory_analysis of the step (remat off and on): none, batch 1, all")
+    p.add_argument("--time", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the loop (--no-time: memory only, compiles alone)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="memory_analysis of the step (whole batch, and micro_batch=1)")
     args = p.parse_args(argv)
     config_kw = dict(lpips_threshold=float("-inf"))
     lpips_vars = init_lpips("alex", hw=64)
@@ -97,26 +100,24 @@ def main(argv=None) -> int:
         for b in (int(s) for s in args.batches.split(",")):
             gen, gen_vars, codes, deltas, target = setup(size, b)
             config = pt.RefineConfig(**config_kw)
-            remat = pt.resolve_remat(config, gen.config)
-            r = timed(gen, gen_vars, lpips_vars, config, codes, deltas, target, args.steps)
+            r = (timed(gen, gen_vars, lpips_vars, config, codes, deltas, target, args.steps)
+                 if args.time else {"first_s": float("nan"), "s_per_step": float("nan")})
             mem = {}
-            if args.memory == "all" or (args.memory == "b1" and b == 1):
-                for flag in (False, True):
-                    mem[flag] = memory(gen, gen_vars, lpips_vars, config, codes, deltas, target,
-                                       flag)
+            for m in ((None, 1) if b > 1 else (None,)) if args.memory else ():
+                cfg = dataclasses.replace(config, micro_batch=m)
+                mem[m] = memory(gen, gen_vars, lpips_vars, cfg, codes, deltas, target)
             state = pt.state_bytes(gen.config, [j for j, d in enumerate(deltas) if d is not None],
                                    b)
-            rows.append((size, b, remat, r, mem, state))
+            rows.append((size, b, r, mem, state))
             print(f"  done {size}px batch {b}: {r}, load {load_str()}", flush=True)
 
     gib = 2.0 ** 30
-    print(f"\n{'size':>5} {'batch':>5} {'remat':>5} {'first run s':>11} {'s/step':>8} "
+    print(f"\n{'size':>5} {'batch':>5} {'first run s':>11} {'s/step':>8} "
           f"{'s/step/img':>10} {'s/img @350':>10} {'state GiB':>9} "
-          f"{'temp GiB (remat off / on)':>26}")
-    for size, b, remat, r, mem, state in rows:
-        temp = (f"{mem[False]['temp'] / gib:.2f} / {mem[True]['temp'] / gib:.2f}" if mem
-                else "-")
-        print(f"{size:>5} {b:>5} {str(remat):>5} {r['first_s']:>11.1f} {r['s_per_step']:>8.3f} "
+          f"{'temp GiB (batch / micro 1)':>26}")
+    for size, b, r, mem, state in rows:
+        temp = " / ".join(f"{v['temp'] / gib:.2f}" for v in mem.values()) or "-"
+        print(f"{size:>5} {b:>5} {r['first_s']:>11.1f} {r['s_per_step']:>8.3f} "
               f"{r['s_per_step'] / b:>10.3f} {r['s_per_step'] / b * PTI_STEPS:>10.1f} "
               f"{state / gib:>9.2f} {temp:>26}")
     print(f"# load {load_str()} (end); state = offsets + gradient + Adam moments (fp32); "

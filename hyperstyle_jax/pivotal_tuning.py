@@ -32,11 +32,14 @@ nothing stops early.
 Memory of a batch of B images (fp32): the tuned offsets, their gradient and Adam's two
 moments, 4·4·B·P bytes for P tuned weights (`state_bytes`): P = 23.6 M at 1024 for the
 official tuned layers (every non-toRGB conv; 377 MB per image), 23.4 M at 256 (375 MB);
-'all' adds the toRGB weights (+0.04 %), the codes add n·D. Activations of one step
-(forward saved for backward; `compiled.memory_analysis()` in benchmarks/refine.py) come
-on top;
-`RefineConfig.remat` ('auto' = on from 512 px) wraps the generator call in
-`jax.checkpoint` saving only conv/matmul outputs. The loop state is donated chunk to chunk.
+'all' adds the toRGB weights (+0.04 %), the codes add n·D. On top come one step's
+temporaries (activations saved for the backward pass, LPIPS at 256, the update), by XLA's
+`memory_analysis` on CPU (benchmarks/refine.py): 1.5 GiB per image at 256, 5.4 GiB per
+image at 1024. They scale with the images processed at once, so `RefineConfig.micro_batch`
+(m images per gradient, sequentially) bounds them at m images whatever B. A `jax.checkpoint`
+of the whole generator call saves nothing (5.38 vs 5.41 GiB at 1024: the recomputed forward
+keeps the same residuals); per-block rematerialisation would need `nn.remat` inside
+`models/stylegan2.py`. The loop state is donated from chunk to chunk.
 """
 from __future__ import annotations
 
@@ -63,7 +66,6 @@ from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 from hyperstyle_jax.utils.paths import atomic_write
 
 LAYER_CHOICES = ("tuned", "convs", "all")
-REMAT_CHOICES = ("auto", "none", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +82,8 @@ class RefineConfig:
     `regulizer_lpips_lambda` (0.1), `regulizer_alpha` (30), `latent_ball_num_of_samples` (1)
     and the mapping's `truncation_psi=0.5`, every step (`locality_regularization_interval`
     1); seed: its random z (step t uses fold_in(key(seed), t)).
-    remat: 'dots' checkpoints the generator call keeping conv/matmul outputs, 'none' keeps
-    everything, 'auto' = 'dots' from 512 px.
+    micro_batch: compute the gradient m images at a time (`loss_and_grad`): activation
+    memory of m images instead of B, same numbers; None = the whole batch at once.
     """
     steps: int = 350
     lr: float = 3e-4
@@ -96,7 +98,7 @@ class RefineConfig:
     locality_alpha: float = 30.0
     locality_samples: int = 1
     locality_truncation: float = 0.5
-    remat: str = "auto"
+    micro_batch: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self):
@@ -111,8 +113,8 @@ class RefineConfig:
             raise ValueError("refine: l2_lambda and lpips_lambda are both 0: nothing to minimise")
         if self.layers not in LAYER_CHOICES:
             raise ValueError(f"refine layers = {self.layers!r}: expected one of {LAYER_CHOICES}")
-        if self.remat not in REMAT_CHOICES:
-            raise ValueError(f"refine remat = {self.remat!r}: expected one of {REMAT_CHOICES}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"refine micro_batch = {self.micro_batch}: must be >= 1 or None")
         if self.locality_samples < 1:
             raise ValueError(f"refine locality_samples = {self.locality_samples}: must be >= 1")
 
@@ -148,16 +150,10 @@ def deltas_list(params: dict, n_layers: int) -> list:
     return [d.get(str(j)) for j in range(n_layers)]
 
 
-def _render(generator: Generator, gen_vars, codes, deltas, crop: bool, hw, noise=None,
-            remat: bool = False):
+def _render(generator: Generator, gen_vars, codes, deltas, crop: bool, hw, noise=None):
     """crop(G(codes, deltas)) -> (full, pooled to hw); fixed (or given) noise."""
-    def run(v, c, d):
-        img, _ = generator.apply(v, c, input_space="w+", randomize_noise=False, noise=noise,
-                                 weights_deltas=d)
-        return img
-    if remat:
-        run = jax.checkpoint(run, policy=jax.checkpoint_policies.dots_saveable)
-    img = run(gen_vars, codes, deltas)
+    img, _ = generator.apply(gen_vars, codes, input_space="w+", randomize_noise=False,
+                             noise=noise, weights_deltas=deltas)
     if crop:
         s = img.shape[1]
         img = img[:, s // 8: s - s // 8]
@@ -172,8 +168,7 @@ def _distances(lpips_vars, y_hat, y):
 
 
 def objective(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, params: dict,
-              fixed: dict, key: Optional[jax.Array] = None, crop: bool = False,
-              remat: bool = False):
+              fixed: dict, key: Optional[jax.Array] = None, crop: bool = False):
     """PTI's loss of each image -> (sum over the batch, {'loss', 'l2', 'lpips'} each [B]).
 
     params: {'deltas': {str(j): [B, out, in, k, k]}, optionally 'codes': [B, n, D]};
@@ -185,18 +180,17 @@ def objective(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, 
     codes = params.get("codes", fixed["codes"])
     target = fixed["target"]
     _, y_hat = _render(generator, gen_vars, codes, deltas_list(params, n_layers), crop,
-                       target.shape[1:3], remat=remat)
+                       target.shape[1:3])
     l2, lp = _distances(lpips_vars, y_hat, target)
     per = config.l2_lambda * l2
     if lpips_vars is not None and config.lpips_lambda > 0:
         per = per + config.lpips_lambda * lp
     if config.locality:
-        per = per + _locality(generator, config, gen_vars, lpips_vars, params, fixed, key, crop,
-                              remat)
+        per = per + _locality(generator, config, gen_vars, lpips_vars, params, fixed, key, crop)
     return jnp.sum(per), {"loss": per, "l2": l2, "lpips": lp}
 
 
-def _locality(generator, config, gen_vars, lpips_vars, params, fixed, key, crop, remat):
+def _locality(generator, config, gen_vars, lpips_vars, params, fixed, key, crop):
     """PTI's `Space_Regulizer.ball_holder_loss_lazy`, per image [B]: w from z through the
     mapping (truncation toward w_avg), moved to distance alpha from the pivot, rendered
     without noise by the tuned and the reference offsets; weighted L2 + LPIPS, sample mean."""
@@ -215,8 +209,8 @@ def _locality(generator, config, gen_vars, lpips_vars, params, fixed, key, crop,
     hw = fixed["target"].shape[1:3]
     total = 0.0
     for i in range(s):
-        _, y_new = _render(generator, gen_vars, ws[:, i], new, crop, hw, zero_noise, remat)
-        _, y_old = _render(generator, gen_vars, ws[:, i], ref, crop, hw, zero_noise, remat)
+        _, y_new = _render(generator, gen_vars, ws[:, i], new, crop, hw, zero_noise)
+        _, y_old = _render(generator, gen_vars, ws[:, i], ref, crop, hw, zero_noise)
         l2, lp = _distances(lpips_vars, y_old, y_new)
         term = config.locality_l2_lambda * l2
         if lpips_vars is not None:
@@ -252,13 +246,43 @@ def _where_active(active, new, old):
     return jax.tree.map(one, new, old)
 
 
+def loss_and_grad(generator: Generator, config: RefineConfig, gen_vars, lpips_vars,
+                  params: dict, fixed: dict, key=None, crop: bool = False):
+    """(per-image terms, gradient of the summed objective w.r.t. params). With
+    `config.micro_batch` m < B the batch runs as B/m sequential groups (`lax.map`): the
+    images are independent, so the gradient is the same and only one group's activations
+    are alive at a time (the locality term's z then differs per group)."""
+    def one(p, fx, k):
+        (_, terms), g = jax.value_and_grad(objective, argnums=4, has_aux=True)(
+            generator, config, gen_vars, lpips_vars, p, fx, k, crop)
+        return terms, g
+
+    b, m = fixed["codes"].shape[0], config.micro_batch
+    if not m or m >= b:
+        return one(params, fixed, key)
+    if b % m:
+        raise ValueError(f"refine micro_batch {m} does not divide the batch size {b}")
+    batched = {k: v for k, v in fixed.items() if k != "w_avg"}
+    split = lambda t: jax.tree.map(lambda a: a.reshape((b // m, m) + a.shape[1:]), t)  # noqa: E731
+    merge = lambda t: jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), t)  # noqa: E731
+    keys = jnp.arange(b // m) if key is None else jax.random.split(key, b // m)
+
+    def group(args):
+        p, fx, k = args
+        fx = dict(fx, **({"w_avg": fixed["w_avg"]} if "w_avg" in fixed else {}))
+        return one(p, fx, None if key is None else k)
+
+    terms, grads = jax.lax.map(group, (split(params), split(batched), keys))
+    return merge(terms), merge(grads)
+
+
 def train_step(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, fixed: dict,
-               state: dict, crop: bool = False, remat: bool = False) -> dict:
+               state: dict, crop: bool = False) -> dict:
     """One PTI step for the batch: loss and gradient at the current offsets; images whose
     LPIPS is <= the threshold stop before updating (official `if loss_lpips <= ...: break`)."""
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
-    (_, terms), grads = jax.value_and_grad(objective, argnums=4, has_aux=True)(
-        generator, config, gen_vars, lpips_vars, state["params"], fixed, key, crop, remat)
+    terms, grads = loss_and_grad(generator, config, gen_vars, lpips_vars, state["params"], fixed,
+                                 key, crop)
     active = state["active"]
     if lpips_vars is not None and config.lpips_lambda > 0:
         active = active & (terms["lpips"] > config.lpips_threshold)
@@ -271,7 +295,7 @@ def train_step(generator: Generator, config: RefineConfig, gen_vars, lpips_vars,
 
 
 def run_steps(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, fixed: dict,
-              state: dict, n: jax.Array, crop: bool = False, remat: bool = False) -> dict:
+              state: dict, n: jax.Array, crop: bool = False) -> dict:
     """Up to `n` (traced) steps in one `while_loop`, ending early when no image is active."""
     stop = state["step"] + n
 
@@ -279,7 +303,7 @@ def run_steps(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, 
         return (s["step"] < stop) & jnp.any(s["active"])
 
     def body(s):
-        return train_step(generator, config, gen_vars, lpips_vars, fixed, s, crop, remat)
+        return train_step(generator, config, gen_vars, lpips_vars, fixed, s, crop)
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -304,19 +328,14 @@ def refine(generator: Generator, config: RefineConfig, gen_vars, lpips_vars, tar
     'image', 'l2', 'lpips', 'steps'}. `batched_refiner` is the same in chunks with progress.
     """
     b = codes.shape[0]
-    remat = resolve_remat(config, generator.config)
     params, fixed = make_params(generator.config, config, target, codes, deltas, w_avg)
     state = init_state(config, params, jnp.ones((b,), bool))
     state = run_steps(generator, config, gen_vars, lpips_vars, fixed, state,
-                      jnp.asarray(config.steps, jnp.int32), crop, remat)
+                      jnp.asarray(config.steps, jnp.int32), crop)
     out = evaluate(generator, gen_vars, lpips_vars, fixed, state["params"], crop)
     out.update(deltas=deltas_list(state["params"], generator.config.n_convs),
                codes=state["params"].get("codes", codes), steps=state["steps"])
     return out
-
-
-def resolve_remat(config: RefineConfig, gen_config: GeneratorConfig) -> bool:
-    return config.remat == "dots" or (config.remat == "auto" and gen_config.size >= 512)
 
 
 def make_params(gen_config: GeneratorConfig, config: RefineConfig, target, codes,
@@ -371,7 +390,6 @@ def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: Ref
     """
     gen = generator
     gcfg = gen.config
-    remat = resolve_remat(config, gcfg)
     mesh = parallel.local_mesh(batch_size)
     repl, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     gen_vars = jax.device_put(gen_vars, repl)
@@ -379,7 +397,7 @@ def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: Ref
     w_avg = None if w_avg is None else np.asarray(w_avg, np.float32)
 
     init = jax.jit(functools.partial(init_state, config))
-    step_fn = jax.jit(functools.partial(run_steps, gen, config, crop=crop, remat=remat),
+    step_fn = jax.jit(functools.partial(run_steps, gen, config, crop=crop),
                     donate_argnums=(3,))
     ev = jax.jit(functools.partial(evaluate, gen, crop=crop))
 
@@ -509,6 +527,6 @@ def export_generator(out_dir: str, config: GeneratorConfig, variables: dict, del
 
 
 __all__ = ["RefineConfig", "batched_refiner", "compile_refiner", "refine", "objective",
-           "train_step", "run_steps", "evaluate", "init_state", "make_params",
+           "loss_and_grad", "train_step", "run_steps", "evaluate", "init_state", "make_params",
            "tuned_layer_indices", "state_bytes", "tuned_generator", "rosinality_state_dict",
            "export_generator"]

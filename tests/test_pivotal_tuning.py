@@ -4,6 +4,7 @@ the objective's gradient matches central differences, an image under the LPIPS t
 keeps its offsets, the extra tuning options move what they say, and the exported tuned
 generator renders as the refined inversion through `generate`'s loader and through the
 rosinality checkpoint round trip."""
+import dataclasses
 import os
 
 import jax
@@ -144,16 +145,19 @@ def test_masking_stops_an_image_under_the_threshold(inv, hyperstyle, lpips_vars)
 def test_objective_gradient_matches_central_differences(inv, hyperstyle, lpips_vars):
     """Directional derivatives of the summed L2 + LPIPS objective (float32): the gradient
     w.r.t. all offsets, one layer's offsets, and a toRGB layer's (layers='all') against
-    (f(p + eps v) - f(p - eps v)) / 2 eps."""
+    (f(p + eps v) - f(p - eps v)) / 2 eps; and the micro-batched gradient (one image at a
+    time) equals the whole batch's."""
     x, res = hyperstyle
     gen = inv.model.generator
     config = pt.RefineConfig(layers="all")
     params, fixed = pt.make_params(gen.config, config, jnp.asarray(x), jnp.asarray(res["codes"]),
                                    res["deltas"])
-    f = jax.jit(lambda p: pt.objective(gen, config, inv.frozen["generator"], lpips_vars, p,
-                                       fixed)[0])
-    g = jax.jit(jax.grad(lambda p: pt.objective(gen, config, inv.frozen["generator"],
-                                                lpips_vars, p, fixed)[0]))(params)
+    gv = inv.frozen["generator"]
+    f = jax.jit(lambda p: pt.objective(gen, config, gv, lpips_vars, p, fixed)[0])
+    g = jax.jit(lambda p: pt.loss_and_grad(gen, config, gv, lpips_vars, p, fixed)[1])(params)
+    micro = dataclasses.replace(config, micro_batch=1)
+    g1 = jax.jit(lambda p: pt.loss_and_grad(gen, micro, gv, lpips_vars, p, fixed)[1])(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g)
     rng = np.random.RandomState(0)
     to_rgb = str(gen.config.layer_names().index("to_rgbs_2"))
     for only in (None, "2", to_rgb):
