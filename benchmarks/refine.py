@@ -8,6 +8,19 @@ table with the machine and the load average.
 
     python benchmarks/refine.py                                # 256, batch 1 and 4
     python benchmarks/refine.py --sizes 256,1024 --batches 1,4 --steps 5
+    python benchmarks/refine.py --official ~/hyperstyle      # + PTI's loop in PyTorch
+
+--official: PTI's tuning loop (official `training/coaches/single_id_coach.py`: Adam on every
+parameter of G, lr 3e-4, MSE + LPIPS-alex, the LPIPS break before each step) run on CPU
+in this process on the SAME generator and image: batch 1's image 0 exported with
+`pivotal_tuning.export_generator` (θ·(1+D), the point our refinement starts from) and
+loaded into HyperStyle's official rosinality `Generator` (PTI's own code drives an
+SG2-ADA generator; the loop is the same lines). HyperStyle's repo root is needed for
+`models/stylegan2/model.py` (its CUDA ops replaced by benchmarks/official_ops/, as
+compare_official.py does) and `criteria/lpips` (its AlexNet unpretrained, built here when
+torchvision is missing, and its lin weights read from tests/fixtures/06_metrics: timing
+only). Same steps, best of the steps'
+median; the ratio is per image.
 
 Timing: the loop runs one step per chunk (`chunk_steps=1`), so each progress call marks
 a finished step; s/step is the median over the timed steps after a first (compiling) run.
@@ -21,6 +34,7 @@ import functools
 import os
 import platform
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,6 +95,61 @@ def timed(gen, gen_vars, lpips_vars, config, codes, deltas, target, steps: int) 
     return {"first_s": first, "s_per_step": per_step, "total_s": total}
 
 
+def official_pti(repo: str, size: int, gen_vars, codes, deltas, target, steps: int,
+                 work: str) -> float:
+    """Seconds per step of PTI's loop (batch 1, image 0) in PyTorch on CPU; see --official."""
+    import types
+
+    import torch
+    from compare_official import install_ops
+
+    install_ops(repo)
+    pt_path = os.path.join(work, "pti_start.pt")
+    pt.export_generator(os.path.join(work, "pti_start"), GeneratorConfig.official(size),
+                        gen_vars, [None if d is None else d[0] for d in deltas], pt_path=pt_path)
+    lin = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "06_metrics",
+                       "lpips_v0.1_alex_lin_ORIGINAL.pth")
+    torch.hub.load_state_dict_from_url = lambda *a, **k: torch.load(lin, map_location="cpu")
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+    tv = sys.modules["torchvision"]
+    if not hasattr(tv, "models"):  # torchvision's `alexnet().features`, unpretrained
+        nn = torch.nn
+        features = lambda: nn.Sequential(  # noqa: E731
+            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2))
+        tv.models = types.SimpleNamespace(
+            alexnet=lambda *a, **k: types.SimpleNamespace(features=features()))
+    to = torch.nn.Module.to  # the official LPIPS calls .to("cuda"): stay on the CPU
+    torch.nn.Module.to = lambda self, *a, **k: self if a[:1] == ("cuda",) else to(self, *a, **k)
+    sys.path.insert(0, repo)
+    from criteria.lpips.lpips import LPIPS
+    from models.stylegan2.model import Generator as TorchGenerator
+
+    g = TorchGenerator(size, 512, 8, channel_multiplier=2)
+    g.load_state_dict(torch.load(pt_path, map_location="cpu")["g_ema"], strict=True)
+    lpips = LPIPS(net_type="alex").eval()
+    w = torch.from_numpy(np.ascontiguousarray(codes[:1]))
+    real = torch.from_numpy(np.ascontiguousarray(target[:1].transpose(0, 3, 1, 2)))
+    optimizer = torch.optim.Adam(g.parameters(), lr=3e-4)   # base_coach.configure_optimizers
+    marks = [time.perf_counter()]
+    for _ in range(steps + 1):                               # single_id_coach.train
+        generated = g([w], input_is_latent=True, randomize_noise=False)[0]
+        generated = torch.nn.functional.adaptive_avg_pool2d(generated, real.shape[-2:])
+        l2 = torch.nn.functional.mse_loss(generated, real)
+        loss_lpips = torch.squeeze(lpips(generated, real))
+        loss = l2 + loss_lpips
+        optimizer.zero_grad()
+        if loss_lpips <= float("-inf"):                      # threshold off, as ours here
+            break
+        loss.backward()
+        optimizer.step()
+        marks.append(time.perf_counter())
+    return float(np.median(np.diff(marks)[1:]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="256", help="generator sizes, comma-separated")
@@ -90,6 +159,8 @@ def main(argv=None) -> int:
                    help="time the loop (--no-time: memory only, compiles alone)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="memory_analysis of the step (whole batch, and micro_batch=1)")
+    p.add_argument("--official", metavar="REPO", help="HyperStyle repo root: also time PTI's "
+                   "loop in PyTorch on the first size (see the docstring)")
     args = p.parse_args(argv)
     config_kw = dict(lpips_threshold=float("-inf"))
     lpips_vars = init_lpips("alex", hw=64)
@@ -120,6 +191,17 @@ def main(argv=None) -> int:
         print(f"{size:>5} {b:>5} {r['first_s']:>11.1f} {r['s_per_step']:>8.3f} "
               f"{r['s_per_step'] / b:>10.3f} {r['s_per_step'] / b * PTI_STEPS:>10.1f} "
               f"{state / gib:>9.2f} {temp:>26}")
+    if args.official:
+        size = int(args.sizes.split(",")[0])
+        gen, gen_vars, codes, deltas, target = setup(size, 1)
+        with tempfile.TemporaryDirectory() as work:
+            s_step = official_pti(args.official, size, gen_vars, codes, deltas, target,
+                                  args.steps, work)
+        per_img = [r["s_per_step"] / b for sz, b, r, _, _ in rows if sz == size]
+        print(f"official PTI loop (PyTorch, CPU) at {size}: {s_step:.3f} s/step/img, "
+              f"{s_step * PTI_STEPS:.1f} s/img @350; official / ours per image: "
+              + ", ".join(f"{s_step / v:.2f}" for v in per_img)
+              + f" (batches {args.batches})")
     print(f"# load {load_str()} (end); state = offsets + gradient + Adam moments (fp32); "
           "temp = XLA temporaries of one compiled step (activations saved for backward, "
           "LPIPS, the update)")

@@ -518,9 +518,10 @@ def export_generator(out_dir: str, config: GeneratorConfig, variables: dict, del
     if pt_path:
         import torch  # noqa: PLC0415  optional extra (the convert extra)
 
-        obj = {"g_ema": {k: torch.from_numpy(v) for k, v in rosinality_state_dict(tuned).items()}}
+        obj = {"g_ema": {k: torch.from_numpy(np.array(v))
+                         for k, v in rosinality_state_dict(tuned).items()}}
         if avg is not None:
-            obj["latent_avg"] = torch.from_numpy(np.ascontiguousarray(avg))
+            obj["latent_avg"] = torch.from_numpy(np.array(avg))
         os.makedirs(os.path.dirname(os.path.abspath(pt_path)), exist_ok=True)
         with atomic_write(pt_path, "wb") as f:
             torch.save(obj, f)
