@@ -25,6 +25,15 @@ median; the ratio is per image.
 Timing: the loop runs one step per chunk (`chunk_steps=1`), so each progress call marks
 a finished step; s/step is the median over the timed steps after a first (compiling) run.
 s/image (PTI's 350 steps) = s/step / batch * 350: no image stops early (threshold -inf).
+
+One run (2-core x86_64 CPU shared with other jobs, load 3.9-7, JAX 0.10.2 fp32, torch
+2.13 CPU; `--sizes 256 --batches 1,4 --steps 2 --no-memory --official`): ours 3.18 s/step
+at batch 1, 4.28 s/step/image at batch 4 (1113 / 1498 s per image at 350 steps); PTI's
+loop 8.01 s/step (2804 s per image): 2.5x / 1.9x per image. A PTI-only run minutes
+earlier at load 3.8 took 2.17 s/step, so on this loaded machine the ratio is within the
+noise: rerun on a quiet one. Memory by `memory_analysis` (temporaries of one step): 256
+batch 1 1.54 GiB, batch 4 6.15 GiB (2.25 GiB with micro_batch=1); 1024 batch 1 5.38 GiB
+(5.41 GiB with a whole-generator jax.checkpoint); state 0.35 GiB per image.
 """
 from __future__ import annotations
 
@@ -131,8 +140,8 @@ def official_pti(repo: str, size: int, gen_vars, codes, deltas, target, steps: i
     g = TorchGenerator(size, 512, 8, channel_multiplier=2)
     g.load_state_dict(torch.load(pt_path, map_location="cpu")["g_ema"], strict=True)
     lpips = LPIPS(net_type="alex").eval()
-    w = torch.from_numpy(np.ascontiguousarray(codes[:1]))
-    real = torch.from_numpy(np.ascontiguousarray(target[:1].transpose(0, 3, 1, 2)))
+    w = torch.from_numpy(np.array(codes[:1]))
+    real = torch.from_numpy(np.array(target[:1].transpose(0, 3, 1, 2)))
     optimizer = torch.optim.Adam(g.parameters(), lr=3e-4)   # base_coach.configure_optimizers
     marks = [time.perf_counter()]
     for _ in range(steps + 1):                               # single_id_coach.train
