@@ -49,6 +49,7 @@ from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter, 
 from hyperstyle_jax.inversion_files import InvertedImage
 from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import atomic_write, list_images
+from hyperstyle_jax.video import pipeline as video_pipeline
 
 HelpFormatter = cli.HelpFormatter  # the subcommands' name for the shared formatter
 
@@ -61,6 +62,8 @@ def common_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="image file, folder or glob: inverted first")
     src.add_argument("--inversion",
                      help="an `invert` output folder written with --save_latents --save_deltas")
+    src.add_argument("--video", action="append", metavar="CLIP",
+                     help="a video clip, edited frame by frame (repeatable; hyperstyle_jax.video)")
     g.add_argument("--checkpoint", required=True,
                    help="converted HyperStyle folder (its generator renders the edits)")
     g.add_argument("--w_encoder", help="converted W-encoder folder (needed with --images)")
@@ -79,6 +82,7 @@ def common_parser() -> argparse.ArgumentParser:
                    help="write arrays/<stem>.npz: float32 un-clipped images per edit")
     o.add_argument("--save_inversion", action="store_true",
                    help="with --images: also write latents.npz and deltas/ (the invert format)")
+    video_pipeline.add_options(p)
     return p
 
 
@@ -244,6 +248,8 @@ def run_subcommand(args: argparse.Namespace) -> int:
                             f"{args.batch_size})")
     t0 = time.perf_counter()
     cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
+    if args.video:
+        return video_pipeline.edit_videos(args)
     ctx = EditContext(args, load_model(args))
     args.run(args, ctx)
     n = len(ctx._items or [])
