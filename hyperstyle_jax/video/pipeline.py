@@ -123,8 +123,10 @@ class Meters:
         self.frames[stage] += frames
         bar = self.bars.get(stage)
         if bar is None:
+            every = max(1, (self.total or 100) // 4)  # plain lines: 7 stages, every 25 %
             bar = self.bars[stage] = cli.progress_bar(self.total, desc=f"video {stage}",
-                                                      unit="frame", enabled=self.enabled)
+                                                      unit="frame", every=every,
+                                                      enabled=self.enabled)
         if self.seconds[stage] > 0:
             bar.set_postfix_str(f"{self.frames[stage] / self.seconds[stage]:.1f} frames/s "
                                 f"in-stage")
@@ -175,14 +177,14 @@ def landmark_stage(states: Iterable[FrameState], landmarker: Callable,
         yield s
 
 
-def align_stage(states: Iterable[FrameState], size: int, detector: str,
+def align_stage(states: Iterable[FrameState], aligner: Callable,
                 meters: Meters) -> Iterator[FrameState]:
-    """Each tracked frame's crop and transform at the smoothed landmarks."""
+    """Each tracked frame's crop and transform at the smoothed landmarks
+    (aligner(rgb, landmarks) -> AlignedFace)."""
     for s in states:
         if s.landmarks is not None:
             t0 = time.perf_counter()
-            s.face = align.align_landmarks(Image.fromarray(s.frame.rgb), s.landmarks, size,
-                                           detector=detector)
+            s.face = aligner(s.frame.rgb, s.landmarks)
             meters.add("align", time.perf_counter() - t0)
         yield s
 
@@ -231,18 +233,25 @@ def code_smooth_stage(states: Iterable[FrameState], sigma: float) -> Iterator[Fr
 
 
 def frame_states(decoder: Decoder, opts: VideoOptions, invert: Callable, input_hw: tuple,
-                 meters: Meters, landmarker: Optional[Callable] = None) -> Iterator[FrameState]:
-    """All stages up to the inversion, chained (each a bounded generator)."""
+                 meters: Meters, landmarker: Optional[Callable] = None,
+                 aligner: Optional[Callable] = None) -> Iterator[FrameState]:
+    """All stages up to the inversion, chained (each a bounded generator). landmarker
+    (rgb -> [68, 2] or None) and aligner ((rgb, landmarks) -> AlignedFace) default to
+    dlib and `align.align_landmarks` at the model's input size; tests stub them."""
     if landmarker is None:
         def landmarker(rgb):
             return detect_landmarks(rgb, opts.detector)
+    if aligner is None:
+        def aligner(rgb, lm):
+            return align.align_landmarks(Image.fromarray(rgb), lm, max(input_hw),
+                                         detector=opts.detector)
     s = decode_stage(decoder, meters)
     s = landmark_stage(s, landmarker, meters)
     s = tracks.fill_gaps(s, opts.max_gap)
     s = tracks.gaussian_smooth(s, opts.track_sigma,
                                get=lambda st: None if st.landmarks is None else [st.landmarks],
                                put=lambda st, v: setattr(st, "landmarks", v[0]))
-    s = align_stage(s, max(input_hw), opts.detector, meters)
+    s = align_stage(s, aligner, meters)
     s = invert_stage(s, invert, opts.batch_size, input_hw, meters)
     return code_smooth_stage(s, opts.code_sigma)
 
@@ -476,7 +485,7 @@ class ClipResult:
 
 def edit_clip(path: str, stem: str, args, ctx: VideoContext, opts: VideoOptions,
               invert: Callable, landmarker: Optional[Callable] = None,
-              progress: bool = True) -> ClipResult:
+              aligner: Optional[Callable] = None, progress: bool = True) -> ClipResult:
     """One clip through every stage and the subcommand's run(args, ctx)."""
     t_start = time.perf_counter()
     decoder = Decoder(path, opts.start, opts.duration)
@@ -491,7 +500,7 @@ def edit_clip(path: str, stem: str, args, ctx: VideoContext, opts: VideoOptions,
         ext = output_ext(path, opts)
         writer = ClipWriter(ctx.out, stem, ext, decoder, meters)
         ctx.start_clip(frame_states(decoder, opts, invert, ctx.inverter.input_hw, meters,
-                                    landmarker), writer, meters, total)
+                                    landmarker, aligner), writer, meters, total)
         try:
             args.run(args, ctx)
             ctx.drain()

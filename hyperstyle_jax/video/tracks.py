@@ -38,20 +38,24 @@ def fill_gaps(states: Iterable, max_gap: int) -> Iterator:
     """Give frames without `.landmarks` (None) a track from their neighbours.
 
     A gap of at most `max_gap` frames between two detections is interpolated linearly
-    (`.track = 'interpolated'`); one at the clip's start or end (or right after a longer
-    gap) takes the nearest detection (`'held'`); longer gaps stay None (`'none'`: passed
-    through unchanged). Detected frames get `'detected'`. Holds at most max_gap + 1 records.
+    (`.track = 'interpolated'`); one at the clip's start or end takes the nearest
+    detection (`'held'`); longer gaps stay None (`'none'`: passed through unchanged). Detected frames get `'detected'`. Holds at most max_gap + 1 records.
     """
-    last, pending = None, []
+    last, pending, gone = None, [], False
     for s in states:
         if s.landmarks is None:
+            if gone:  # inside a long gap: through at once
+                s.track = NONE
+                yield s
+                continue
             pending.append(s)
             if len(pending) > max_gap:  # the face is gone: stop waiting for it
                 for p in pending:
                     p.track = NONE
                     yield p
-                pending, last = [], None
+                pending, last, gone = [], None, True
             continue
+        gone = False
         lm = np.asarray(s.landmarks, np.float64)
         n = len(pending)
         for k, p in enumerate(pending, 1):
