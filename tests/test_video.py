@@ -4,22 +4,19 @@ timestamps kept, pixels away from the face within codec error, the smoothed crop
 less than the raw one, memory flat in the clip's length, and each bad input one line with
 nothing lost."""
 import contextlib
-import fractions
 import io
 import json
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
 
 av = pytest.importorskip("av")
 pytest.importorskip("dlib")
 
-from hyperstyle_jax import align, edit  # noqa: E402
+from hyperstyle_jax import edit  # noqa: E402
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder  # noqa: E402
-from hyperstyle_jax.video import pipeline, tracks  # noqa: E402
+from hyperstyle_jax.video import pipeline, synthetic, tracks  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
 PHOTO = os.path.join(HERE, "12_alignment", "grace_hopper.jpg")
@@ -29,46 +26,12 @@ W, H, FPS = 224, 128, 25
 VFR_PTS = [0, 40, 80, 150, 190, 300, 340, 380, 420, 500, 540, 580]  # ms
 
 
-def pan_zoom(n, w=W, h=H, face=True):
-    """The photo seen through a window that pans and zooms in smoothly over n frames."""
-    photo = Image.open(PHOTO).convert("RGB")
-    for i in range(n):
-        t = i / max(1, n - 1)
-        ww = 500 - 70 * t
-        hh = ww * h / w
-        cx, cy = 256 + 14 * t, 250 + 12 * t
-        box = (cx - ww / 2, cy - hh / 2, cx + ww / 2, cy + hh / 2)
-        if not face:  # a corner of the photo's jacket: no face
-            box = (0, 480, 120, 480 + 120 * h / w)
-        yield np.asarray(photo.resize((w, h), Image.Resampling.BILINEAR, box=box))
+def pan_zoom(n, face=True):
+    return synthetic.pan_zoom(PHOTO, n, (W, H), face)
 
 
 def make_clip(path, n=30, audio="aac", pts_ms=None, face=True, options=None):
-    c = av.open(str(path), "w", options=options or {})
-    v = c.add_stream("libx264", rate=FPS)
-    v.width, v.height, v.pix_fmt, v.options = W, H, "yuv420p", {"crf": "12"}
-    if pts_ms is not None:
-        v.time_base = v.codec_context.time_base = fractions.Fraction(1, 1000)
-    a = c.add_stream(audio, rate=16000) if audio else None
-    for i, rgb in enumerate(pan_zoom(n, face=face)):
-        f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        if pts_ms is not None:
-            f.pts, f.time_base = pts_ms[i], fractions.Fraction(1, 1000)
-        for p in v.encode(f):
-            c.mux(p)
-    for p in v.encode():
-        c.mux(p)
-    if a is not None:
-        seconds = n / FPS if pts_ms is None else pts_ms[-1] / 1000 + 0.04
-        s = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(16000 * seconds)) / 16000)
-        fmt = "fltp" if audio == "aac" else "s16"
-        arr = s[None].astype(np.float32) if fmt == "fltp" else (s * 3e4).astype(np.int16)[None]
-        af = av.AudioFrame.from_ndarray(arr, format=fmt, layout="mono")
-        af.sample_rate, af.pts = 16000, 0
-        for p in list(a.encode(af)) + list(a.encode()):
-            c.mux(p)
-    c.close()
-    return str(path)
+    return synthetic.make_clip(str(path), PHOTO, n, (W, H), FPS, audio, pts_ms, face, options)
 
 
 def decode(path):
@@ -199,33 +162,9 @@ def test_gaps_filled_and_segments_kept():
 
 
 def stub_peak(tmp_path, n):
-    """Peak traced memory of every streaming stage for an n-frame clip, the model stubbed
-    (inverter, landmarks, alignment; decoding, paste-back and encoding are real)."""
+    """Peak traced memory of every streaming stage for an n-frame clip, the model stubbed."""
     clip = make_clip(tmp_path / f"c{n}.mp4", n=n)
-    first = next(pan_zoom(1))
-    lm = pipeline.detect_landmarks(first)
-    face = align.align_landmarks(Image.fromarray(first), lm, 64)
-    gen = SimpleNamespace(n_latent=2, style_dim=4, size=64)
-    inverter = SimpleNamespace(generator_config=gen, input_hw=(64, 64),
-                               model=SimpleNamespace(config=SimpleNamespace(cars_crop=False)))
-    args = SimpleNamespace(out=str(tmp_path / f"o{n}"), batch_size=4, command="stub")
-
-    def run(args, ctx):
-        for item in ctx.progress(ctx.items, "stub"):
-            im = item.image.astype(np.float32) / 127.5 - 1
-            ctx.write_standard(item, im, [[("stub", "stub", im)]])
-
-    args.run = run
-    opts = pipeline.VideoOptions(track_sigma=2.0, code_sigma=1.0)
-    ctx = pipeline.VideoContext(args, inverter)
-
-    def invert(x):
-        return {"codes": np.zeros((len(x), 2, 4), np.float32), "deltas": []}
-
-    result, peak = pipeline.peak_traced(
-        pipeline.edit_clip, clip, f"c{n}", args, ctx, opts, invert,
-        landmarker=lambda rgb: lm + np.random.default_rng(0).normal(0, 0.5, lm.shape),
-        aligner=lambda rgb, lm_: face, progress=False)
+    result, peak = synthetic.stub_run(clip, str(tmp_path / f"o{n}"))
     frames, _, _, _ = decode(result.outputs["stub"])
     assert len(frames) == n
     return peak

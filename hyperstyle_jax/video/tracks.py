@@ -39,7 +39,8 @@ def fill_gaps(states: Iterable, max_gap: int) -> Iterator:
 
     A gap of at most `max_gap` frames between two detections is interpolated linearly
     (`.track = 'interpolated'`); one at the clip's start or end takes the nearest
-    detection (`'held'`); longer gaps stay None (`'none'`: passed through unchanged). Detected frames get `'detected'`. Holds at most max_gap + 1 records.
+    detection (`'held'`); longer gaps stay None (`'none'`: passed through unchanged).
+    Detected frames get `'detected'`. Holds at most max_gap + 1 records.
     """
     last, pending, gone = None, [], False
     for s in states:
