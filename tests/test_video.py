@@ -176,6 +176,22 @@ def test_memory_flat_in_clip_length(tmp_path):
     assert p300 < 1.25 * p30 + 8 * frame, (p30, p300)  # not 10x: no frame list grows
 
 
+def test_frames_before_the_first_face_pass_through(tmp_path):
+    """Faceless frames before the first edit (more than the in-memory queue) go to a disk
+    spool and come out first, unchanged; the rest is edited."""
+    n, k = 40, 2 * pipeline.SPOOL_AFTER
+    clip = make_clip(tmp_path / "late.mp4", n=n)
+    result, _ = synthetic.stub_run(clip, str(tmp_path / "o"), no_face_frames=k)
+    got, _, _, _ = decode(result.outputs["stub"])
+    want, _, _, _ = decode(clip)
+    assert len(got) == n
+    report = json.loads(open(result.report).read())
+    assert report["passed_through"] == k and report["edited"] == n - k
+    assert report["tracks"]["none"] == k
+    diff = np.abs(got.astype(np.int16) - want).mean(axis=(1, 2, 3))
+    assert diff[:k].max() < 3.0 and diff[k:].mean() > 2 * diff[:k].mean(), diff  # codec error
+
+
 def test_unsupported_subcommand_one_line(ckpts, clips, tmp_path, capsys):
     code = edit.main(["interpolate", "--checkpoint", ckpts[0], "--w_encoder", ckpts[1],
                       "--video", clips["good"], "--out", str(tmp_path / "o")])

@@ -417,6 +417,7 @@ class VideoContext:
         self.meters: Optional[Meters] = None
         self._stream = None
         self._total = None
+        self._handed_out = 0.0
         os.makedirs(self.out, exist_ok=True)
 
     def start_clip(self, stream: Iterator[FrameState], writer: ClipWriter, meters: Meters,
@@ -428,6 +429,7 @@ class VideoContext:
         for s in stream:
             self.writer.add(s)
             if s.item is not None:
+                self._handed_out = time.perf_counter()
                 yield s.item
 
     @property
@@ -443,10 +445,7 @@ class VideoContext:
             pass
 
     def render(self, codes: np.ndarray, deltas) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = self.renderer(codes, deltas)
-        self.meters.add("edit", time.perf_counter() - t0, 0)
-        return out
+        return self.renderer(codes, deltas)
 
     def progress(self, seq, desc: str):
         return cli.progress(seq, total=self._total, desc=f"{desc} (video)", unit="frame")
@@ -461,7 +460,8 @@ class VideoContext:
         pass
 
     def write_standard(self, item: InvertedImage, reconstruction: np.ndarray, rows) -> None:
-        self.meters.add("edit", 0.0, 1)
+        # the edit stage: from handing the item out to its edits coming back
+        self.meters.add("edit", time.perf_counter() - self._handed_out)
         self.writer.edit(item.stem, rows)
 
 
