@@ -192,6 +192,18 @@ def test_frames_before_the_first_face_pass_through(tmp_path):
     assert diff[:k].max() < 3.0 and diff[k:].mean() > 2 * diff[:k].mean(), diff  # codec error
 
 
+def test_start_and_duration(tmp_path):
+    clip = make_clip(tmp_path / "long.mp4", n=30)
+    result, _ = synthetic.stub_run(clip, str(tmp_path / "o"), start=0.4, duration=0.4)
+    frames, times, rate, streams = decode(result.outputs["stub"])
+    assert len(frames) == 10 and rate == FPS and streams == ["video", "audio"]
+    np.testing.assert_allclose(times, np.arange(10) / FPS, atol=1e-3)
+    with av.open(result.outputs["stub"]) as c:
+        a = c.streams.audio[0]
+        audio_s = sum(p.duration or 0 for p in c.demux(a)) * float(a.time_base)
+    assert 0.3 < audio_s < 0.6, audio_s  # the audio of those 0.4 s (whole AAC packets)
+
+
 def test_unsupported_subcommand_one_line(ckpts, clips, tmp_path, capsys):
     code = edit.main(["interpolate", "--checkpoint", ckpts[0], "--w_encoder", ckpts[1],
                       "--video", clips["good"], "--out", str(tmp_path / "o")])

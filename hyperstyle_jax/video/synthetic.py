@@ -75,11 +75,11 @@ def make_clip(path: str, photo: str, n: int = 30, size=(224, 128), fps: int = 25
 
 
 def stub_run(clip: str, out_dir: str, code_sigma: float = 1.0, track_sigma: float = 2.0,
-             input_size: int = 64, no_face_frames: int = 0):
+             input_size: int = 64, no_face_frames: int = 0, **options):
     """Every streaming stage on `clip` with the model stubbed (landmarks: the first frame's
     plus noise; alignment: the first frame's transform; inversion: zero codes; the edit:
     the aligned crop itself; no face in the first `no_face_frames`), decoding, smoothing,
-    paste-back and encoding real ->
+    paste-back and encoding real; options: more `pipeline.VideoOptions` ->
     (`pipeline.ClipResult`, peak bytes traced by tracemalloc). What the memory checks run."""
     with require().open(clip) as c:
         first = next(c.decode(video=0)).to_ndarray(format="rgb24")
@@ -108,7 +108,7 @@ def stub_run(clip: str, out_dir: str, code_sigma: float = 1.0, track_sigma: floa
         return None if calls[0] <= no_face_frames else lm + rng.normal(0, 0.5, lm.shape)
 
     args.run = run
-    opts = pipeline.VideoOptions(track_sigma=track_sigma, code_sigma=code_sigma)
+    opts = pipeline.VideoOptions(track_sigma=track_sigma, code_sigma=code_sigma, **options)
     ctx = pipeline.VideoContext(args, inverter)
     stem = os.path.splitext(os.path.basename(clip))[0]
     return pipeline.peak_traced(pipeline.edit_clip, clip, stem, args, ctx, opts, invert,
