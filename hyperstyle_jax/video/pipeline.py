@@ -46,6 +46,7 @@ UNSUPPORTED = {
     "domain": "domain reads all inputs up front (ReStyle-e4e per batch); not streamed yet",
 }
 STAGES = ("decode", "landmarks", "align", "invert", "edit", "paste", "encode")
+DETECT_MAX_SIDE = 640  # longer frame side faces are searched at (HOG upsamples it 2x)
 SPOOL_AFTER = 16  # frames queued before the edit keys are known go to disk past this
 
 
@@ -146,9 +147,12 @@ class Meters:
 # ----------------------------------------------------------------------------- stages
 
 
-def detect_landmarks(rgb: np.ndarray, detector: str = "hog") -> Optional[np.ndarray]:
-    """The largest face's 68 landmarks float64 [68, 2] in uint8 RGB [H, W, 3], or None."""
-    dets = detect.detect(rgb, None, detector)
+def detect_landmarks(rgb: np.ndarray, detector: str = "hog",
+                     max_side: int = DETECT_MAX_SIDE) -> Optional[np.ndarray]:
+    """The largest face's 68 landmarks float64 [68, 2] in uint8 RGB [H, W, 3], or None.
+    Faces are searched at a copy of at most max_side px (video faces are large; HOG then
+    costs the same at 1080p as at 640x360); landmarks come from the full frame."""
+    dets = detect.detect(rgb, max_side, detector)
     if not dets:
         return None
     d = max(dets, key=lambda x: (x.area, -x.index))
@@ -412,6 +416,7 @@ class VideoContext:
         self.n_styles, self.style_dim, self.size = g.n_latent, g.style_dim, g.size
         self.cars_crop = bool(inverter.model.config.cars_crop)
         self.renderer = EditRenderer(inverter, args.batch_size)
+        self._renderers = {args.batch_size: self.renderer}
         self.failed: list = []
         self.writer: Optional[ClipWriter] = None
         self.meters: Optional[Meters] = None
@@ -445,7 +450,12 @@ class VideoContext:
             pass
 
     def render(self, codes: np.ndarray, deltas) -> np.ndarray:
-        return self.renderer(codes, deltas)
+        """As EditContext.render, compiled for min(K, --batch_size) codes: a frame's K
+        edits (often 2: reconstruction and edit) then fill the batch, no padding."""
+        k = max(1, min(len(codes), self.args.batch_size))
+        if k not in self._renderers:
+            self._renderers[k] = EditRenderer(self.inverter, k)
+        return self._renderers[k](codes, deltas)
 
     def progress(self, seq, desc: str):
         return cli.progress(seq, total=self._total, desc=f"{desc} (video)", unit="frame")
