@@ -204,6 +204,19 @@ def test_start_and_duration(tmp_path):
     assert 0.3 < audio_s < 0.6, audio_s  # the audio of those 0.4 s (whole AAC packets)
 
 
+def test_ganspace_video_same_options(ckpts, tmp_path, capsys):
+    """Another subcommand, its own options unchanged: one clip per edit key."""
+    clip = make_clip(tmp_path / "short.mkv", n=6)
+    code = edit.main(["ganspace", "--checkpoint", ckpts[0], "--w_encoder", ckpts[1], "--video",
+                      clip, "--out", str(tmp_path / "o"), "--n_iters", "1", "--pca",
+                      os.path.join(HERE, "09_editing", "ganspace_random_pca.pt"),
+                      "--edit", "Pose II", "--edit", "color"])
+    assert code == 0, capsys.readouterr().err
+    for key in ("pose_ii", "color"):
+        frames, _, rate, streams = decode(tmp_path / "o" / "videos" / key / "short.mkv")
+        assert len(frames) == 6 and rate == FPS and streams == ["video", "audio"]
+
+
 def test_unsupported_subcommand_one_line(ckpts, clips, tmp_path, capsys):
     code = edit.main(["interpolate", "--checkpoint", ckpts[0], "--w_encoder", ckpts[1],
                       "--video", clips["good"], "--out", str(tmp_path / "o")])
