@@ -31,11 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from hyperstyle_jax import parallel
 from hyperstyle_jax.checkpoints import (
-    CheckpointError,
     load_converted,
     load_generator,
     load_hyperstyle,
@@ -46,6 +44,7 @@ from hyperstyle_jax.editing import EditError, styleclip
 from hyperstyle_jax.models import stylespace
 from hyperstyle_jax.models.clip import CLIP
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
+from hyperstyle_jax.utils import cli
 from hyperstyle_jax.utils.paths import atomic_write
 
 PARTIAL = "fs3_partial.npz"
@@ -208,8 +207,7 @@ def _jitted_step(config: GeneratorConfig, encode: Callable, mesh):
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0):
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                smoothing=0.1)
+    return cli.progress_bar(total, desc, unit, initial=initial)
 
 
 def read_partial(path: str, settings_json: str) -> tuple[np.ndarray, np.ndarray]:
@@ -410,16 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The tool's entry point: a bad file or value is one `error:` line, exit status 2."""
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = StatsSettings(args.n_samples, args.n_images, args.alpha, args.seed,
                                  args.sample_batch, args.layers)
-        run(args.generator, args.clip, args.out_dir, settings, image_batch=args.image_batch,
-            channels_per_step=args.channels_per_step, save_every_s=args.save_every,
-            max_channels=args.max_channels)
-    except (CheckpointError, EditError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the settings' own checks
+        raise cli.UserError(str(e)) from None
+    run(args.generator, args.clip, args.out_dir, settings, image_batch=args.image_batch,
+        channels_per_step=args.channels_per_step, save_every_s=args.save_every,
+        max_channels=args.max_channels)
     return 0
 
 

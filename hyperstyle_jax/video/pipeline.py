@@ -590,11 +590,11 @@ def edit_videos(args: argparse.Namespace, inverter=None) -> int:
         try:
             result = edit_clip(path, stem, args, ctx, opts, invert)
         except VideoError as e:
-            print(f"error: {cli.one_line(e)}", file=sys.stderr, flush=True)
+            cli.fail(cli.one_line(e))  # this clip's one line; the others go on
             failed.append(path)
             continue
         if result.problem:
-            print(f"error: {result.problem}", file=sys.stderr, flush=True)
+            cli.fail(result.problem)
             failed.append(path)
     if failed:
         print(f"{len(failed)} clip(s) failed: {', '.join(failed)}", file=sys.stderr, flush=True)
