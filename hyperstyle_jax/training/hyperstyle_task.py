@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax import checkpoints
-from hyperstyle_jax.data.synthetic import synthetic_generator
+from hyperstyle_jax.data.synthetic import class_labels, synthetic_generator
 from hyperstyle_jax.losses import LossNets, LossWeights
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, parse_layers_to_tune
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig
@@ -101,6 +101,7 @@ def frozen_generator(config, init_tree, init_cfgs, lines):
     if latent_avg is None:
         raise ValueError(f"{paths.generator}: the generator checkpoint has no latent_avg "
                          "(the official code then estimates it with mean_latent(1e5))")
+    class_labels(gcfg, config.data.class_index)  # a conditional generator needs its class
     latent_avg = np.broadcast_to(np.asarray(latent_avg, np.float32).reshape(-1, gcfg.style_dim),
                                  (gcfg.n_latent, gcfg.style_dim)).copy()
     return gcfg, gvars, latent_avg
