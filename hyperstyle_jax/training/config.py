@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
         mode="ir_se",               # 'ir_se' | 'ir'
         backbone_init="",           # converted arcface folder: the IR-SE body init (pSp/e4e)
         init_from="",               # converted w_encoder folder: fine-tune from it
-        w_norm_lambda=0.0,          # the W-mean regulariser lambda * ||w - latent_avg||^2
+        w_norm_lambda=0.0,          # the method summary's W-mean regulariser,
+                                    # lambda * ||w - latent_avg||^2
         disc_lambda=0.0,            # --w_discriminator_lambda (e4e: 0.1); 0 = no discriminator
         disc_lr=2e-5,               # --w_discriminator_lr (Adam)
         disc_layers=4,              # LatentCodesDiscriminator(512, 4)
