@@ -17,7 +17,9 @@ The model is reached by name: `HyperStyle.initial_inversion`, `.iteration`, `.in
 and the losses by `losses.compute_losses`.
 
 Frozen networks (generator, W-encoder, loss networks) are an argument apart from the
-train state and are never differentiated. Only `state.params` (the hypernetwork) change.
+train state and are never differentiated. Only `state.params` (the hypernetwork) change,
+and, with the optional image-discriminator term (`training/image_discriminator.py`),
+`state.disc_params` (D's own step after the hypernetwork's).
 Under `jax.jit` with the batch sharded, the BatchNorm means over the batch axis are means
 over the global batch.
 
