@@ -16,6 +16,10 @@ Train:
 Fine-tune from the official model instead of ImageNet init (--config.init_from):
     python tools/convert_weights.py hyperstyle hyperstyle_ffhq.pt ckpt/hyperstyle_ffhq
     ... --config.init_from=ckpt/hyperstyle_ffhq
+The method summary's image discriminator (off, as in base_config; D from the generator's
+file, resized inputs when its size differs from the 256 px data):
+    python tools/convert_weights.py discriminator stylegan2-ffhq-config-f.pt ckpt/d_ffhq
+    ... --config.loss.adv_lambda=0.1 --config.discriminator.init=ckpt/d_ffhq
 
 Recipe: batch 8, 5 iterations per batch, L2 1.0 + LPIPS 0.8 + ID 0.1, Ranger lr 1e-4, the
 default layers_to_tune, validation every 5000 steps on 150 batches, checkpoint every 10000.

@@ -88,14 +88,15 @@ def load_latents(path: str, config, input_space: str | None):
 
 @functools.lru_cache(maxsize=8)
 def _renderer(config, per_sample: str, space: str, truncation: float):
-    """A jitted (variables, styles, noise, truncation_latent) -> images [B, H, W, 3]; cached so
+    """A jitted (variables, styles, noise, truncation_latent, labels=None [B, c_dim]) -> images
+    [B, H, W, 3] (labels: a conditional generator's one-hot classes, z input); cached so
     that repeated runs in one process (tests, notebooks) compile once."""
     gen = Generator(config, per_sample=per_sample)
 
     @jax.jit
-    def render(variables, styles, noise, t_latent):
+    def render(variables, styles, noise, t_latent, labels=None):
         img, _ = gen.apply(variables, styles, input_space=space, truncation=truncation,
-                           truncation_latent=t_latent, noise=noise)
+                           truncation_latent=t_latent, noise=noise, labels=labels)
         return img
     return render
 
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--seeds always means z")
     p.add_argument("--truncation", type=float, default=1.0,
                    help="psi in (0, 1]: W <- avg + psi * (W - avg) (default 1: none)")
+    p.add_argument("--class", dest="class_index", type=int, default=None, metavar="K",
+                   help="class of a conditional (StyleGAN2-ADA) generator: one-hot label K "
+                        "for its mapping (needed there, refused for an unconditional one)")
     p.add_argument("--noise", choices=("const", "random"), default="const",
                    help="checkpoint noise buffers (const) or seeded random noise")
     p.add_argument("--noise_seed", type=int, default=0, help="seed of --noise random")
@@ -162,6 +166,18 @@ def run(args) -> int:
         print(f"note: --random_init renders a randomly initialised {config.size}px generator "
               "(no checkpoint): the images are meaningless texture", file=sys.stderr)
     gen = Generator(config, per_sample=args.per_sample)
+    label = None                       # one-hot [c_dim] of a conditional generator's class
+    if config.c_dim:
+        if args.class_index is None:
+            raise GenerateError(f"this generator is conditional ({config.c_dim} classes): "
+                                f"pass --class K with K in [0, {config.c_dim})")
+        if not 0 <= args.class_index < config.c_dim:
+            raise GenerateError(f"--class {args.class_index}: out of range; this generator has "
+                                f"{config.c_dim} classes, [0, {config.c_dim})")
+        label = np.eye(config.c_dim, dtype=np.float32)[args.class_index]
+    elif args.class_index is not None:
+        raise GenerateError(f"--class {args.class_index}: this generator is unconditional "
+                            "(no classes)")
 
     # ---- inputs
     if args.seeds is not None:
@@ -187,8 +203,9 @@ def run(args) -> int:
         if latent_avg is None:
             print("note: no latent_avg in the checkpoint: truncating toward the mean W of 4096 "
                   "fixed z (PRNGKey(0))", file=sys.stderr)
-            trunc_latent = jax.jit(lambda v: gen.apply(v, 4096, jax.random.key(0),
-                                                       method=Generator.mean_latent))(variables)
+            trunc_latent = jax.jit(lambda v: gen.apply(
+                v, 4096, jax.random.key(0), None if label is None else jnp.asarray(label),
+                method=Generator.mean_latent))(variables)
         else:
             trunc_latent = jnp.asarray(latent_avg)
 
@@ -214,7 +231,9 @@ def run(args) -> int:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
             ids = ids + [ids[-1]] * (bs - n)
         noise = noise_for(ids) if args.noise == "random" else None
-        imgs = np.asarray(render(variables, jnp.asarray(chunk), noise, trunc_latent))[:n]
+        labels = (None if label is None or space != "z"
+                  else jnp.broadcast_to(jnp.asarray(label), (bs, config.c_dim)))
+        imgs = np.asarray(render(variables, jnp.asarray(chunk), noise, trunc_latent, labels))[:n]
         for name, img in zip(names[start:start + n], imgs):
             save_image(os.path.join(args.out, name + ".png"), to_uint8(img))
             if args.save_npy:
@@ -228,6 +247,7 @@ def run(args) -> int:
         json.dump({"generator": source, "config": config.to_dict(), "images": names,
                    "input": args.latents or f"seeds {args.seeds}", "input_space": space,
                    "truncation": args.truncation, "noise": args.noise,
+                   "class": args.class_index,
                    "noise_seed": args.noise_seed if args.noise == "random" else None},
                   f, indent=1)
     print(f"wrote {len(names)} images, grid.png and info.json to {args.out}")

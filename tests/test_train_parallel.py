@@ -25,7 +25,7 @@ from helpers import ROOT, free_port, saved_train_state
 MICRO_CONFIG = textwrap.dedent('''
     from hyperstyle_jax.training.config import base_config
 
-    def micro_config(cache_dir, total_steps, ckpt_every):
+    def micro_config(cache_dir, total_steps, ckpt_every, adversarial=False):
         c = base_config()
         c.batch_size = 8
         c.eval_batch_size = 8
@@ -52,24 +52,29 @@ MICRO_CONFIG = textwrap.dedent('''
                                 hypernet_z_dim=8, hypernet_in_size=8, hypernet_out_size=8,
                                 hyper_block_inner_c=8, refine_block_inner_c=8,
                                 refine_block_out_c=8, spatial=4)  # 8 px -> stem 4
+        if adversarial:  # the image discriminator from scratch, R1 every 3 steps
+            c.loss.adv_lambda = 0.1
+            c.discriminator.channels = ((4, 8), (8, 8))
+            c.discriminator.r1_every = 3
         return c
 ''')
 
 CHILD = MICRO_CONFIG + textwrap.dedent('''
     import sys
     import jax
-    workdir, cache_dir, steps, ckpt_every, nproc, pid, addr = sys.argv[1:8]
+    workdir, cache_dir, steps, ckpt_every, nproc, pid, addr, adv = sys.argv[1:9]
     if int(nproc) > 1:
         jax.distributed.initialize(addr, int(nproc), int(pid))
     from hyperstyle_jax.train import train_and_evaluate
     from hyperstyle_jax import parallel
-    result = train_and_evaluate(micro_config(cache_dir, int(steps), int(ckpt_every)), workdir,
-                                progress=False)
+    result = train_and_evaluate(micro_config(cache_dir, int(steps), int(ckpt_every),
+                                             adv == "adv"), workdir, progress=False)
     print("RESULT", result["status"], result["step"], flush=True)
 ''')
 
 
-def _spawn(tmp_path, workdir, steps, ckpt_every, n_devices, nproc=1, pid=0, addr="-"):
+def _spawn(tmp_path, workdir, steps, ckpt_every, n_devices, nproc=1, pid=0, addr="-",
+           adversarial=False):
     script = tmp_path / "child.py"
     if not script.exists():
         script.write_text(CHILD)
@@ -82,7 +87,7 @@ def _spawn(tmp_path, workdir, steps, ckpt_every, n_devices, nproc=1, pid=0, addr
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     args = [sys.executable, str(script), str(workdir), str(tmp_path / "cache"), str(steps),
-            str(ckpt_every), str(nproc), str(pid), addr]
+            str(ckpt_every), str(nproc), str(pid), addr, "adv" if adversarial else "-"]
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -128,11 +133,13 @@ def test_one_process_eight_devices_equals_two_processes_four_devices(micro):
     assert int(a["['step']"]) == int(b["['step']"]) == steps
 
 
-def test_sigkill_then_resume_is_bit_identical(micro):
+@pytest.mark.parametrize("adversarial", [False, True], ids=["official", "image_discriminator"])
+def test_sigkill_then_resume_is_bit_identical(micro, adversarial):
     steps, every = 12, 4
-    ref = _spawn(micro, micro / "uninterrupted", steps, every, 2)
-    victim_dir = micro / "killed"
-    victim = _spawn(micro, victim_dir, steps, every, 2)
+    tag = "_adv" if adversarial else ""
+    ref = _spawn(micro, micro / f"uninterrupted{tag}", steps, every, 2, adversarial=adversarial)
+    victim_dir = micro / f"killed{tag}"
+    victim = _spawn(micro, victim_dir, steps, every, 2, adversarial=adversarial)
     first = victim_dir / "checkpoints" / str(every)
     deadline = time.time() + 240
     while not first.is_dir() and victim.poll() is None and time.time() < deadline:
@@ -143,17 +150,20 @@ def test_sigkill_then_resume_is_bit_identical(micro):
     done = sorted(int(p) for p in os.listdir(victim_dir / "checkpoints") if p.isdigit())
     assert done and max(done) < steps, f"the child finished before the kill: {done}"
 
-    resumed = _finish(_spawn(micro, victim_dir, steps, every, 2))
+    resumed = _finish(_spawn(micro, victim_dir, steps, every, 2, adversarial=adversarial))
     assert "resuming from" in resumed and f"RESULT done {steps}" in resumed, resumed[-2000:]
     _finish(ref)
-    a = saved_train_state(micro / "uninterrupted", steps)
+    a = saved_train_state(micro / f"uninterrupted{tag}", steps)
     b = saved_train_state(victim_dir, steps)
     assert a.keys() == b.keys()
+    # The discriminator and its Adam state are in the checkpoint exactly when it is on.
+    assert any(k.startswith("['disc_params']") for k in a) == adversarial
+    assert any(k.startswith("['disc_opt_state']") for k in a) == adversarial
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     # And the data position: both consumed exactly `steps` global batches.
     meta = [json.load(open(d / "checkpoints" / str(steps) / "data" / "metadata"))
-            for d in (micro / "uninterrupted", victim_dir)]
+            for d in (micro / f"uninterrupted{tag}", victim_dir)]
     assert meta[0]["iterator"]["step"] == meta[1]["iterator"]["step"] == steps
     # The steps replayed after the kill are logged once: one train row per step.
     rows = [json.loads(line) for line in open(victim_dir / "metrics.jsonl")]

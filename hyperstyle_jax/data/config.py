@@ -35,6 +35,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         channels=((4, 64), (8, 64), (16, 64), (32, 32), (64, 16)),
         lr_mlp=0.01, blur_kernel=(1, 3, 3, 1)))
     c.generator_dir = ""            # a converted generator checkpoint dir; overrides `generator`
+    c.class_index = -1              # a conditional generator's class (one-hot label of its
+                                    # mapping); -1 = unconditional
     c.num_train = 64
     c.num_eval = 16
     c.perturb_std = 0.0             # std of the per-image multiplicative conv-weight offsets

@@ -133,6 +133,8 @@ def _fingerprint(data_config) -> tuple[str, dict]:
         "truncation": float(data_config.truncation),
         "image_hw": [int(v) for v in data_config.image_hw],
     }
+    if int(data_config.get("class_index", -1)) >= 0:  # absent: the unconditional caches' keys
+        fp["class_index"] = int(data_config.class_index)
     digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
     return digest, fp
 
@@ -166,6 +168,22 @@ def draw(data_config, gen_config, split: str, indices) -> tuple[np.ndarray, dict
     return np.stack(zs), {j: np.stack(v) for j, v in ds.items()}
 
 
+def class_labels(gen_config, class_index: int, key: str = "config.data.class_index"):
+    """One-hot label [c_dim] of a conditional generator's class, or None (unconditional).
+    A conditional generator without a class, or a class out of range: one-line ValueError."""
+    c_dim = int(getattr(gen_config, "c_dim", 0) or 0)
+    class_index = int(class_index)
+    if not c_dim:
+        if class_index >= 0:
+            raise ValueError(f"{key}={class_index}: the generator is unconditional "
+                             "(no classes); leave it at -1")
+        return None
+    if not 0 <= class_index < c_dim:
+        raise ValueError(f"{key}={class_index}: the generator is conditional with {c_dim} "
+                         f"classes; set it to a class in [0, {c_dim})")
+    return np.eye(c_dim, dtype=np.float32)[class_index]
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted(gcfg, trunc: float, hw: tuple):
     """Compiled (init, mean_w, render) for one setting; reused across calls."""
@@ -174,12 +192,15 @@ def _jitted(gcfg, trunc: float, hw: tuple):
     def init(key):
         return gen.init(key, jnp.zeros((1, gcfg.style_dim), jnp.float32), input_space="z")
 
-    def mean_w(v, z):
-        return gen.apply(v, z, method=Generator.mapping).mean(0)
+    def labels_for(z, label):
+        return None if label is None else jnp.broadcast_to(label, z.shape[:1] + label.shape)
 
-    def render(v, w_avg, z, d):
+    def mean_w(v, z, label=None):
+        return gen.apply(v, z, labels_for(z, label), method=Generator.mapping).mean(0)
+
+    def render(v, w_avg, z, d, label=None):
         """z [B, D] -> (w [B, D], pooled image [B, h, w, 3])."""
-        w = gen.apply(v, z, method=Generator.mapping)
+        w = gen.apply(v, z, labels_for(z, label), method=Generator.mapping)
         if trunc != 1.0:
             w = w_avg + trunc * (w - w_avg)
         img, _ = gen.apply(v, w, input_space="w", randomize_noise=False,
@@ -200,6 +221,7 @@ def _render(data_config) -> dict:
         gcfg = GeneratorConfig.from_dict(gen.to_dict() if hasattr(gen, "to_dict") else dict(gen))
         latent_avg, variables = None, None
         desc = f"random generator (seed {seed})"
+    label = class_labels(gcfg, data_config.get("class_index", -1))
     init, mean_w, render = _jitted(gcfg, float(data_config.truncation),
                                    tuple(int(v) for v in data_config.image_hw))
     if variables is None:
@@ -208,14 +230,14 @@ def _render(data_config) -> dict:
     if latent_avg is None:
         z = np.random.default_rng([seed, 1]).standard_normal(
             (MEAN_LATENT_SAMPLES, gcfg.style_dim), dtype=np.float32)
-        latent_avg = mean_w(variables, z)
+        latent_avg = mean_w(variables, z, label)
     latent_avg = jnp.asarray(latent_avg, jnp.float32).reshape(-1, gcfg.style_dim)[0]
 
     bs = int(data_config.render_batch)
     if not gdir:  # calibrate the random generator's output scale on unperturbed images
         z, d = draw(data_config, gcfg, "train", range(bs))
         d = jax.tree.map(np.zeros_like, d)  # unperturbed; same structure: no new compile
-        s = RANDOM_OUTPUT_STD / float(jnp.std(render(variables, latent_avg, z, d)[1]))
+        s = RANDOM_OUTPUT_STD / float(jnp.std(render(variables, latent_avg, z, d, label)[1]))
         variables = {**variables, "params": _scale_to_rgb(variables["params"], s)}
 
     out = {}
@@ -225,7 +247,7 @@ def _render(data_config) -> dict:
         deltas = []
         for start in range(0, n, bs):
             z, d = draw(data_config, gcfg, split, range(start, start + bs))  # padded to bs
-            w, img = render(variables, latent_avg, z, d)
+            w, img = render(variables, latent_avg, z, d, label)
             keep = min(bs, n - start)
             chunks["image"].append(np.asarray(img[:keep], np.float32))
             chunks["latent"].append(np.asarray(w[:keep], np.float32))

@@ -47,7 +47,22 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- losses (official lambdas; paper faces command: l2 1, lpips 0.8, id 0.1)
     c.loss = ml_collections.ConfigDict(dict(
-        l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0, moco_lambda=0.0))
+        l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0, moco_lambda=0.0,
+        # The method summary's image discriminator (not in the official code): weight of
+        # softplus(-D(y_hat)) on the 'last' or 'every' iteration; 0 = off, no D at all.
+        adv_lambda=0.0, adv_iterations="last"))
+
+    # --- the image discriminator D of the adversarial term (HyperStyle, adv_lambda > 0);
+    # StyleGAN2's D optimizer and lazy R1 (rosinality train.py / NVIDIA training/loss.py)
+    c.discriminator = ml_collections.ConfigDict(dict(
+        init="",                    # a converted discriminator folder; '' = from scratch:
+        size=0,                     #   its input size (0 = config.data.image_hw)
+        channels=(),                #   ((4, c4), ..., (size, c)); () = the official widths
+        mbstd_group_size=4,         #   minibatch-stddev group (0 = the whole batch)
+        lr=0.002, beta1=0.0, beta2=0.99, eps=1e-8,  # Adam (x lazy-R1 ratio, as StyleGAN2)
+        r1_gamma=10.0,              # R1 weight on reals (0 = none)
+        r1_every=16,                # lazy R1: every r1_every steps, scaled by r1_every
+    ))
 
     # --- model
     c.model = ml_collections.ConfigDict(dict(
@@ -86,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
         mode="ir_se",               # 'ir_se' | 'ir'
         backbone_init="",           # converted arcface folder: the IR-SE body init (pSp/e4e)
         init_from="",               # converted w_encoder folder: fine-tune from it
-        w_norm_lambda=0.0,          # the W-mean regulariser lambda * ||w - latent_avg||^2
+        w_norm_lambda=0.0,          # the method summary's W-mean regulariser,
+                                    # lambda * ||w - latent_avg||^2
         disc_lambda=0.0,            # --w_discriminator_lambda (e4e: 0.1); 0 = no discriminator
         disc_lr=2e-5,               # --w_discriminator_lr (Adam)
         disc_layers=4,              # LatentCodesDiscriminator(512, 4)
@@ -144,6 +160,7 @@ def check_config(c) -> None:
     except ValueError as e:
         raise ValueError(f"config.loss: {e}") from None
     check_data_config(c.data)
+    _check_discriminator(c)
 
     synthetic = c.data.source == "synthetic"
     if c.w_code == "true_latent" and not synthetic and not w_task:
@@ -175,6 +192,26 @@ def check_config(c) -> None:
         path = c.w_encoder[key]
         if w_task and path and not os.path.isdir(path):
             raise ValueError(f"config.w_encoder.{key}={path!r}: no such folder")
+
+
+def _check_discriminator(c) -> None:
+    adv, d = c.loss.adv_lambda, c.discriminator
+    if not adv >= 0:
+        raise ValueError(f"config.loss.adv_lambda={adv!r}: must be >= 0")
+    if adv > 0 and c.task != "hyperstyle":
+        raise ValueError("config.loss.adv_lambda > 0 is HyperStyle's image discriminator; "
+                         "the W-encoder has its latent one (config.w_encoder.disc_lambda)")
+    if c.loss.adv_iterations not in ("last", "every"):
+        raise ValueError(f"config.loss.adv_iterations={c.loss.adv_iterations!r}: use 'last' "
+                         "or 'every'")
+    if adv > 0:
+        for key in ("lr", "r1_every"):
+            if not d[key] > 0:
+                raise ValueError(f"config.discriminator.{key}={d[key]!r}: must be > 0")
+        if not d.r1_gamma >= 0:
+            raise ValueError(f"config.discriminator.r1_gamma={d.r1_gamma!r}: must be >= 0")
+        if d.init and not os.path.isdir(d.init):
+            raise ValueError(f"config.discriminator.init={d.init!r}: no such folder")
 
 
 def _check_w_encoder(w) -> None:

@@ -17,7 +17,9 @@ The model is reached by name: `HyperStyle.initial_inversion`, `.iteration`, `.in
 and the losses by `losses.compute_losses`.
 
 Frozen networks (generator, W-encoder, loss networks) are an argument apart from the
-train state and are never differentiated. Only `state.params` (the hypernetwork) change.
+train state and are never differentiated. Only `state.params` (the hypernetwork) change,
+and, with the optional image-discriminator term (`training/image_discriminator.py`),
+`state.disc_params` (D's own step after the hypernetwork's).
 Under `jax.jit` with the batch sharded, the BatchNorm means over the batch axis are means
 over the global batch.
 
@@ -35,6 +37,7 @@ import optax
 
 from hyperstyle_jax.losses import LossWeights, compute_losses, l2_per_image, lpips_distance
 from hyperstyle_jax.models.hyperstyle import HyperStyle
+from hyperstyle_jax.training.image_discriminator import Adversarial
 
 
 @flax.struct.dataclass
@@ -43,6 +46,10 @@ class TrainState:
     params: Any              # hypernetwork params (fp32 master weights)
     batch_stats: Any         # hypernetwork BatchNorm running stats
     opt_state: Any
+    # The image discriminator of the method summary's adversarial term (config.loss.adv_lambda
+    # > 0); {} when off, so the state and the step are the official ones.
+    disc_params: Any = flax.struct.field(default_factory=dict)
+    disc_opt_state: Any = flax.struct.field(default_factory=dict)
 
 
 def cast_floats(tree: Any, dtype) -> Any:
@@ -71,7 +78,7 @@ def eval_terms(loss_vars: dict, y_hat: jax.Array, y: jax.Array) -> dict:
 
 def make_train_step(model: HyperStyle, weights: LossWeights, tx: optax.GradientTransformation,
                     n_iters: int, *, true_latent: bool = False, compute_dtype=jnp.float32,
-                    unroll: bool = True) -> Callable:
+                    unroll: bool = True, adversarial: Optional[Adversarial] = None) -> Callable:
     """train_step(state, frozen, batch) -> (new_state, metrics); jit it with shardings.
 
     `frozen = {'model': HyperStyle's frozen variables, 'loss': loss-network variables}`;
@@ -80,6 +87,11 @@ def make_train_step(model: HyperStyle, weights: LossWeights, tx: optax.GradientT
     as `<term>`, the initial inversion's L2 `loss_l2/iter_0`, `grad_norm`, `param_norm`,
     `finite` (1 or 0). unroll: unroll the iteration scan (measured 4x faster on CPU for the
     tiny config, where XLA's while loop blocks fusion; compiles n copies of the body).
+
+    adversarial (the image-discriminator term, `training.image_discriminator`): adds
+    `adv_lambda * loss_adv` to the last (or every) iteration's loss with D's params as
+    constants, then updates D (`state.disc_params`) on x vs the last reconstruction;
+    metrics `loss_adv`, `d_loss`, `d_real`, `d_fake`, `r1`. None: the official step.
     """
     if n_iters < 1:
         raise ValueError(f"n_iters_per_batch={n_iters}: must be >= 1")
@@ -92,7 +104,7 @@ def make_train_step(model: HyperStyle, weights: LossWeights, tx: optax.GradientT
         codes, y0 = jax.lax.stop_gradient((codes, y0))
         x_in = x.astype(compute_dtype)
 
-        def iteration_loss(params, bs, y_hat, deltas):
+        def iteration_loss(params, bs, y_hat, deltas, adv_weight=None):
             hyper_vars = {"params": cast_floats(params, compute_dtype), "batch_stats": bs}
             _, y_t, d_t, bs_t = model.iteration(frozen["model"], hyper_vars, x_in,
                                                 y_hat.astype(compute_dtype), codes, deltas,
@@ -100,30 +112,46 @@ def make_train_step(model: HyperStyle, weights: LossWeights, tx: optax.GradientT
             y_t = y_t.astype(jnp.float32)
             d_t = jax.tree.map(lambda d: d.astype(jnp.float32), d_t)
             total, terms = compute_losses(frozen["loss"], y_t, x, weights)
+            if adversarial is not None:  # the method summary's image-discriminator term
+                terms["loss_adv"] = adversarial.g_loss(state.disc_params, y_t)
+                total = total + adv_weight * terms["loss_adv"]
+                terms["loss"] = total
             return total, (y_t, d_t, bs_t, terms)
 
         grad_fn = jax.value_and_grad(iteration_loss, has_aux=True)
 
-        def body(carry, _):
+        def body(carry, t):
             grads, bs, y_hat, deltas = carry
+            extra = ()
+            if adversarial is not None:  # on the last iteration only, or on every one
+                last = (t == n_iters - 1) | adversarial.every_iteration
+                extra = (jnp.where(last, adversarial.adv_lambda, 0.0).astype(jnp.float32),)
             (total, (y_t, d_t, bs_t, terms)), g = grad_fn(
-                state.params, bs, jax.lax.stop_gradient(y_hat), jax.lax.stop_gradient(deltas))
+                state.params, bs, jax.lax.stop_gradient(y_hat), jax.lax.stop_gradient(deltas),
+                *extra)
             grads = jax.tree.map(jnp.add, grads, g)  # the official accumulated .grad
             return (grads, bs_t, y_t, d_t), (total, terms)
 
         deltas0 = model.zero_deltas(x.shape[0])
         grads0 = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, batch_stats, _, _), (totals, terms) = jax.lax.scan(
-            body, (grads0, state.batch_stats, y0, deltas0), None, length=n_iters,
+        xs = None if adversarial is None else jnp.arange(n_iters)
+        (grads, batch_stats, y_last, _), (totals, terms) = jax.lax.scan(
+            body, (grads0, state.batch_stats, y0, deltas0), xs, length=n_iters,
             unroll=n_iters if unroll else 1)
 
         loss = jnp.sum(totals)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        d_params, d_opt, d_metrics = state.disc_params, state.disc_opt_state, {}
+        if adversarial is not None:  # D's step on x vs the (detached) last reconstructions
+            d_params, d_opt, d_metrics = adversarial.update(d_params, d_opt, state.step, x,
+                                                            y_last)
         new = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state)
+                         opt_state=opt_state, disc_params=d_params, disc_opt_state=d_opt)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for v in d_metrics.values():
+            finite = finite & jnp.isfinite(v)
         # Non-finite: keep the old state (but count the step) so the caller can stop cleanly.
         kept = state.replace(step=state.step + 1)
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
@@ -137,6 +165,7 @@ def make_train_step(model: HyperStyle, weights: LossWeights, tx: optax.GradientT
             metrics[k] = jnp.mean(v)
             for t in range(n_iters):
                 metrics[f"{k}/iter_{t + 1}"] = v[t]
+        metrics.update(d_metrics)
         return new, metrics
 
     return train_step

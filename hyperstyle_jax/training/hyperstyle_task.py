@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax import checkpoints
-from hyperstyle_jax.data.synthetic import synthetic_generator
+from hyperstyle_jax.data.synthetic import class_labels, synthetic_generator
 from hyperstyle_jax.losses import LossNets, LossWeights
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, parse_layers_to_tune
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig
+from hyperstyle_jax.training import image_discriminator
 from hyperstyle_jax.training.hyperstyle_step import (
     TrainState,
     format_eval,
@@ -100,6 +101,7 @@ def frozen_generator(config, init_tree, init_cfgs, lines):
     if latent_avg is None:
         raise ValueError(f"{paths.generator}: the generator checkpoint has no latent_avg "
                          "(the official code then estimates it with mean_latent(1e5))")
+    class_labels(gcfg, config.data.class_index)  # a conditional generator needs its class
     latent_avg = np.broadcast_to(np.asarray(latent_avg, np.float32).reshape(-1, gcfg.style_dim),
                                  (gcfg.n_latent, gcfg.style_dim)).copy()
     return gcfg, gvars, latent_avg
@@ -224,15 +226,25 @@ class Task:
 
 def build_task(config, tx) -> Task:
     """HyperStyle's hypernetwork training (official `training/coach_hyperstyle.py`
-    `Coach.train`) as a `Task`."""
+    `Coach.train`) as a `Task`, with the optional image-discriminator term."""
     built = build(config)
+    adversarial, d_init, d_config, d_lines = image_discriminator.build(
+        config, config.model.feedback_hw)
+    built.description.extend(d_lines)
 
-    def make_state(rng, hyper):
+    def make_state(rng, inputs):
+        hyper = inputs["hyper"] if adversarial is not None else inputs
         if hyper is None:  # fresh init (else init_from / resnet34)
             hyper = built.model.init_hypernet(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
-                          batch_stats=hyper.get("batch_stats", {}),
-                          opt_state=tx.init(hyper["params"]))
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=hyper["params"],
+                           batch_stats=hyper.get("batch_stats", {}),
+                           opt_state=tx.init(hyper["params"]))
+        if adversarial is None:
+            return state
+        d_params = inputs["disc"]
+        if d_params is None:
+            d_params = image_discriminator.init_params(d_config, jax.random.fold_in(rng, 1))
+        return state.replace(disc_params=d_params, disc_opt_state=adversarial.tx.init(d_params))
 
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     n_iters = config.n_iters_per_batch
@@ -240,9 +252,11 @@ def build_task(config, tx) -> Task:
     return Task(
         name="hyperstyle", description=built.description,
         frozen={"model": built.frozen_model, "loss": built.frozen_loss},
-        init_inputs=built.init_override, make_state=make_state,
+        init_inputs=(built.init_override if adversarial is None
+                     else {"hyper": built.init_override, "disc": d_init}),
+        make_state=make_state,
         train_step=make_train_step(built.model, built.weights, tx, n_iters,
-                                   compute_dtype=dtype, **common),
+                                   compute_dtype=dtype, adversarial=adversarial, **common),
         eval_step=lambda images: make_eval_step(built.model, built.weights, n_iters,
                                                 with_images=images, **common),
         grid_tag="val/input|initial|iterations",

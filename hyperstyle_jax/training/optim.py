@@ -119,6 +119,8 @@ def _update_moments(grads, state: MomentsState, beta1: float, beta2: float) -> M
 
 def one_minus_pow(beta: float, t):
     """1 - beta**t in float32 without cancellation (log1p(beta - 1) taken in float64)."""
+    if beta == 0.0:  # StyleGAN2's D Adam (betas 0, 0.99): 1 - 0**t = 1 for t >= 1
+        return jnp.ones_like(t)
     return -jnp.expm1(t * math.log1p(-(1.0 - beta)))
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hyperstyle_jax.losses import LossWeights, compute_losses
@@ -67,11 +68,14 @@ class WEncoderModel:
     """W-encoder + frozen generator + optional latent discriminator, as pure functions.
 
     frozen = {'generator': {'params', 'noises'}, 'latent_avg': [n_styles, D]}.
+    class_label: a conditional generator's one-hot class [c_dim] (its mapping's label for
+    the latent discriminator's real codes), else None.
     """
 
     def __init__(self, encoder: WEncoder, generator: Generator, feedback_hw, cars_crop: bool,
-                 discriminator: Optional[LatentDiscriminator] = None):
+                 discriminator: Optional[LatentDiscriminator] = None, class_label=None):
         self.encoder, self.generator, self.discriminator = encoder, generator, discriminator
+        self.class_label = None if class_label is None else np.asarray(class_label, np.float32)
         self.feedback_hw = tuple(int(v) for v in feedback_hw)
         self.cars_crop = bool(cars_crop)
 
@@ -98,7 +102,11 @@ class WEncoderModel:
     def real_codes(self, frozen: dict, rng: jax.Array, batch: int) -> jax.Array:
         """w = mapping(z), z ~ N(0, I): [B, D] (e4e `sample_real_latents`)."""
         z = jax.random.normal(rng, (batch, self.generator.config.style_dim), jnp.float32)
-        return self.generator.apply({"params": frozen["generator"]["params"]}, z,
+        labels = None
+        if self.class_label is not None:  # a conditional generator: config.data.class_index
+            labels = jnp.broadcast_to(jnp.asarray(self.class_label),
+                                      (batch,) + self.class_label.shape)
+        return self.generator.apply({"params": frozen["generator"]["params"]}, z, labels,
                                     method=Generator.mapping)
 
 

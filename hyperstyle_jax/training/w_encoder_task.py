@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperstyle_jax import checkpoints
+from hyperstyle_jax.data.synthetic import class_labels
 from hyperstyle_jax.losses import LossNets, LossWeights
 from hyperstyle_jax.models.irse import WEncoder, get_block, get_blocks
 from hyperstyle_jax.models.latent_discriminator import LatentDiscriminator, init_discriminator
@@ -102,7 +103,8 @@ def build_task(config, tx) -> hyperstyle_task.Task:
                        r1_gamma=float(wc.r1_gamma), r1_every=int(wc.r1_every))
     disc = LatentDiscriminator(gcfg.style_dim, int(wc.disc_layers)) if extra.adversarial else None
     model = WEncoderModel(encoder, Generator(gcfg, per_sample=config.model.per_sample), fb_hw,
-                          config.model.cars_crop, disc)
+                          config.model.cars_crop, disc,
+                          class_labels(gcfg, config.data.class_index))
     disc_tx = torch_adam(float(wc.disc_lr)) if extra.adversarial else None
 
     weights = LossWeights.from_config(config.loss)
