@@ -126,9 +126,16 @@ def test_export_generator(refined):
     assert not (gens / "img0.pt").exists()  # only with --export_pt
 
 
-def test_zero_steps_is_hyperstyle(ckpts, image_dir, tmp_path):
-    plain, zero = tmp_path / "plain", tmp_path / "zero"
-    assert run_invert(ckpts, image_dir, plain) == 0
+@pytest.fixture(scope="module")
+def plain(ckpts, image_dir, tmp_path_factory):
+    """HyperStyle's inversion alone (no refinement)."""
+    out = tmp_path_factory.mktemp("plain") / "out"
+    assert run_invert(ckpts, image_dir, out) == 0
+    return out
+
+
+def test_zero_steps_is_hyperstyle(ckpts, image_dir, plain, tmp_path):
+    zero = tmp_path / "zero"
     assert run_invert(ckpts, image_dir, zero, "--refine_steps", "0") == 0
     for stem in ("img0", "img1"):
         a, b = np.load(plain / "arrays" / f"{stem}.npz"), np.load(zero / "arrays" / f"{stem}.npz")
@@ -153,6 +160,23 @@ def test_edit_refined_inversion(refined, ckpts, age, tmp_path, capsys):
         np.testing.assert_array_equal(e["age_0"], e["reconstruction"])
         for f in ("-2", "2"):
             assert np.abs(e[f"age_{f}"] - ref).max() > 1e-2
+
+
+def test_edit_refines_a_stored_inversion(plain, refined, ckpts, lpips_dir, age, tmp_path,
+                                        capsys):
+    """edit --inversion HyperStyle's folder --refine_steps: refined against inputs/, the same
+    numbers as invert's refinement (same steps, same LPIPS)."""
+    out, _ = refined
+    edited = tmp_path / "edited"
+    code = edit.main(["interfacegan", "--inversion", str(plain), "--checkpoint", ckpts[0],
+                      "--out", str(edited), "--direction", age, "--factors", "0",
+                      "--save_npy", "--batch_size", "2", "--refine_steps", str(STEPS),
+                      "--refine_lpips", lpips_dir])
+    assert code == 0, capsys.readouterr().err
+    for stem in ("img0", "img1"):
+        e = np.load(edited / "arrays" / f"{stem}.npz")
+        ref = np.load(out / "arrays" / f"{stem}.npz")["refined"]
+        np.testing.assert_allclose(e["reconstruction"], ref, atol=1e-4)
 
 
 def test_edit_images_refined(ckpts, image_dir, age, refined, tmp_path, capsys):
