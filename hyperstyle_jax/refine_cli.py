@@ -185,9 +185,9 @@ class Refiner:
         done = [0]
 
         def progress(k, total, info):
+            bar.set_postfix_str(f"loss {info['loss']:.4f}, {info['active']} running")
             bar.update(k - done[0])
             done[0] = k
-            bar.set_postfix_str(f"loss {info['loss']:.4f}, {info['active']} running")
 
         t0 = time.perf_counter()
         try:

@@ -203,7 +203,7 @@ def test_edit_images_refined(ckpts, image_dir, age, refined, tmp_path, capsys):
 
 def test_evaluate_refined_stage(refined, tmp_path, capsys):
     out, _ = refined
-    for fmt in ("images", "npz"):
+    for fmt in ("png", "npz"):
         report = tmp_path / f"{fmt}.json"
         code = evaluate.main(["--pred", str(out), "--gt", str(out / "inputs"),
                               "--metrics", "l2,msssim", "--pred_format", fmt,
