@@ -142,10 +142,12 @@ def _main(argv) -> int:
         failed += batch.skipped
         t_run, n_done = t_run + batch.seconds, n_done + len(batch.stems)
         res = batch.result
+        if not batch.stems:  # every file of this batch was skipped
+            continue
         final_codes = res["codes"]
         final_deltas = [batch.deltas(i) for i in range(len(batch.stems))]
         refined = None
-        if refiner is not None and batch.stems:
+        if refiner is not None:
             ref = refiner(images.to_float(batch.inputs), res["codes"], res["deltas"])
             print(refiner.summary(ref), flush=True)
             final_codes, refined = ref["codes"], ref["image"]

@@ -6,10 +6,12 @@ is the refined image, ±2 differ); `edit --images --refine_steps` refines before
 `evaluate` reports the 'refined' stage; `--export_generator` writes tuned generators; each
 bad input is one line."""
 import json
+import logging
 import os
 import shutil
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,8 +19,10 @@ import torch
 from helpers import E2E, FIXTURES, nhwc
 
 from hyperstyle_jax import edit, evaluate, invert, refine_cli
+from hyperstyle_jax.app.engine import Engine, Prepared
 from hyperstyle_jax.checkpoints import load_generator, save_converted
 from hyperstyle_jax.convert.losses import lpips_from_state_dict
+from hyperstyle_jax.inference import load_inverter
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.utils import cli, images
@@ -265,3 +269,35 @@ def test_memory_check_names_a_batch_size(monkeypatch):
         ref.check_memory(stats)
     monkeypatch.setattr(refine_cli, "available_bytes", lambda: 10 ** 6)
     ref.check_memory(stats)
+
+
+def test_page_engine_refine(ckpts, lpips_dir, image_dir):
+    """The page's engine: warm-up compiles the refiner (no compilation when refining an
+    upload afterwards); refine gives a new cached inversion `<key>-r` with a lower L2."""
+    inverter = load_inverter(*ckpts)
+    engine = Engine(inverter, n_iters=N, refine_steps=STEPS,
+                    refine_lpips=refine_cli.load_lpips(lpips_dir))
+    engine.warm_up()
+    assert engine.info()["refine_steps"] == STEPS
+    img = images.resize(images.read_image(os.path.join(image_dir, "img0.png")),
+                        inverter.input_hw)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        inv = engine.invert(Prepared("k0", "img0.png", img))
+        refined = engine.refine(inv)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    compiles = [r.getMessage() for r in records if "ompil" in r.getMessage()]
+    assert not compiles, compiles[:5]
+    assert refined.key == "k0-r" and engine.cache.get("k0-r") is refined
+    assert "refined (3 steps): L2" in refined.note and "LPIPS" in refined.note
+    target = images.to_float(img)
+    assert _l2_at_input(refined.reconstruction, target) < _l2_at_input(inv.reconstruction, target)
+    assert len(refined.iterations) == len(inv.iterations) + 1
+    assert engine.refine(inv) is refined  # cached
