@@ -1,6 +1,6 @@
 """PTI-style refinement through the command lines (fixture-05 model): `invert --refine_steps`
-writes the refined render to final/, refined/ and arrays 'refined', with a lower L2 than
-HyperStyle's last iteration on every image; 0 steps reproduces HyperStyle's final exactly;
+writes the refined render to final/, refined/ and arrays 'refined', with a lower L2 and LPIPS
+than HyperStyle's last iteration on every image; 0 steps reproduces HyperStyle's final exactly;
 an InterFaceGAN edit of the refined inversion renders with the refined offsets (factor 0
 is the refined image, ±2 differ); `edit --images --refine_steps` refines before editing;
 `evaluate` reports the 'refined' stage; `--export_generator` writes tuned generators; each
@@ -23,6 +23,7 @@ from hyperstyle_jax.app.engine import Engine, Prepared
 from hyperstyle_jax.checkpoints import load_generator, save_converted
 from hyperstyle_jax.convert.losses import lpips_from_state_dict
 from hyperstyle_jax.inference import load_inverter
+from hyperstyle_jax.losses import lpips_distance
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.utils import cli, images
@@ -93,8 +94,14 @@ def _l2_at_input(img, target):
     return float(np.mean((pooled - target) ** 2))
 
 
-def test_invert_refined_outputs(refined):
+def _lpips_at_input(lpips_vars, img, target):
+    pooled = adaptive_avg_pool2d(jnp.asarray(img[None]), target.shape[:2])
+    return float(lpips_distance(lpips_vars, pooled, jnp.asarray(target[None]))[0])
+
+
+def test_invert_refined_outputs(refined, lpips_dir):
     out, _ = refined
+    lpips_vars = refine_cli.load_lpips(lpips_dir)
     stems = sorted(os.path.splitext(f)[0] for f in os.listdir(out / "final"))
     assert stems == ["img0", "img1"]
     for stem in stems:
@@ -110,6 +117,9 @@ def test_invert_refined_outputs(refined):
         target = images.to_float(images.read_image(str(out / "inputs" / f"{stem}.png")))
         l2_ref, l2_hs = _l2_at_input(ref, target), _l2_at_input(arr[f"iter_{N}"], target)
         assert l2_ref < l2_hs, (stem, l2_ref, l2_hs)
+        lp_ref = _lpips_at_input(lpips_vars, ref, target)
+        lp_hs = _lpips_at_input(lpips_vars, arr[f"iter_{N}"], target)
+        assert lp_ref < lp_hs, (stem, lp_ref, lp_hs)
         # the saved offsets and codes are the refined ones
         assert not np.array_equal(np.load(out / "deltas" / f"{stem}.npz")["layer_0"], 0)
         np.testing.assert_array_equal(np.load(out / "latents.npz")[stem], arr["codes"])
