@@ -6,8 +6,9 @@
 
 --pred can be
   (a) an output folder of `python -m hyperstyle_jax.invert`: its `iterations/<k>/` folders
-      (k = 0 is the initial W inversion), or with `--pred_format npz` its `arrays/<stem>.npz`
-      (float32 un-clipped images 'init', 'iter_1'..'iter_n'; needs `invert --save_npy`);
+      (k = 0 is the initial W inversion) and, refined (`invert --refine_steps`), `refined/`
+      as the stage 'refined'; or with `--pred_format npz` its `arrays/<stem>.npz` (float32
+      un-clipped images 'init', 'iter_1'..'iter_n', 'refined'; needs `invert --save_npy`);
   (b) a folder whose numeric sub-folders are iterations (the official script's layout);
   (c) a plain folder of images (scored as one set, named 'images').
 Predictions are matched to ground-truth images (a flat folder) by file stem
@@ -115,16 +116,17 @@ def discover(pred: str, pred_format: str) -> tuple[str, list[Pred], list[dict]]:
             iters = inversion_files.array_iterations(keys)
             if not iters:
                 skipped.append({"iteration": "*", "file": path,
-                                "reason": f"no 'init' / 'iter_<k>' arrays (keys: {keys})"})
+                                "reason": f"no 'init' / 'iter_<k>' / 'refined' arrays "
+                                          f"(keys: {keys})"})
             preds += [Pred(k, _stem(path), path, key) for k, key in iters]
         return f"invert output, float arrays ({arrays})", preds, skipped
     if os.path.isdir(iterations_dir):
-        subs = inversion_files.list_iterations(pred)
-        if not subs:
+        if not inversion_files.list_iterations(pred):
             raise EvalError(f"--pred {pred}: {iterations_dir} holds no numeric iteration folders")
-        preds = [Pred(k, _stem(p), p) for k in subs
-                 for p in _images_in(os.path.join(iterations_dir, k))]
-        return f"invert output, images ({iterations_dir}/<k>)", preds, skipped
+        stages = inversion_files.list_stages(pred)
+        preds = [Pred(k, _stem(p), p) for k, folder in stages for p in _images_in(folder)]
+        refined = " and refined/" if any(k == inversion_files.REFINED for k, _ in stages) else ""
+        return f"invert output, images ({iterations_dir}/<k>{refined})", preds, skipped
     subs = inversion_files.numeric_subfolders(pred)
     if subs:
         preds = [Pred(k, _stem(p), p) for k in subs for p in _images_in(os.path.join(pred, k))]

@@ -1,13 +1,17 @@
 """The `invert` output folder: the one module that writes and reads its files.
 
     OUT/iterations/<k>/<stem>.png   k = 0 (the W-encoder's inversion) .. n (final)
-    OUT/final/<stem>.png            the last iteration's reconstruction
+    OUT/final/<stem>.png            the last iteration's reconstruction (the refined one
+                                    when refined)
+    OUT/refined/<stem>.png          with invert --refine_steps: the PTI-style refinement
     OUT/inputs/<stem>.png           the input as the model saw it (aligned, resized)
     OUT/grids/<stem>.png            labelled: input | initial | iteration 1 .. n
     OUT/latents.npz                 {stem: codes float32 [n_styles, D]} (no pickle)
     OUT/deltas/<stem>.npz           'layer_<j>': final offsets [out, in, k, k] per tuned layer
     OUT/arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
-                                    'codes' [n_styles, D]
+                                    'codes' [n_styles, D], and 'refined' when refined
+                                    (latents.npz and deltas/ then hold the refined codes
+                                    and offsets: what `edit --inversion` renders)
     OUT/transforms/<stem>.json      aligned inputs: the source photo's path, its name in
                                     pasted/ and the `align.AlignedFace` transform (what
                                     `edit --inversion OUT --paste_back` pastes with)
@@ -36,6 +40,7 @@ from hyperstyle_jax.utils.paths import atomic_write
 CODES = "latents.npz"
 OLD_CODES = "latents.npy"
 ITERATIONS = "iterations"
+REFINED = "refined"
 ARRAYS = "arrays"
 DELTAS = "deltas"
 INPUTS = "inputs"
@@ -126,28 +131,43 @@ def final_path(out: str, stem: str) -> str:
     return os.path.join(out, "final", f"{stem}.png")
 
 
+def refined_path(out: str, stem: str) -> str:
+    """OUT/refined/<stem>.png."""
+    return os.path.join(out, REFINED, f"{stem}.png")
+
+
 def write_item(out: str, stem: str, image: np.ndarray, iterations: Sequence[np.ndarray],
                codes: np.ndarray, deltas: Optional[Sequence] = None,
-               save_arrays: bool = False) -> None:
+               save_arrays: bool = False, refined: Optional[np.ndarray] = None) -> None:
     """Everything `invert` writes for one image but the codes.
 
     image: uint8 [h, w, 3], the model's input; iterations: float32 [H, W, 3] renders, the
     W-encoder's (0) then each iteration's (1 .. n); codes [n_styles, D]; deltas (written
-    when given): per layer None or [out, in, k, k]; save_arrays: arrays/<stem>.npz."""
+    when given): per layer None or [out, in, k, k]; save_arrays: arrays/<stem>.npz;
+    refined: the refinement's render float32 [H, W, 3] (refined/, final/, a grid column
+    and the 'refined' array; codes and deltas are then the refined ones)."""
     n = len(iterations) - 1
     for k, img in enumerate(iterations):
         images.save_image(iteration_path(out, k, stem), img)
-    images.save_image(final_path(out, stem), iterations[-1])
+    last = iterations[-1] if refined is None else refined
+    if refined is not None:
+        images.save_image(refined_path(out, stem), refined)
+    images.save_image(final_path(out, stem), last)
     write_input(out, stem, image)
     labels = ["input", "initial (W)"] + [f"iteration {k}" for k in range(1, n + 1)]
-    grid = images.make_grid([[image] + list(iterations)], cell_hw=iterations[-1].shape[:2],
-                            labels=[labels])
+    cells = [image] + list(iterations)
+    if refined is not None:
+        labels.append("refined")
+        cells.append(refined)
+    grid = images.make_grid([cells], cell_hw=iterations[-1].shape[:2], labels=[labels])
     images.save_image(os.path.join(out, "grids", f"{stem}.png"), grid)
     if save_arrays:
         arrays = {"init": np.asarray(iterations[0], np.float32),
                   "codes": np.asarray(codes, np.float32)}
         arrays.update({f"iter_{k}": np.asarray(iterations[k], np.float32)
                        for k in range(1, n + 1)})
+        if refined is not None:
+            arrays[REFINED] = np.asarray(refined, np.float32)
         _save_npz(os.path.join(out, ARRAYS, f"{stem}.npz"), arrays)
     if deltas is not None:
         write_deltas(out, stem, deltas)
@@ -320,6 +340,15 @@ def list_iterations(folder: str) -> list:
     return numeric_subfolders(path) if os.path.isdir(path) else []
 
 
+def list_stages(folder: str) -> list:
+    """The stages an inversion folder holds images of, with their folders: [('0',
+    OUT/iterations/0), .., ('refined', OUT/refined) when refined] ([] if none)."""
+    stages = [(k, os.path.join(folder, ITERATIONS, k)) for k in list_iterations(folder)]
+    if os.path.isdir(os.path.join(folder, REFINED)):
+        stages.append((REFINED, os.path.join(folder, REFINED)))
+    return stages
+
+
 def list_arrays(folder: str) -> list:
     """Paths of arrays/<stem>.npz, sorted ([] if none)."""
     path = os.path.join(folder, ARRAYS)
@@ -329,7 +358,7 @@ def list_arrays(folder: str) -> list:
 
 
 def read_arrays(folder: str, stem: str) -> dict:
-    """arrays/<stem>.npz -> {'init', 'iter_<k>', 'codes': float32 array}."""
+    """arrays/<stem>.npz -> {'init', 'iter_<k>', 'codes' (, 'refined'): float32 array}."""
     path = os.path.join(folder, ARRAYS, f"{stem}.npz")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -339,10 +368,12 @@ def read_arrays(folder: str, stem: str) -> dict:
 
 
 def array_iterations(keys: Sequence[str]) -> list:
-    """The keys of an arrays/<stem>.npz -> [(iteration, key)]: ('0', 'init'), ('1', 'iter_1').."""
+    """The keys of an arrays/<stem>.npz -> [(stage, key)]: ('0', 'init'), ('1', 'iter_1')..,
+    then ('refined', 'refined') when refined."""
     out = [("0", "init")] if "init" in keys else []
     its = sorted(int(k[5:]) for k in keys if k.startswith("iter_") and k[5:].isdigit())
-    return out + [(str(i), f"iter_{i}") for i in its]
+    out += [(str(i), f"iter_{i}") for i in its]
+    return out + ([(REFINED, REFINED)] if REFINED in keys else [])
 
 
 def _one_line(e: Exception) -> str:

@@ -5,15 +5,18 @@
 
 Output layout (OUT/...; `hyperstyle_jax.inversion_files` writes and reads it):
     iterations/<k>/<stem>.png   k = 0 (initial W inversion) .. n (final)
-    final/<stem>.png            the last iteration's reconstruction
+    final/<stem>.png            the last iteration's reconstruction (the refined one with
+                                --refine_steps)
+    refined/<stem>.png          with --refine_steps: the PTI-style refinement's render
     inputs/<stem>.png           the input as the model saw it (aligned, resized)
-    grids/<stem>.png            labelled: input | initial | iteration 1 .. n
+    grids/<stem>.png            labelled: input | initial | iteration 1 .. n (| refined)
     latents.npz                 {stem: codes [n_styles, 512]} (with --save_latents;
                                 np.load(...)[stem], no pickle)
     deltas/<stem>.npz           final accumulated offsets per tuned layer, 'layer_<j>'
                                 [out, in, k, k] (with --save_deltas)
     arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
-                                'codes' [n_styles, 512] (with --save_npy)
+                                'codes' [n_styles, 512] (with --save_npy), 'refined'
+                                with --refine_steps
     transforms/<stem>.json      with --align: the source photo's path and the face's
                                 alignment transform (`edit --inversion OUT --paste_back`)
     pasted/<photo>.png          with --paste_back: the final reconstruction of each face
@@ -26,6 +29,13 @@ largest face or --face; needs `pip install -e '.[align]'`), then resized; the gr
 aligned input, and a file with no face is reported and skipped like an unreadable one.
 With --face all every face is inverted as <stem>_face<k> (k: dlib's detection index).
 --paste_back implies --align.
+
+With --refine_steps N each batch is then refined: N Adam steps of PTI's objective (L2, plus
+LPIPS with --refine_lpips) on the batch's weight offsets (`hyperstyle_jax.pivotal_tuning`);
+final/, latents.npz, deltas/ and pasted/ then hold the refined result (what `edit
+--inversion OUT` edits), iterations/ keep HyperStyle's. --export_generator DIR writes each
+image's tuned generator θ·(1+D) as DIR/<stem>/ (a converted generator folder; DIR/<stem>.pt
+too with --export_pt).
 """
 from __future__ import annotations
 
@@ -34,12 +44,15 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax import align, inversion_files, refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter
+from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.paste_writer import PasteWriter
-from hyperstyle_jax.utils import cli
+from hyperstyle_jax.utils import cli, images
 from hyperstyle_jax.utils.paths import list_images
 
 
@@ -77,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
                         "(faster on AVX-512 BF16 / AMX CPUs and accelerators; ~0.5%% from fp32)")
+    refine_cli.add_arguments(p, export=True)
     args = p.parse_args(argv)
     if args.n_iters < 1:
         p.error(f"--n_iters must be >= 1, got {args.n_iters}")
@@ -110,7 +124,12 @@ def _main(argv) -> int:
             image_loader(align_faces=True, face=args.face, detector=args.detector)
         except align.AlignUnavailableError as e:
             raise cli.UserError(f"--align: {e}") from None
+    refine_cli.parse_steps(args.refine_steps)   # bad refine options fail before loading
+    refine_cli.parse_lr(args.refine_lr)
+    refine_cli.load_lpips(args.refine_lpips)
+    refine_cli.check_export(args)
     inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
+    refiner = refine_cli.Refiner.from_args(args, inverter, args.batch_size)
 
     out, n = args.out, args.n_iters
     print(f"compiling the {n}-iteration inversion for batches of {args.batch_size} ...", flush=True)
@@ -123,6 +142,21 @@ def _main(argv) -> int:
         failed += batch.skipped
         t_run, n_done = t_run + batch.seconds, n_done + len(batch.stems)
         res = batch.result
+        if not batch.stems:  # every file of this batch was skipped
+            continue
+        final_codes = res["codes"]
+        final_deltas = [batch.deltas(i) for i in range(len(batch.stems))]
+        refined = None
+        if refiner is not None:
+            ref = refiner(images.to_float(batch.inputs), res["codes"], res["deltas"])
+            print(refiner.summary(ref), flush=True)
+            final_codes, refined = ref["codes"], ref["image"]
+            final_deltas = [[None if d is None else d[i] for d in ref["deltas"]]
+                            for i in range(len(batch.stems))]
+            hw = res["images"].shape[2:4]
+            if refined.shape[1:3] != hw:  # --resize_outputs: the iterations' size
+                refined = np.asarray(adaptive_avg_pool2d(jnp.asarray(refined), tuple(hw)))
+        refine_cli.export_generators(args, inverter, batch.stems, final_deltas)
         for i, stem in enumerate(batch.stems):
             if batch.origins[i] is not None:
                 inversion_files.write_transform(out, stem, batch.origins[i])
@@ -130,11 +164,13 @@ def _main(argv) -> int:
                     paster.expect(stem, batch.origins[i])
         for i, stem in enumerate(batch.stems):
             iterations = [res["init"][i]] + [res["images"][k][i] for k in range(n)]
+            final = iterations[-1] if refined is None else refined[i]
             inversion_files.write_item(
-                out, stem, batch.inputs[i], iterations, res["codes"][i],
-                deltas=batch.deltas(i) if args.save_deltas else None, save_arrays=args.save_npy)
-            paster.add(stem, iterations[-1])
-            codes[stem] = res["codes"][i]
+                out, stem, batch.inputs[i], iterations, final_codes[i],
+                deltas=final_deltas[i] if args.save_deltas else None, save_arrays=args.save_npy,
+                refined=None if refined is None else refined[i])
+            paster.add(stem, final)
+            codes[stem] = final_codes[i]
     paster.close()
 
     if args.save_latents and codes:
@@ -144,6 +180,11 @@ def _main(argv) -> int:
     if args.paste_back:
         print(f"pasted {len(paster.written)} photo(s) into "
               f"{os.path.join(out, inversion_files.PASTED)}")
+    if refiner is not None:
+        print(f"refined {n_done} image(s) with {refiner.steps} steps in "
+              f"{refiner.seconds:.1f} s (compilation included)")
+    if args.export_generator:
+        print(f"exported {n_done} tuned generator(s) into {args.export_generator}")
     print(f"inverted {n_ok} of {len(paths)} images into {out} ({n} iterations); "
           f"{per_img} excluding compilation, on {jax.device_count()} "
           f"{jax.default_backend()} device(s)")

@@ -362,18 +362,19 @@ def make_params(gen_config: GeneratorConfig, config: RefineConfig, target, codes
 
 
 def batched_refiner(inverter, batch_size: int, config: RefineConfig, lpips=None,
-                    chunk_steps: Optional[int] = None):
+                    chunk_steps: Optional[int] = None, check_memory: Optional[Callable] = None):
     """`compile_refiner` for an `inference.Inverter`: its generator, fixed noise, cars crop
     and latent_avg (the locality term's w_avg)."""
     model = inverter.model
     return compile_refiner(model.generator, inverter.frozen["generator"], batch_size, config,
                            lpips=lpips, crop=model.config.cars_crop,
-                           w_avg=inverter.frozen["latent_avg"], chunk_steps=chunk_steps)
+                           w_avg=inverter.frozen["latent_avg"], chunk_steps=chunk_steps,
+                           check_memory=check_memory)
 
 
 def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: RefineConfig,
                     lpips=None, crop: bool = False, w_avg=None,
-                    chunk_steps: Optional[int] = None):
+                    chunk_steps: Optional[int] = None, check_memory: Optional[Callable] = None):
     """Compile the refinement of fixed-size batches on `generator` with `gen_vars`.
 
     lpips: converted LPIPS (alex) variables `{'params'}` or None (L2 alone). Returns
@@ -386,7 +387,9 @@ def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: Ref
     progress(done_steps, total_steps, {'loss', 'active'}) is called after each chunk of
     `chunk_steps` steps (default: about 20 chunks when progress is given, else one).
     The mesh is `parallel.local_mesh`: batch-sharded state and inputs, replicated weights;
-    the loop state is donated from chunk to chunk.
+    the loop state is donated from chunk to chunk. The step loop is compiled ahead of time
+    on the first run with steps > 0; check_memory(its XLA `memory_analysis()`) is called
+    then, before anything runs (it may raise to refuse a batch that does not fit).
     """
     gen = generator
     gcfg = gen.config
@@ -400,6 +403,15 @@ def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: Ref
     step_fn = jax.jit(functools.partial(run_steps, gen, config, crop=crop),
                     donate_argnums=(3,))
     ev = jax.jit(functools.partial(evaluate, gen, crop=crop))
+    compiled = {}
+
+    def steps_fn(fixed, state, k):
+        key = fixed["target"].shape
+        if key not in compiled:
+            compiled[key] = step_fn.lower(gen_vars, lpips_vars, fixed, state, k).compile()
+            if check_memory is not None:
+                check_memory(compiled[key].memory_analysis())
+        return compiled[key](gen_vars, lpips_vars, fixed, state, k)
 
     def run(target, codes, deltas, progress: Optional[Callable] = None,
             steps: Optional[int] = None) -> dict:
@@ -422,7 +434,7 @@ def compile_refiner(generator: Generator, gen_vars, batch_size: int, config: Ref
         done = 0
         while done < total:
             k = min(chunk, total - done)
-            state = step_fn(gen_vars, lpips_vars, fixed, state, np.int32(k))
+            state = steps_fn(fixed, state, np.int32(k))
             done += k
             active = np.asarray(state["active"])[:n]
             if progress is not None:

@@ -149,7 +149,7 @@ def server(files):
            "--clip", str(d / "clip"), "--fs3", os.path.join(F10, "fs3_narrow.npy"),
            "--s_stats", os.path.join(F10, "S_mean_std_narrow"), "--restyle", str(d / "restyle"),
            "--generator", str(d / "toon"), "--max_upload_mb", str(MAX_UPLOAD_MB),
-           "--cache_items", "4", "--port", str(port)]
+           "--cache_items", "4", "--refine_steps", "2", "--port", str(port)]
     # JAX logs every compilation: none may happen after warm-up (checked at the end).
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -492,3 +492,33 @@ def test_oversized_body_is_refused_before_parsing(server):
     assert resp.status == 413 and b"too large" in resp.read()
     conn.close()
     assert _get(server[0] + "/api/health")[0] == 200  # and the server goes on
+
+
+def test_refine_button(page, server, files):
+    """'Refine' tunes the current image's offsets (PTI-style, 2 steps, compiled in warm-up):
+    a new gallery entry '<name> (refined)' whose reconstruction is the refined render."""
+    d, photos = files
+    pg = page
+    pg.set_input_files("#file-input", [str(photos["photo1.png"])])
+    pg.click("#upload-btn")
+    _wait_inverted(pg)
+    _wait_version(pg, 1)
+    assert pg.is_visible("#refine-btn")  # in the controls shown with an inversion
+    n = pg.locator("#gallery button").count()
+    v = int(pg.get_attribute("#render-status", "data-version"))
+    pg.click("#refine-btn")
+    pg.wait_for_function("() => document.getElementById('message').textContent"
+                         ".startsWith('refined (2 steps)')"
+                         " || document.getElementById('message').dataset.kind === 'error'",
+                         timeout=120_000)
+    assert pg.get_attribute("#message", "data-kind") != "error", pg.inner_text("#message")
+    _wait_version(pg, v + 1)
+    assert pg.locator("#gallery button").count() == n + 1
+    key = pg.get_attribute("#recon-img", "data-key")
+    assert key.endswith("-r")
+    status, body = _get(f"{server[0]}/api/image/{key}/reconstruction.png")
+    assert status == 200 and body[:4] == b"\x89PNG"
+    req = urllib.request.Request(f"{server[0]}/api/refine/nokey", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 404

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from hyperstyle_jax import refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.app.engine import Engine, StyleClipParts, load_directions
 from hyperstyle_jax.app.inversion_cache import InversionCache
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--examples", metavar="DIR",
                    help="folder of example images offered on the page (default with --demo: "
                         "its held-out images; else a few generated ones)")
+    r = p.add_argument_group("refinement (a 'Refine' button: PTI-style tuning after HyperStyle)")
+    r.add_argument("--refine_steps", default=None, metavar="N",
+                   help="Adam steps of the Refine button (off without it)")
+    r.add_argument("--refine_lpips", metavar="DIR",
+                   help="converted LPIPS AlexNet folder: PTI's LPIPS term (else L2 alone)")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (anything but loopback exposes your uploads)")
@@ -95,6 +101,9 @@ def _demo_paths(args) -> None:
 
 def build_engine(args):
     """The options -> a built `Engine` (every file read and checked first)."""
+    refine_steps = refine_cli.parse_steps(args.refine_steps) or 0
+    if args.refine_lpips and not refine_steps:
+        raise UserError("--refine_lpips needs --refine_steps N (N > 0)")
     if args.demo:
         _demo_paths(args)
     if not (args.checkpoint and args.w_encoder):
@@ -135,7 +144,8 @@ def build_engine(args):
                   n_generated_examples=0 if examples else 3,
                   max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                   max_pixels=int(args.max_megapixels * 1e6), cache=cache,
-                  detector=args.detector)
+                  detector=args.detector, refine_steps=refine_steps,
+                  refine_lpips=refine_cli.load_lpips(args.refine_lpips))
 
 
 def _private_tempdir() -> str:

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax import align, inversion_files, pivotal_tuning
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.app.inversion_cache import Inversion, InversionCache, content_key
 from hyperstyle_jax.editing import EditError, domain, ganspace, interfacegan, interpolate, styleclip
@@ -204,7 +204,8 @@ class Engine:
                  restyle=None, generators: Sequence = (), restyle_iters: int = 2,
                  examples: Optional[dict] = None, n_generated_examples: int = 0,
                  max_upload_bytes: int = 20 << 20, max_pixels: int = 50_000_000,
-                 cache: Optional[InversionCache] = None, detector: str = "hog"):
+                 cache: Optional[InversionCache] = None, detector: str = "hog",
+                 refine_steps: int = 0, refine_lpips=None):
         if n_iters < 1:
             raise ValueError(f"n_iters must be >= 1, got {n_iters}")
         self.inverter = inverter
@@ -226,6 +227,11 @@ class Engine:
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
         self.cache = cache or InversionCache()
         self.detector = detect.check_detector(detector)
+        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) \
+                or refine_steps < 0:
+            raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
+        self.refine_steps = refine_steps   # 0: no "refine" button
+        self.refine_lpips = refine_lpips   # LPIPS variables or None (L2 alone)
         self.device = DeviceLock()
         self._delta_s: dict = {}  # (neutral, target, beta) -> StyleSpace direction
         self._built = False
@@ -243,6 +249,7 @@ class Engine:
             "domains": [k for k, _, _ in self.generators],
             "examples": sorted(self.examples),
             "max_upload_mb": round(self.max_upload_bytes / 2 ** 20, 2),
+            "refine_steps": self.refine_steps,
         }
 
     # ---- compiled functions, built once
@@ -273,6 +280,10 @@ class Engine:
                 if config not in self._domain:
                     self._domain[config] = domain.DomainRenderer(config, self._domain_layers, 1)
             self._restyle_run = self.restyle.batched_runner(1, self.restyle_iters)
+        if self.refine_steps:
+            self._refiner = pivotal_tuning.batched_refiner(
+                self.inverter, 1, pivotal_tuning.RefineConfig(steps=self.refine_steps),
+                self.refine_lpips)
         self._built = True
         self.timings["compile_s"] = time.perf_counter() - t0
 
@@ -294,6 +305,8 @@ class Engine:
         for key, _, _ in self.generators:
             self.render(inv, EditSpec(domain=key))
         self.render(inv, EditSpec(mix_with="warm-up", mix_alpha=0.5), other=inv)
+        if self.refine_steps:  # compiles the refiner (steps > 0 runs its step loop once)
+            self.refine(inv, cache=False)
         if self.n_generated_examples and not self.examples:
             self.examples.update(self.generate_examples(self.n_generated_examples))
         self.timings["warm_up_s"] = time.perf_counter() - t0
@@ -402,6 +415,35 @@ class Engine:
         if cache:
             self.cache.put(inv)
         return inv
+
+    def refine(self, inv: Inversion, cache: bool = True) -> Inversion:
+        """PTI-style refinement (`pivotal_tuning`, `refine_steps` steps) of an inversion:
+        a new `Inversion` (key `<key>-r`) with the refined codes, offsets and
+        reconstruction, its note giving L2 (and LPIPS) before -> after. One device call,
+        under the lock as an inversion."""
+        if not self.refine_steps:
+            raise EditError("refinement is off (start the page with --refine_steps N)")
+        key = inv.key + "-r"
+        if cache:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        self.build()
+        deltas = [None if d is None else np.asarray(d)[None] for d in inv.deltas]
+        with self.device(background=True):
+            out = self._refiner(images.to_float(inv.image[None]), inv.codes[None], deltas)
+        note = f"refined ({self.refine_steps} steps): L2 {out['l2_start'][0]:.4f} -> " \
+               f"{out['l2'][0]:.4f}"
+        if self.refine_lpips is not None:
+            note += f", LPIPS {out['lpips_start'][0]:.4f} -> {out['lpips'][0]:.4f}"
+        image = out["image"][0]
+        refined = Inversion(key, inv.name, inv.image, np.asarray(out["codes"][0]),
+                            [None if d is None else np.asarray(d[0]) for d in out["deltas"]],
+                            list(inv.iterations) + [images.to_uint8(image)], image,
+                            inv.restyle_codes, note, inv.face, inv.photo)
+        if cache:
+            self.cache.put(refined)
+        return refined
 
     # ---- edits
 

@@ -251,6 +251,19 @@ def create_app(engine: Engine, max_pending: int = 64):
         return Response(png_bytes(img), media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="{stem}_edit.png"'})
 
+    @app.post("/api/refine/{key}")
+    def refine(key: str):
+        """PTI-style refinement of an inversion: a new key (`<key>-r`) to edit."""
+        try:
+            inv = lookup(key)
+            refined = engine.refine(inv)
+        except KeyError:
+            return error(gone, 404)
+        except EditError as e:
+            return error(one_line(e))
+        return {"key": refined.key, "name": refined.name, "note": refined.note,
+                "aligned": refined.face is not None}
+
     @app.get("/api/full/{key}.png")
     def full_photo(key: str, edits: str = "{}"):
         try:

@@ -20,10 +20,16 @@ shared by the K codes, or [K, ...] per code) and writes with
 `write_grid(stem, rows of (label, image))`, `write_arrays(stem, {key: image})`), looping
 over `ctx.progress(items, name)`. The common options (input, --checkpoint, --w_encoder,
 --n_iters, --batch_size, --align, --face, --detector, --paste_back, --out, --save_npy,
---save_inversion) come from `common_parser()`; a new subcommand adds its module to
+--save_inversion, and `refine_cli`'s --refine_steps/--refine_lr/--refine_lpips/--refine_codes)
+come from `common_parser()`; a new subcommand adds its module to
 `SUBCOMMANDS`. Errors: raise `EditError` with a one-line message; `main` prints
 `error: <message>` and exits 1, and everything already written stays (each file is
 complete when it appears). Images are float32 [H, W, 3] in [-1, 1], un-clipped.
+
+With --refine_steps N the items are refined (PTI-style, `pivotal_tuning`) before any edit:
+each inverted batch of --images, or with --inversion the stored codes and offsets against
+the folder's inputs/<stem>.png, in batches of --batch_size; the edits then render with the
+refined offsets (and --save_inversion saves them).
 
 Output layout under --out:
     edits/<key>/<stem>.png     one per edit (key e.g. age_-3, pose_ii, alpha_0.25)
@@ -47,7 +53,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hyperstyle_jax import align, inversion_files
+from hyperstyle_jax import align, inversion_files, refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
@@ -102,6 +108,7 @@ def common_parser() -> argparse.ArgumentParser:
                         "original photo at its size (with --images it implies --align; with "
                         "--inversion the folder's transforms/ are used)")
     video_pipeline.add_options(p)
+    refine_cli.add_arguments(p)
     return p
 
 
@@ -145,6 +152,7 @@ class EditContext:
         self.n_styles, self.style_dim, self.size = g.n_latent, g.style_dim, g.size
         self.cars_crop = bool(inverter.model.config.cars_crop)
         self.renderer = EditRenderer(inverter, args.batch_size)
+        self.refiner = refine_cli.Refiner.from_args(args, inverter, args.batch_size)
         self.failed: list = []
         self._items = None
         self.paster = None
@@ -168,6 +176,9 @@ class EditContext:
                 self.style_dim)
             if self.paster is not None:
                 self._read_transforms(items)
+            if self.refiner is not None:
+                for start in range(0, len(items), a.batch_size):
+                    self._refine_stored(items[start:start + a.batch_size])
             return items
         paths = list_images(a.images)
         if not paths:
@@ -178,9 +189,12 @@ class EditContext:
                                   face=getattr(a, "face", "largest"),
                                   detector=getattr(a, "detector", "hog")):
             self.failed += batch.skipped
-            items += [InvertedImage(stem, np.asarray(batch.result["codes"][i]), batch.deltas(i),
-                                    batch.inputs[i], origin=batch.origins[i])
-                      for i, stem in enumerate(batch.stems)]
+            new = [InvertedImage(stem, np.asarray(batch.result["codes"][i]), batch.deltas(i),
+                                 batch.inputs[i], origin=batch.origins[i])
+                   for i, stem in enumerate(batch.stems)]
+            if self.refiner is not None and new:
+                self._refine(new, images.to_float(batch.inputs))
+            items += new
         if a.save_inversion and items:
             inversion_files.write_inversion(self.out, items)
         if not items:
@@ -190,6 +204,28 @@ class EditContext:
                 if it.origin is not None:
                     self.paster.expect(it.stem, it.origin)
         return items
+
+    def _refine(self, items: Sequence[InvertedImage], target: np.ndarray) -> None:
+        """Refine items in place (codes, deltas): target float32 [n, h, w, 3]."""
+        codes = np.stack([it.codes for it in items])
+        deltas = [None if items[0].deltas[j] is None else
+                  np.stack([it.deltas[j] for it in items]) for j in range(len(items[0].deltas))]
+        out = self.refiner(target, codes, deltas)
+        print(self.refiner.summary(out), flush=True)
+        for i, it in enumerate(items):
+            it.codes = np.asarray(out["codes"][i])
+            it.deltas = [None if d is None else np.asarray(d[i]) for d in out["deltas"]]
+
+    def _refine_stored(self, items: Sequence[InvertedImage]) -> None:
+        """--inversion with --refine_steps: refine against the folder's inputs/<stem>.png."""
+        for it in items:
+            if it.image is None:
+                raise EditError(f"--refine_steps: {self.args.inversion}/"
+                                f"{inversion_files.INPUTS}/{it.stem}.png is missing or "
+                                f"unreadable (the image to refine against)")
+        hw = self.inverter.input_hw
+        target = np.stack([images.to_float(images.resize(it.image, hw)) for it in items])
+        self._refine(items, target)
 
     def _read_transforms(self, items: list) -> None:
         """--inversion with --paste_back: each item's transforms/<stem>.json (and its source
@@ -299,6 +335,9 @@ def number_label(v: float) -> str:
 def load_model(args: argparse.Namespace):
     """--checkpoint (+ --w_encoder with --images) -> Inverter."""
     precision = getattr(args, "precision", "fp32")
+    refine_cli.parse_steps(getattr(args, "refine_steps", None))  # fail before loading
+    refine_cli.parse_lr(getattr(args, "refine_lr", "3e-4"))
+    refine_cli.load_lpips(getattr(args, "refine_lpips", None))
     if getattr(args, "paste_back", False) and args.images:
         args.align = True
     if args.align and not args.images:

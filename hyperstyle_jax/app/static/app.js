@@ -272,6 +272,26 @@ async function render(item) {
   if (state.again) { state.again = false; requestRender(); }
 }
 
+async function refine() {
+  const item = state.images.find((x) => x.key === state.current);
+  if (!item || !item.done) return;
+  const btn = $("refine-btn");
+  btn.disabled = true;
+  message(`refining ${item.name} (${state.info.refine_steps} steps)…`, "note");
+  try {
+    const r = await jsonOrError(await fetch(`/api/refine/${item.key}`, { method: "POST" }));
+    const refined = { key: r.key, name: `${r.name} (refined)`, aligned: r.aligned, done: true };
+    addToGallery(refined);
+    $("gallery").querySelector(`[data-key="${r.key}"] img`).src =
+      `/api/image/${r.key}/reconstruction.png`;
+    message(r.note, "note");
+    select(r.key);
+  } catch (e) {
+    message(`refine failed: ${e.message}`, "error");
+  }
+  btn.disabled = false;
+}
+
 function reset() {
   for (const s of document.querySelectorAll("#ifg-sliders input")) s.value = 0;
   $("ganspace-select").value = ""; $("ganspace-strength").value = 0;
@@ -291,6 +311,8 @@ async function main() {
   $("upload-btn").addEventListener("click", upload);
   $("example-btn").addEventListener("click", useExample);
   $("reset-btn").addEventListener("click", reset);
+  $("refine-btn").hidden = !state.info.refine_steps;
+  $("refine-btn").addEventListener("click", refine);
   document.body.dataset.ready = "1";
 }
 
