@@ -40,6 +40,7 @@ from hyperstyle_jax.convert.common import (
 )
 from hyperstyle_jax.models import discriminator as dmodel
 from hyperstyle_jax.models.ops import make_kernel
+from hyperstyle_jax.utils.trees import n_params
 
 KIND = KIND_DISCRIMINATOR
 
@@ -127,19 +128,11 @@ def save(variables, config, origin: str, out_dir: str, log=print):
     """Check {'params'} against the model and write a discriminator folder."""
     check_tree_matches(variables, dmodel.init_shapes(config), origin, "discriminator params")
     save_converted(out_dir, variables, config.to_dict(), kind=KIND)
-    n = sum(int(np.prod(a.shape)) for a in _leaves(variables["params"]))
+    n = n_params(variables["params"])
     log(f"{origin} -> {out_dir}: StyleGAN2 discriminator ({config.family}) {config.size}px, "
         f"{config.architecture}, c_dim {config.c_dim}, mbstd group {config.mbstd_group_size}, "
         f"channels {dict(config.channels)}, {n:,} parameters")
     return config
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def register(subparsers) -> None:

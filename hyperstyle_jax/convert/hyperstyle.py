@@ -60,7 +60,7 @@ from hyperstyle_jax.models.hypernetwork import (
 )
 from hyperstyle_jax.models.irse import Backbone, WEncoder, get_blocks
 from hyperstyle_jax.models.resnet import RESNET34_STAGES, HypernetBackbone, ResNet50Trunk
-from hyperstyle_jax.utils.trees import leaves_with_paths
+from hyperstyle_jax.utils.trees import n_params
 
 # ----------------------------------------------------------------------------- ResNet-50 (MoCo)
 
@@ -433,10 +433,6 @@ def _read(path: str) -> tuple[dict, dict]:
     return to_numpy_state_dict(sd, path), top
 
 
-def _n_params(tree: Any) -> int:
-    return sum(int(np.prod(leaf.shape)) for _, leaf in leaves_with_paths(tree))
-
-
 def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
     sd, top = _read(src_path)
     config, tree = hyperstyle_from_state_dict(sd, top, src_path)
@@ -444,8 +440,8 @@ def convert_hyperstyle(src_path: str, out_dir: str, log=print) -> dict:
     h = config["hypernet"]
     log(f"{src_path} -> {out_dir}: HyperStyle {config['generator']['size']}px, "
         f"{h['encoder_type']}, tuned layers {h['layers_to_tune'] or 'all'}; hypernet "
-        f"{_n_params(tree['hypernet']['params']):,} parameters (shared hypernet stored once), "
-        f"decoder {_n_params(tree['generator']['params']):,}, "
+        f"{n_params(tree['hypernet']['params']):,} parameters (shared hypernet stored once), "
+        f"decoder {n_params(tree['generator']['params']):,}, "
         f"latent_avg {tree['latent_avg'].shape}")
     return config
 
@@ -456,7 +452,7 @@ def convert_w_encoder(src_path: str, out_dir: str, n_styles: int | None = None, 
     save_converted(out_dir, variables, config, kind=KIND_W_ENCODER)
     log(f"{src_path} -> {out_dir}: W-encoder ({config['mode']}, {len(config['units'])} units), "
         f"n_styles {config['n_styles']}, style_dim {config['style_dim']}, "
-        f"{_n_params(variables['params']):,} parameters; dropped {config['dropped']}")
+        f"{n_params(variables['params']):,} parameters; dropped {config['dropped']}")
     return config
 
 
@@ -465,7 +461,7 @@ def convert_resnet34(src_path: str, out_dir: str, extra_channels: str = "half", 
     config, variables = resnet34_to_hypernet_init(sd, src_path, extra_channels=extra_channels)
     save_converted(out_dir, variables, config, kind=KIND_RESNET34)
     log(f"{src_path} -> {out_dir}: hypernet stem + 16 BasicBlocks from ResNet-34 "
-        f"({_n_params(variables['params']):,} parameters), 6-channel conv1 with extra "
+        f"({n_params(variables['params']):,} parameters), 6-channel conv1 with extra "
         f"channels = {extra_channels}; fc dropped")
     return config
 

@@ -41,7 +41,7 @@ from hyperstyle_jax.convert.common import (
 from hyperstyle_jax.convert.hyperstyle import _read, infer_ir_units
 from hyperstyle_jax.convert.stylegan2 import generator_from_state_dict
 from hyperstyle_jax.models import e4e, stylegan2
-from hyperstyle_jax.utils.trees import leaves_with_paths
+from hyperstyle_jax.utils.trees import n_params
 
 KIND = "restyle_e4e"
 SUPPORTED_ENCODER = "ProgressiveBackboneEncoder"
@@ -130,10 +130,6 @@ def restyle_e4e_from_state_dict(sd: Mapping[str, np.ndarray], top: Mapping, orig
     return config, {"encoder": enc_vars, "generator": gen_vars, "latent_avg": la}
 
 
-def _n_params(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for _, leaf in leaves_with_paths(tree))
-
-
 def convert_restyle_e4e(src_path: str, out_dir: str, log=print) -> dict:
     sd, top = _read(src_path)
     config, tree = restyle_e4e_from_state_dict(sd, top, src_path)
@@ -141,8 +137,8 @@ def convert_restyle_e4e(src_path: str, out_dir: str, log=print) -> dict:
     e, g = config["encoder"], config["generator"]
     log(f"{src_path} -> {out_dir}: ReStyle-e4e ({e['mode']}, {len(e['units'])} units, "
         f"{e['n_styles']} style heads of {e['style_dim']}), "
-        f"{_n_params(tree['encoder']['params']):,} encoder parameters; decoder {g['size']}px "
-        f"kept ({_n_params(tree['generator']['params']):,}); latent_avg "
+        f"{n_params(tree['encoder']['params']):,} encoder parameters; decoder {g['size']}px "
+        f"kept ({n_params(tree['generator']['params']):,}); latent_avg "
         f"{tree['latent_avg'].shape}")
     return config
 

@@ -30,6 +30,7 @@ from hyperstyle_jax.convert.common import (
 )
 from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import n_params
 
 KIND = "stylegan2"
 
@@ -169,20 +170,12 @@ def convert_stylegan2(src_path: str, out_dir: str, which: str | None = None, log
     if latent_avg is not None:
         tree["latent_avg"] = latent_avg
     save_converted(out_dir, tree, config.to_dict(), kind=KIND)
-    n = sum(int(np.prod(a.shape)) for a in _leaves(variables["params"]))
+    n = n_params(variables["params"])
     log(f"{src_path} -> {out_dir}: StyleGAN2 {config.size}px, style_dim {config.style_dim}, "
         f"n_mlp {config.n_mlp}, channels {dict(config.channels)}, {n:,} parameters, "
         f"{config.num_layers} noise buffers, latent_avg "
         f"{'(none)' if latent_avg is None else tuple(latent_avg.shape)}")
     return config
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def _run(args) -> None:

@@ -56,6 +56,7 @@ from hyperstyle_jax.convert.common import (
 from hyperstyle_jax.models import discriminator as dmodel
 from hyperstyle_jax.models.ops import make_kernel
 from hyperstyle_jax.models.stylegan2 import GeneratorConfig, init_shapes
+from hyperstyle_jax.utils.trees import n_params
 
 KIND = "stylegan2"
 NETWORKS = ("G_ema", "G", "D")
@@ -540,20 +541,12 @@ def convert_stylegan2_ada(src_path: str, out_dir: str, which: str = "G_ema", log
         tree["latent_avg"] = w_avg
     save_converted(out_dir, tree, {**config.to_dict(), "source": os.path.basename(src_path),
                                    "source_network": which}, kind=KIND)
-    n = sum(int(np.prod(a.shape)) for a in _leaves(variables["params"]))
+    n = n_params(variables["params"])
     log(f"{origin} -> {out_dir}: StyleGAN2-ADA {config.size}px, w_dim {config.style_dim}, "
         f"mapping {config.n_mlp} layers, c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, "
         f"channels {dict(config.channels)}, {n:,} parameters, latent_avg = mapping.w_avg"
         f"{'' if w_avg is not None else ' (none)'}")
     return config
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def _run(args) -> None:

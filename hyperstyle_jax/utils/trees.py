@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from flax import traverse_util
 
 
@@ -57,3 +58,8 @@ def unflatten(flat: Mapping[str, Any], prefix: str) -> dict:
     start = prefix + "/"
     return traverse_util.unflatten_dict(
         {k[len(start):]: v for k, v in flat.items() if k.startswith(start)}, sep="/")
+
+
+def n_params(tree: Any) -> int:
+    """How many numbers the arrays of a nested dict hold (the converters' summaries)."""
+    return sum(int(np.prod(np.shape(a))) for _, a in leaves_with_paths(tree))
