@@ -16,7 +16,6 @@ from PIL import Image
 import hyperstyle_jax
 from hyperstyle_jax import edit, invert
 from hyperstyle_jax.align import detect, paste
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 from hyperstyle_jax.editing import interfacegan
 from hyperstyle_jax.inference import image_loader
 from hyperstyle_jax.inversion_files import read_transform
@@ -43,14 +42,8 @@ def age(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    e2e = os.path.join(HERE, "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
-    return str(d / "hs"), str(d / "we")
+def ckpts(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ av = pytest.importorskip("av")
 pytest.importorskip("dlib")
 
 from hyperstyle_jax import edit  # noqa: E402
-from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder  # noqa: E402
 from hyperstyle_jax.video import pipeline, synthetic, tracks  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -45,14 +44,8 @@ def decode(path):
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    e2e = os.path.join(HERE, "05_e2e")
-    convert_hyperstyle(os.path.join(e2e, "hyperstyle_e2e_default.pt"), str(d / "hs"),
-                       log=lambda *a: None)
-    convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), str(d / "we"),
-                      log=lambda *a: None)
-    return str(d / "hs"), str(d / "we")
+def ckpts(e2e_checkpoints):
+    return e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder()
 
 
 @pytest.fixture(scope="module")
