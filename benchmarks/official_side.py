@@ -14,7 +14,8 @@ venv's python, cwd = a work folder; never imports hyperstyle_jax).
 CPU patches applied in this process only (the official sources are not edited; the two
 CUDA ops are replaced on disk by compare_official.py with benchmarks/official_ops/):
 `.cuda()` is the identity; torchvision's resnet34 ignores `pretrained` (no download);
-`model_paths['e4e_w_encoder']` aliases `faces_w_encoder` (TrainOptions' KeyError).
+`model_paths['e4e_w_encoder']` aliases `faces_w_encoder` (TrainOptions' KeyError);
+`model_paths['resnet34']` points at a random torchvision ResNet-34 saved by `make`.
 """
 import argparse
 import os
@@ -77,6 +78,12 @@ def make(args):
 
     opts = train_opts(args.size, args.n_iters, os.path.abspath("w_encoder_random.pt"),
                       os.path.abspath("stylegan2_random.pt"))
+    # The from-scratch path reads ImageNet ResNet-34 weights (model_paths['resnet34']); a
+    # random torchvision ResNet-34 in its place keeps the same keys and shapes, no download.
+    import torchvision
+    from configs.paths_config import model_paths
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), "resnet34_random.pth")
+    model_paths["resnet34"] = os.path.abspath("resnet34_random.pth")
     net = HyperStyle(opts)
     # Realistic offsets (|delta| ~ 0.05) rather than the huge ones of untrained blocks: the
     # same scaling benchmarks/invert.py applies to our random hypernet.
