@@ -63,12 +63,11 @@ def ours_random(size: int, precisions, per_sample: str):
     """Inverters on random full-width JAX weights (benchmarks/invert.py's build)."""
     from invert import build
 
-    from hyperstyle_jax.inference import Inverter, stored_for_precision
-    from hyperstyle_jax.models.hyperstyle import HyperStyle
+    from hyperstyle_jax.inference import make_inverter
 
     model, frozen, hyper = build(size)
-    return {p: Inverter(HyperStyle(model.config, per_sample=per_sample, precision=p), frozen,
-                        stored_for_precision(hyper, p), {}) for p in precisions}
+    return {p: make_inverter(model.config, frozen, hyper, per_sample=per_sample, precision=p)
+            for p in precisions}
 
 
 def ours_converted(work: str, precisions, per_sample: str):

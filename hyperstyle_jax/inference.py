@@ -32,7 +32,7 @@ from hyperstyle_jax.checkpoints import (
     load_restyle_e4e,
     load_w_encoder,
 )
-from hyperstyle_jax.models.conv import compute_dtype
+from hyperstyle_jax.models.conv import PRECISIONS, compute_dtype
 from hyperstyle_jax.models.e4e import ReStyleConfig, ReStyleE4E, default_restyle_feedback
 from hyperstyle_jax.models.hyperstyle import HyperStyle, HyperStyleConfig, default_feedback
 from hyperstyle_jax.utils import cli, images
@@ -240,8 +240,29 @@ def load_renderer(checkpoint: str, per_sample: str = "auto", precision: str = "f
                               cars_crop=crop)
     frozen = {"generator": tree["generator"],
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
+    return make_inverter(config, frozen, tree["hypernet"], opts, per_sample, precision)
+
+
+def make_inverter(config: HyperStyleConfig, frozen, hyper_vars, opts: Optional[dict] = None,
+                  per_sample: str = "auto", precision: str = "fp32") -> Inverter:
+    """The one place an `Inverter` gets its precision: the model's compute dtype and the
+    hypernet's stored weights (`stored_for_precision`). The loaders and the benchmarks'
+    random full-width models go through it."""
     return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
-                    stored_for_precision(tree["hypernet"], precision), opts)
+                    stored_for_precision(hyper_vars, precision), dict(opts or {}))
+
+
+PRECISION_HELP = ("bf16: the generator's and the hypernetwork's convs and large matmuls on "
+                  "bf16 operands with fp32 accumulation; faster on CPUs with AVX-512 BF16 / "
+                  "AMX and on GPUs, about 1%% mean relative image error vs fp32 "
+                  "(docs/benchmarks.md)")
+
+
+def add_precision_argument(parser, extra_help: str = "") -> None:
+    """--precision for the commands that load an inverter (invert, edit, the page);
+    the value goes to `load_inverter` / `load_renderer`."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=PRECISION_HELP + extra_help)
 
 
 def stored_for_precision(hyper_vars, precision: str):
@@ -284,8 +305,7 @@ def load_inverter(checkpoint: str, w_encoder: str, per_sample: str = "auto",
                               cars_crop=crop)
     frozen = {"generator": tree["generator"], "w_encoder": wvars,
               "latent_avg": np.asarray(tree["latent_avg"], np.float32)}
-    return Inverter(HyperStyle(config, per_sample=per_sample, precision=precision), frozen,
-                    stored_for_precision(tree["hypernet"], precision), opts)
+    return make_inverter(config, frozen, tree["hypernet"], opts, per_sample, precision)
 
 
 # ----------------------------------------------------------------------------- ReStyle-e4e

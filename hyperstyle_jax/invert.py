@@ -49,7 +49,12 @@ import numpy as np
 
 from hyperstyle_jax import align, inversion_files, refine_cli
 from hyperstyle_jax.align import detect
-from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter
+from hyperstyle_jax.inference import (
+    add_precision_argument,
+    image_loader,
+    invert_paths,
+    load_inverter,
+)
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.paste_writer import PasteWriter
 from hyperstyle_jax.utils import cli, images
@@ -87,9 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paste_back", action="store_true",
                    help="also write pasted/<photo>.png: the reconstruction pasted into the "
                         "original photo at its size (implies --align)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
-                        "(faster on AVX-512 BF16 / AMX CPUs and accelerators; ~0.5%% from fp32)")
+    add_precision_argument(p)
     refine_cli.add_arguments(p, export=True)
     args = p.parse_args(argv)
     if args.n_iters < 1:

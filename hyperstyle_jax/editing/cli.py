@@ -57,7 +57,13 @@ from hyperstyle_jax import align, inversion_files, refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
-from hyperstyle_jax.inference import image_loader, invert_paths, load_inverter, load_renderer
+from hyperstyle_jax.inference import (
+    add_precision_argument,
+    image_loader,
+    invert_paths,
+    load_inverter,
+    load_renderer,
+)
 from hyperstyle_jax.inversion_files import InvertedImage
 from hyperstyle_jax.invert import face_arg
 from hyperstyle_jax.paste_writer import PasteWriter
@@ -93,9 +99,7 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--detector", choices=detect.DETECTORS, default="hog",
                    help="with --align: dlib's HOG (the official's) or its CNN (tilted and "
                         "turned faces; seconds per photo on a CPU)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: convs and large matmuls on bf16 operands with fp32 accumulation "
-                        "(faster on AVX-512 BF16 / AMX CPUs and accelerators)")
+    add_precision_argument(g)
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, help="output folder (created)")
     o.add_argument("--save_npy", action="store_true",
