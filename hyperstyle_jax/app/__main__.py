@@ -5,7 +5,8 @@
         --w_encoder ckpt/w_encoder_faces --directions editing/interfacegan_directions/ \\
         [--pca cars_pca.pt] \\
         [--clip ckpt/clip_vit_b32 --fs3 fs3.npy --s_stats S_mean_std] \\
-        [--restyle ckpt/restyle_e4e_ffhq --generator ckpt/toonify --generator ckpt/pixar]
+        [--restyle ckpt/restyle_e4e_ffhq --generator ckpt/toonify --generator ckpt/pixar] \\
+        [--precision bf16]
 
 then open http://127.0.0.1:7860. Everything is loaded and compiled before the server
 answers (it prints `serving on ...` when ready). Uploads are kept in memory; the one
@@ -29,7 +30,7 @@ from hyperstyle_jax.app.inversion_cache import InversionCache
 from hyperstyle_jax.app.server import serve
 from hyperstyle_jax.clip import ClipEncoder
 from hyperstyle_jax.editing import EditError, cli_domain, domain, ganspace, styleclip
-from hyperstyle_jax.inference import load_inverter, load_restyle
+from hyperstyle_jax.inference import add_precision_argument, load_inverter, load_restyle
 from hyperstyle_jax.utils import paths
 from hyperstyle_jax.utils.cli import HelpFormatter, UserError, run
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--w_encoder", help="converted W-encoder folder")
     m.add_argument("--n_iters", type=int, default=None,
                    help="hypernetwork iterations per upload (default 5; --demo: 3, as trained)")
+    add_precision_argument(m, extra_help=". The HyperStyle generator (renders, StyleCLIP, "
+                           "refinement) and hypernetwork follow it; the W-encoder, ReStyle-e4e "
+                           "and the --generator domain renders stay fp32")
     e = p.add_argument_group("edits (each control appears when its files are given)")
     e.add_argument("--directions", metavar="DIR",
                    help="folder of InterFaceGAN directions (.pt / .npy): one slider each")
@@ -113,7 +117,7 @@ def build_engine(args):
         raise UserError("StyleCLIP needs all of --clip, --fs3 and --s_stats")
     if args.generator and not args.restyle:
         raise UserError("--generator needs --restyle (domain renders use ReStyle-e4e codes)")
-    inverter = load_inverter(args.checkpoint, args.w_encoder)
+    inverter = load_inverter(args.checkpoint, args.w_encoder, precision=args.precision)
     g = inverter.generator_config
     directions = (load_directions(args.directions, g.n_latent, g.style_dim)
                   if args.directions else {})

@@ -243,6 +243,7 @@ class Engine:
         h, w = self.inverter.input_hw
         return {
             "size": self.size, "input_hw": [h, w], "n_iters": self.n_iters,
+            "precision": self.inverter.model.precision,
             "directions": sorted(self.directions),
             "ganspace": [dataclasses.asdict(e) for e in self.ganspace],
             "styleclip": self.styleclip is not None,

@@ -35,7 +35,7 @@ function slider(parent, id, label, min, max, step, value) {
 function buildControls(info) {
   $("model-info").textContent =
     `${info.size}px generator, ${info.input_hw[0]}×${info.input_hw[1]} input, ` +
-    `${info.n_iters} iterations; uploads up to ${info.max_upload_mb} MB`;
+    `${info.n_iters} iterations, ${info.precision}; uploads up to ${info.max_upload_mb} MB`;
   if (info.directions.length) {
     $("interfacegan").hidden = false;
     for (const d of info.directions) {
