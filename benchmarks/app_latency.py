@@ -3,6 +3,8 @@
     python benchmarks/app_latency.py --model tiny                 # fixture 05's 128 px model
     python benchmarks/app_latency.py --model demo --demo workdirs/demo
     python benchmarks/app_latency.py --model full256 --n_iters 5  # official widths, random
+    python benchmarks/app_latency.py --model full256 --precision bf16 --uploads 1 \
+        --renders 30 --concurrent 0                                # slider moves alone
 
 The app runs in this process (engine warm-up, then uvicorn on a free 127.0.0.1 port in a
 thread); the client is plain HTTP from threads, so the figures include the HTTP, PNG and
@@ -10,7 +12,7 @@ JSON layers but not a browser's drawing. Measured:
   upload -> reconstruction   POST /api/upload of a new image, poll /api/job every 10 ms
                              until done, GET the reconstruction PNG (median of --uploads)
   slider move -> new image   POST /api/render with a new InterFaceGAN factor until the PNG
-                             is read (median of --renders)
+                             is read (median and 90th percentile of --renders)
   load                       --concurrent requests at once (renders of cached inversions and
                              uploads of new images, each waited for until its inversion is
                              done), each bounded by --request_timeout_s: answered / lost,
@@ -36,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def tiny_inverter():
+def tiny_inverter(precision: str):
     from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
     from hyperstyle_jax.inference import load_inverter
 
@@ -46,20 +48,20 @@ def tiny_inverter():
                        log=lambda *a: None)
     convert_w_encoder(os.path.join(e2e, "w_encoder_narrow_psp.pt"), f"{d}/we",
                       log=lambda *a: None)
-    return load_inverter(f"{d}/hs", f"{d}/we")
+    return load_inverter(f"{d}/hs", f"{d}/we", precision=precision)
 
 
-def full_inverter(size: int):
+def full_inverter(size: int, precision: str):
     """Official widths, random weights (benchmarks/invert.py's model), as an Inverter."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import jax
     from invert import build
 
-    from hyperstyle_jax.inference import Inverter
+    from hyperstyle_jax.inference import make_inverter
 
     model, frozen, hyper = build(size)
     to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-    return Inverter(model, to_np(frozen), to_np(hyper), {})
+    return make_inverter(model.config, to_np(frozen), to_np(hyper), precision=precision)
 
 
 def photo(seed: int, hw) -> bytes:
@@ -124,10 +126,13 @@ def rss_mb() -> float:
 
 
 def main():
+    from hyperstyle_jax.inference import add_precision_argument
+
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("tiny", "demo", "full256"), default="tiny")
     p.add_argument("--demo", help="demo workdir (with --model demo)")
+    add_precision_argument(p)  # the page's option, passed to load_inverter / make_inverter
     p.add_argument("--n_iters", type=int, default=0, help="0: 3 (demo), 2 (tiny), 5 (full256)")
     p.add_argument("--uploads", type=int, default=3)
     p.add_argument("--renders", type=int, default=10)
@@ -136,6 +141,8 @@ def main():
                    help="of the concurrent requests, how many are new uploads (inversions)")
     p.add_argument("--request_timeout_s", type=float, default=600.0)
     args = p.parse_args()
+    if args.uploads < 1:
+        p.error("--uploads must be >= 1 (the renders edit the first upload)")
     load_before = os.getloadavg()
 
     import uvicorn
@@ -145,15 +152,16 @@ def main():
 
     t0 = time.perf_counter()
     if args.model == "tiny":
-        inverter, n_iters = tiny_inverter(), args.n_iters or 2
+        inverter, n_iters = tiny_inverter(args.precision), args.n_iters or 2
     elif args.model == "demo":
         from hyperstyle_jax.inference import load_inverter
 
         exp = os.path.join(args.demo, "export")
-        inverter = load_inverter(f"{exp}/hyperstyle", f"{exp}/w_encoder")
+        inverter = load_inverter(f"{exp}/hyperstyle", f"{exp}/w_encoder",
+                                 precision=args.precision)
         n_iters = args.n_iters or 3
     else:
-        inverter, n_iters = full_inverter(256), args.n_iters or 5
+        inverter, n_iters = full_inverter(256, args.precision), args.n_iters or 5
     g = inverter.generator_config
     r = np.random.RandomState(0)
     direction = r.randn(1, g.style_dim).astype(np.float32)
@@ -218,16 +226,20 @@ def main():
     def ms(xs):
         return f"{1000 * statistics.median(xs):.0f} ms" if xs else "-"
 
+    def p90(xs):  # nearest rank: with 10 renders, the 9th fastest
+        return ms([sorted(xs)[max(0, -(-9 * len(xs) // 10) - 1)]]) if xs else "-"
+
     lat_r = [r[2] for r in results if r[1] and r[0] == "render"]
     lat_u = [r[2] for r in results if r[1] and r[0] == "upload"]
     print(f"\nmodel: {args.model} ({g.size} px, style_dim {g.style_dim}, input {hw[0]}x{hw[1]}, "
-          f"{n_iters} iterations); load {t_load:.1f} s, compile + warm-up {t_warm:.1f} s")
-    print("| measure | median | min | max |")
-    print("|---|---:|---:|---:|")
-    print(f"| upload -> reconstruction ({len(ups)} new images) | {ms(ups)} | {ms([min(ups)])} | "
-          f"{ms([max(ups)])} |")
-    print(f"| slider move -> new image ({len(rends)} renders) | {ms(rends)} | {ms([min(rends)])} | "
-          f"{ms([max(rends)])} |")
+          f"{n_iters} iterations, {args.precision}); load {t_load:.1f} s, compile + warm-up "
+          f"{t_warm:.1f} s")
+    print("| measure | median | p90 | min | max |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| upload -> reconstruction ({len(ups)} new images) | {ms(ups)} | {p90(ups)} | "
+          f"{ms([min(ups)])} | {ms([max(ups)])} |")
+    print(f"| slider move -> new image ({len(rends)} renders) | {ms(rends)} | {p90(rends)} | "
+          f"{ms([min(rends)])} | {ms([max(rends)])} |")
     print(f"\nload test: {args.concurrent} concurrent requests ({n_up} uploads, "
           f"{args.concurrent - n_up} renders): {answered} answered, {lost} lost, wall "
           f"{wall:.1f} s; render latency median {ms(lat_r)} "
