@@ -10,6 +10,7 @@ Set HYPERSTYLE_APP_SCREENSHOT=docs/app.png to write the edited page's screenshot
 """
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -68,6 +69,59 @@ def test_edit_spec_parsing():
         with pytest.raises(EditError):
             EditSpec.parse(bad)
     assert issubclass(UploadError, ValueError)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@pytest.fixture(scope="module")
+def engines(e2e_checkpoints):
+    """The page's engine built from its command line, once per --precision (loaded, not
+    compiled: `Engine.build` compiles on first use)."""
+    from hyperstyle_jax.app.__main__ import build_engine, build_parser
+
+    base = ["--checkpoint", e2e_checkpoints.hyperstyle(), "--w_encoder",
+            e2e_checkpoints.w_encoder(), "--n_iters", "1"]
+    out = {}
+    for prec in ("fp32", "bf16"):
+        args = build_parser().parse_args(base + (["--precision", prec] if prec != "fp32" else []))
+        out[prec] = build_engine(args)
+    return out
+
+
+def test_precision_reaches_the_engine_and_its_info(engines):
+    import jax.numpy as jnp
+
+    for prec, eng in engines.items():  # fp32 is the default: no option given
+        assert eng.inverter.model.precision == prec and eng.info()["precision"] == prec
+    shw = engines["bf16"].inverter.hyper_vars["params"]["shared_weight_hypernet"]
+    assert shw["w1"].dtype == jnp.bfloat16  # bf16 storage of the hypernet: load_inverter's
+
+
+def test_bf16_render_is_close_to_fp32_and_not_equal(engines):
+    """The renderer the engine compiles (`shared_delta_renderer(1)`), with offsets, in both
+    precisions: within a few % (mean relative error) and not the same numbers."""
+    inv = engines["fp32"].inverter
+    r = np.random.RandomState(0)
+    codes = np.asarray(inv.frozen["latent_avg"], np.float32)
+    codes = (codes + 0.5 * r.randn(*codes.shape) * codes.std()).astype(np.float32)[None]
+    deltas = [None if s is None else (0.05 * r.randn(*s)).astype(np.float32)
+              for s in inv.model.tuned_delta_shapes()]
+    out = {p: e.inverter.shared_delta_renderer(1)(codes, deltas)[0] for p, e in engines.items()}
+    err = np.abs(out["bf16"] - out["fp32"]).mean() / np.abs(out["fp32"]).mean()
+    assert 0 < err < 3e-2, err
+
+
+def test_bad_precision_is_one_argparse_line(capsys):
+    from hyperstyle_jax.app.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--demo", "nowhere", "--precision", "fp16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "--precision" in lines[0] and "'fp16'" in lines[0], err
+    assert "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------- the server
@@ -246,6 +300,9 @@ def _act(pg, action) -> None:
 def test_upload_invert_edit_download(page, server, files, tmp_path):
     d, photos = files
     pg = page
+    # the header names the precision the server was started with (the default here)
+    assert "fp32" in pg.inner_text("#model-info")
+    assert json.loads(_get(server[0] + "/api/info")[1])["precision"] == "fp32"
     # controls come from the model's files: one slider per direction, GANSpace names
     assert pg.locator("#ifg-sliders input[type=range]").count() == 2
     names = pg.evaluate(
@@ -408,8 +465,6 @@ def test_aligned_upload_downloads_the_full_photo(page, server, tmp_path):
 
 def test_concurrent_renders_queue(server):
     """Several clients at once: every request is answered (the device lock queues them)."""
-    import json
-
     base = server[0]
     body = _png(_photo(3))
     boundary = "xyzBOUNDARY"
