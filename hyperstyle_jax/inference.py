@@ -7,6 +7,8 @@
     img = render(out["codes"], out["deltas"])                  # [n, size, size, 3]
     for batch in invert_paths(inv, paths, n_iters=5, batch_size=4):   # files -> batches
         ...
+    paths, stems = shard_inputs(paths)   # several processes: this one's block of the files
+    write_run_codes(out, codes)          # latents.npz, merged from every process's part
 
 The model (`models.hyperstyle.HyperStyle`) is pure; this layer owns the variables and every
 compiled function. `compile_for_batch` is the one place that places arguments on the mesh
@@ -501,11 +503,35 @@ def read_batch(paths: Sequence[str], hw: tuple, load: Callable, errors: tuple) -
     return ok, arrays, bad, faces
 
 
+def shard_inputs(paths: Sequence[str]) -> tuple[list, list]:
+    """(this process's block of `paths`, their output stems): the stems are made unique
+    over the whole list first, so every process names a file as a one-process run does
+    (`parallel.process_shard`; the whole list with one process)."""
+    stems = unique_stems(paths)
+    return parallel.process_shard(paths), parallel.process_shard(stems)
+
+
+def write_run_codes(out: str, codes: dict) -> Optional[str]:
+    """OUT/latents.npz of a run, {stem: codes} being this process's: with one process
+    written directly (nothing when empty); with several, each writes its part file, waits
+    for the others, process 0 merges them in process order (the input order, the blocks
+    being contiguous) and removes them, and every process returns after the merge.
+    Returns the path on the process that wrote it, else None."""
+    index, count = jax.process_index(), jax.process_count()
+    if count == 1:
+        return inversion_files.write_codes(out, codes) if codes else None
+    inversion_files.write_codes_part(out, codes, index, count)
+    parallel.barrier("latents parts written")
+    path = inversion_files.merge_codes(out, count) if index == 0 else None
+    parallel.barrier("latents merged")  # any process's exit means latents.npz is there
+    return path
+
+
 def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_size: int,
                  align_faces: bool = False, resize_outputs: bool = False,
                  skip_unreadable: bool = True, run: Optional[Callable] = None,
-                 desc: str = "invert", face="largest",
-                 detector: str = "hog") -> Iterator[InvertedBatch]:
+                 desc: str = "invert", face="largest", detector: str = "hog",
+                 stems: Optional[Sequence[str]] = None) -> Iterator[InvertedBatch]:
     """Invert image files batch by batch: read (or align), resize to the model's input,
     invert; yields an `InvertedBatch` per batch, so the caller writes (or pastes back) each
     batch as it comes and memory does not grow with the number of files.
@@ -517,13 +543,14 @@ def invert_paths(inverter: Inverter, paths: Sequence[str], n_iters: int, batch_s
     is raised instead). Progress goes to `utils.cli.progress_bar`. run: a compiled
     `inverter.batched_inverter(batch_size, n_iters, resize_outputs)` to reuse (compiled on
     the first batch otherwise; a batch of files holding more faces than batch_size runs in
-    several calls).
+    several calls). stems: the output stem of each path (default `unique_stems(paths)`;
+    a process's share of a longer list passes the stems of `shard_inputs`).
     """
     load, errors = image_loader(align_faces, face, detector)
     every_face = align_faces and align.parse_face(face) == "all"
     if not skip_unreadable:
         errors = ()
-    stems = dict(zip(paths, unique_stems(paths)))
+    stems = dict(zip(paths, unique_stems(paths) if stems is None else stems))
     bar = cli.progress_bar(len(paths), desc=desc, unit="img")
     t_run, n_done = 0.0, 0
     try:

@@ -7,6 +7,8 @@
     OUT/inputs/<stem>.png           the input as the model saw it (aligned, resized)
     OUT/grids/<stem>.png            labelled: input | initial | iteration 1 .. n
     OUT/latents.npz                 {stem: codes float32 [n_styles, D]} (no pickle)
+    OUT/latents.part-<p>-of-<P>.npz process p's codes in a run of P processes, the same
+                                    format; while the run lasts (merged into latents.npz)
     OUT/deltas/<stem>.npz           'layer_<j>': final offsets [out, in, k, k] per tuned layer
     OUT/arrays/<stem>.npz           'init', 'iter_1' .. 'iter_n' float32 [H, W, 3] un-clipped,
                                     'codes' [n_styles, D], and 'refined' when refined
@@ -29,7 +31,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -109,6 +111,47 @@ def write_codes(out: str, codes: Mapping[str, np.ndarray]) -> str:
     path = os.path.join(out, CODES)
     _save_npz(path, {str(s): np.asarray(c, np.float32) for s, c in codes.items()})
     return path
+
+
+def codes_part_path(out: str, index: int, count: int) -> str:
+    """OUT/latents.part-<index>-of-<count>.npz: one process's codes in a multi-process run."""
+    return os.path.join(out, f"{CODES[:-len('.npz')]}.part-{index}-of-{count}.npz")
+
+
+def write_codes_part(out: str, codes: Mapping[str, np.ndarray], index: int, count: int) -> str:
+    """Process `index` of `count`: its codes (possibly none) as a part file; returns its path."""
+    path = codes_part_path(out, index, count)
+    _save_npz(path, {str(s): np.asarray(c, np.float32) for s, c in codes.items()})
+    return path
+
+
+def merge_codes(out: str, count: int) -> Optional[str]:
+    """Join the `count` part files into OUT/latents.npz, in process order (each part in its
+    own order: the order of one process's run when the parts are contiguous blocks of the
+    inputs), then remove the parts. Returns the path, or None when no part holds codes (no
+    latents.npz, as a one-process run without codes). InversionFileError names a missing
+    part or a stem found in two."""
+    parts = [codes_part_path(out, p, count) for p in range(count)]
+    codes: dict = {}
+    for path in parts:
+        if not os.path.isfile(path):
+            raise InversionFileError(f"{path}: missing (each process writes its part into the "
+                                     f"same folder: is it on a file system every host shares?)")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for k in f.files:
+                    if k in codes:
+                        raise InversionFileError(f"{path}: stem {k!r} is also in an earlier "
+                                                 f"part")
+                    codes[k] = np.asarray(f[k], np.float32)
+        except (OSError, ValueError) as e:
+            if isinstance(e, InversionFileError):
+                raise
+            raise InversionFileError(f"{path}: not a codes file ({_one_line(e)})") from None
+    written = write_codes(out, codes) if codes else None
+    for path in parts:
+        os.remove(path)
+    return written
 
 
 def write_deltas(out: str, stem: str, deltas: Sequence[Optional[np.ndarray]]) -> None:
@@ -193,17 +236,19 @@ def pasted_path(out: str, photo: str, key: Optional[str] = None) -> str:
     return os.path.join(*parts)
 
 
-def write_inversion(out: str, items: Sequence[InvertedImage]) -> None:
+def write_inversion(out: str, items: Sequence[InvertedImage], codes: bool = True) -> None:
     """latents.npz, deltas/<stem>.npz, inputs/<stem>.png (when known) and
     transforms/<stem>.json (aligned inputs) of inverted images: what a later
-    `edit --inversion OUT` reads."""
+    `edit --inversion OUT` reads. codes=False: all but latents.npz (a multi-process run
+    writes it with `inference.write_run_codes`)."""
     for it in items:
         if it.image is not None:
             write_input(out, it.stem, it.image)
         if it.origin is not None:
             write_transform(out, it.stem, it.origin)
         write_deltas(out, it.stem, it.deltas)
-    write_codes(out, {it.stem: it.codes for it in items})
+    if codes:
+        write_codes(out, {it.stem: it.codes for it in items})
 
 
 # ----------------------------------------------------------------------------- reading
@@ -307,16 +352,18 @@ def read_transform(folder: str, stem: str) -> FaceOrigin:
 
 
 def read_inversion(folder: str, shapes: Sequence[Optional[tuple]], n_styles: int,
-                   style_dim: int) -> list:
+                   style_dim: int, select: Optional[Callable[[list], list]] = None) -> list:
     """An inversion folder (codes + deltas) -> [InvertedImage], in the codes file's order.
 
     shapes: the generator's per-layer offset shapes (None at untuned layers); codes must be
-    [n_styles, style_dim]."""
+    [n_styles, style_dim]. select: the codes file's stems -> those to read (e.g.
+    `parallel.process_shard`: only this process's deltas are read)."""
     codes = read_codes(folder)
     path = os.path.join(folder, CODES if os.path.isfile(os.path.join(folder, CODES))
                         else OLD_CODES)
     items = []
-    for stem, c in codes.items():
+    stems = list(codes) if select is None else select(list(codes))
+    for stem, c in ((s, codes[s]) for s in stems):
         if c.shape != (n_styles, style_dim):
             raise InversionFileError(f"{path}: codes of {stem!r} have shape {c.shape}, this "
                                      f"generator needs ({n_styles}, {style_dim})")

@@ -36,6 +36,12 @@ final/, latents.npz, deltas/ and pasted/ then hold the refined result (what `edi
 --inversion OUT` edits), iterations/ keep HyperStyle's. --export_generator DIR writes each
 image's tuned generator θ·(1+D) as DIR/<stem>/ (a converted generator folder; DIR/<stem>.pt
 too with --export_pt).
+
+Several processes or hosts (--num_processes P --process_id p --coordinator_address
+HOST:PORT, one command per process, the same --out): process p inverts the p-th contiguous
+block of the sorted inputs on its own devices and writes those images' files; with
+--save_latents each writes latents.part-<p>-of-<P>.npz and process 0 merges them into the
+latents.npz one process would write. --out must be a folder every host sees.
 """
 from __future__ import annotations
 
@@ -47,13 +53,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperstyle_jax import align, inversion_files, refine_cli
+from hyperstyle_jax import align, inversion_files, parallel, refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.inference import (
     add_precision_argument,
     image_loader,
     invert_paths,
     load_inverter,
+    shard_inputs,
+    write_run_codes,
 )
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.paste_writer import PasteWriter
@@ -94,6 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "original photo at its size (implies --align)")
     add_precision_argument(p)
     refine_cli.add_arguments(p, export=True)
+    parallel.add_process_arguments(p)
     args = p.parse_args(argv)
     if args.n_iters < 1:
         p.error(f"--n_iters must be >= 1, got {args.n_iters}")
@@ -118,10 +127,13 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     args = parse_args(argv)
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
     cli.out_dir(args.out)
-    paths = list_images(args.images)
-    if not paths:
+    all_paths = list_images(args.images)
+    if not all_paths:
         raise cli.UserError(f"no images found at {args.images!r}")
+    paths, stems = shard_inputs(all_paths)
     if args.align:
         try:
             image_loader(align_faces=True, face=args.face, detector=args.detector)
@@ -141,7 +153,7 @@ def _main(argv) -> int:
     t_run, n_done = 0.0, 0
     paster = PasteWriter(out, {}, report=lambda line: print(line, file=sys.stderr))
     for batch in invert_paths(inverter, paths, n, args.batch_size, align_faces=args.align,
-                              run=run, face=args.face, detector=args.detector):
+                              run=run, face=args.face, detector=args.detector, stems=stems):
         failed += batch.skipped
         t_run, n_done = t_run + batch.seconds, n_done + len(batch.stems)
         res = batch.result
@@ -176,8 +188,8 @@ def _main(argv) -> int:
             codes[stem] = final_codes[i]
     paster.close()
 
-    if args.save_latents and codes:
-        inversion_files.write_codes(out, codes)
+    if args.save_latents:
+        write_run_codes(out, codes)
     n_ok = len(paths) - len(failed)
     per_img = f"{1000 * t_run / n_done:.1f} ms per image" if n_done else "no image inverted"
     if args.paste_back:
@@ -188,8 +200,10 @@ def _main(argv) -> int:
               f"{refiner.seconds:.1f} s (compilation included)")
     if args.export_generator:
         print(f"exported {n_done} tuned generator(s) into {args.export_generator}")
-    print(f"inverted {n_ok} of {len(paths)} images into {out} ({n} iterations); "
-          f"{per_img} excluding compilation, on {jax.device_count()} "
+    share = (f"process {jax.process_index()} of {jax.process_count()}: "
+             if jax.process_count() > 1 else "")
+    print(f"{share}inverted {n_ok} of {len(paths)} images into {out} ({n} iterations); "
+          f"{per_img} excluding compilation, on {jax.local_device_count()} "
           f"{jax.default_backend()} device(s)")
     if failed or paster.failed:
         if failed:

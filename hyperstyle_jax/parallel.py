@@ -4,15 +4,20 @@ Nothing here uses pmap: the step is a `jax.jit` over global arrays with `NamedSh
 Parameters and optimizer state are replicated (P()); batches are split on dim 0 (P('data')).
 Each process loads only its own contiguous block of the global batch (process p of P holds
 rows [p*B/P, (p+1)*B/P)), and `jax.make_array_from_process_local_data` joins the blocks.
+
+Inference (invert, edit, video) splits the input list instead: each process takes its
+contiguous block (`process_shard`) and runs it on its own devices (`local_mesh`); the
+process flags (`PROCESS_FLAGS`) and their checks (`DistributedConfigError`) are shared by
+every command line.
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -22,6 +27,34 @@ DATA_AXIS = "data"
 # Environment of a multi-host TPU VM or a SLURM job: jax.distributed finds everything there.
 _AUTO_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS",
              "OMPI_COMM_WORLD_SIZE")
+
+# The process flags of every command line (train's absl flags, invert's and edit's argparse
+# options): (name, type, help).
+PROCESS_FLAGS = (
+    ("coordinator_address", str, "host:port of process 0 for a run over several processes or "
+     "hosts (or JAX_COORDINATOR_ADDRESS); not needed on TPU pods or under SLURM"),
+    ("num_processes", int, "number of processes (or JAX_NUM_PROCESSES)"),
+    ("process_id", int, "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID)"),
+)
+
+
+class DistributedConfigError(ValueError):
+    """Process flags (or JAX_* variables) that do not fit together; one line naming them."""
+
+
+def add_process_arguments(parser) -> None:
+    """The process flags as argparse options (invert, edit), in their own help group."""
+    g = parser.add_argument_group("several processes or hosts (each takes a share of the "
+                                  "inputs; README 'Several processes or hosts')")
+    for name, kind, text in PROCESS_FLAGS:
+        g.add_argument(f"--{name}", type=kind, default=None, help=text)
+
+
+def define_process_flags() -> dict:
+    """The process flags as absl flags (train); returns {name: FlagHolder}."""
+    define = {str: flags.DEFINE_string, int: flags.DEFINE_integer}
+    return {name: define[kind](name, None, text[0].upper() + text[1:] + ".")
+            for name, kind, text in PROCESS_FLAGS}
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -33,25 +66,49 @@ def initialize_distributed(coordinator_address: str | None = None,
     `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. With none of them set, a multi-host TPU slice
     or SLURM job is still detected by jax itself (cluster auto-detection). Otherwise this
     is a single process and nothing is started. Must run before any other jax call.
+    Values that do not fit together raise `DistributedConfigError` before anything starts;
+    the same values again in the same Python process (a second command) are accepted.
     """
     addr = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     n = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     pid = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
-    explicit = (addr, n, pid)
-    if any(v is not None for v in explicit):
-        if n is not None and n > 1 and (addr is None or pid is None):
-            raise ValueError(
-                f"multi-process run needs all of coordinator_address ({addr!r}), "
-                f"num_processes ({n!r}) and process_id ({pid!r}): set the flags "
-                "--coordinator_address/--num_processes/--process_id or the JAX_* env vars")
-        if n == 1 and addr is None:
+    if any(v is not None for v in (addr, n, pid)):
+        check_process_config(addr, n, pid)
+        if (n is None or n == 1) and addr is None:
             return False
+        if jax.distributed.is_initialized():  # a second command in the same process (API)
+            if (n, pid) != (jax.process_count(), jax.process_index()):
+                raise DistributedConfigError(
+                    f"--num_processes {n} --process_id {pid}: this Python process already "
+                    f"runs as process {jax.process_index()} of {jax.process_count()}")
+            return True
         jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
         return True
     if any(k in os.environ for k in _AUTO_ENV):
-        jax.distributed.initialize()
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
         return True
     return False
+
+
+def check_process_config(addr: str | None, n: int | None, pid: int | None) -> None:
+    """Raise `DistributedConfigError` (one line) unless the values describe one process
+    of a run: num_processes >= 1 (and given whenever the others are), 0 <= process_id <
+    num_processes, and a coordinator address and a process id when there are several."""
+    if n is None and (addr is not None or pid is not None):
+        given = "--coordinator_address" if addr is not None else f"--process_id {pid}"
+        raise DistributedConfigError(f"{given} needs --num_processes (or JAX_NUM_PROCESSES)")
+    if n is not None and n < 1:
+        raise DistributedConfigError(f"--num_processes {n}: must be >= 1")
+    if pid is not None and not 0 <= pid < n:
+        raise DistributedConfigError(f"--process_id {pid}: must be in 0 .. {n - 1} "
+                                     f"(--num_processes {n})")
+    if n is not None and n > 1 and (addr is None or pid is None):
+        raise DistributedConfigError(
+            f"--num_processes {n} needs --coordinator_address HOST:PORT (process 0's; got "
+            f"{addr!r}) and --process_id (got {pid!r}), or the JAX_* environment variables")
+    if addr is not None and ":" not in addr:
+        raise DistributedConfigError(f"--coordinator_address {addr!r}: expected HOST:PORT")
 
 
 def _env_int(name: str) -> int | None:
@@ -61,7 +118,49 @@ def _env_int(name: str) -> int | None:
     try:
         return int(v)
     except ValueError:
-        raise ValueError(f"environment variable {name}={v!r}: expected an integer") from None
+        raise DistributedConfigError(
+            f"environment variable {name}={v!r}: expected an integer") from None
+
+
+# -- Processes: each takes a contiguous block of a list of independent inputs ---------------
+
+
+def process_block(n: int, index: int, count: int) -> tuple[int, int]:
+    """(start, stop) of process `index` of `count` in a list of n items: contiguous blocks
+    in process order whose sizes differ by at most one (the first n % count get one more),
+    so joining the blocks in process order gives the list back."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"process index {index} is not in 0 .. {count - 1}")
+    base, extra = divmod(n, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
+def process_shard(items: Sequence, index: int | None = None,
+                  count: int | None = None) -> list:
+    """This process's block of `items` (`process_block`); index and count default to
+    jax's process index and count. The whole list in a single-process run."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    start, stop = process_block(len(items), index, count)
+    return list(items[start:stop])
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (the same name everywhere);
+    nothing with one process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def global_offset(n_local: int) -> tuple[int, int]:
+    """(items held by the processes before this one, items held by all) when each process
+    holds n_local: a local position plus the offset is the position in a one-process run.
+    A collective: every process calls it at the same point."""
+    if jax.process_count() == 1:
+        return 0, int(n_local)
+    counts = np.asarray(multihost_utils.process_allgather(np.int64(n_local))).reshape(-1)
+    return int(counts[:jax.process_index()].sum()), int(counts.sum())
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -267,17 +267,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder: checkpoints/, tensorboard/, metrics.jsonl, config.json, "
     "images/, export/. A workdir that holds a checkpoint resumes from it.", required=True)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for multi-host runs "
-    "(or JAX_COORDINATOR_ADDRESS); not needed on TPU pods.")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (or JAX_PROCESS_ID).")
+_PROCESS = parallel.define_process_flags()  # shared with invert and edit
 _PROGRESS = flags.DEFINE_bool(
     "progress", True, "Show progress (process 0): a bar on a terminal, plain lines in a log.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Tracebacks instead of one-line errors.")
-FLAG_NAMES = ("config", "workdir", "coordinator_address", "num_processes", "process_id",
-              "progress", "debug")
+FLAG_NAMES = ("config", "workdir", *_PROCESS, "progress", "debug")
 
 
 def main(argv: list) -> int:
@@ -285,7 +279,7 @@ def main(argv: list) -> int:
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.initialize_distributed(**{name: f.value for name, f in _PROCESS.items()})
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     except (ValueError, OSError) as e:  # a config value or a file the user named: one line

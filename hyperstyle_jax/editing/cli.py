@@ -42,6 +42,16 @@ Output layout under --out:
                                (every face of it), its size, upright per EXIF, PNG
                                (`paste_writer`); an edit written for stem S is pasted into
                                S's photo (`write_edit(..., source=)` names another item's)
+
+Several processes or hosts (`parallel.add_process_arguments`: --num_processes,
+--process_id, --coordinator_address; one command per process, the same --out): by default
+each process takes a contiguous block of the inputs (`ctx.items` holds only its block;
+`ctx.first_index` is the block's position in the whole input, for anything numbered by
+it) and writes those images' files; --save_inversion's latents.npz is merged from the
+processes' parts (`inference.write_run_codes`). A subcommand whose outputs pair images
+sets `split='pairs'` (p.set_defaults): every process then holds every item and the
+subcommand shares out its pairs with `parallel.process_shard`. --video splits clips
+(`video.pipeline`).
 """
 from __future__ import annotations
 
@@ -53,7 +63,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hyperstyle_jax import align, inversion_files, refine_cli
+from hyperstyle_jax import align, inversion_files, parallel, refine_cli
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
@@ -63,6 +73,8 @@ from hyperstyle_jax.inference import (
     invert_paths,
     load_inverter,
     load_renderer,
+    shard_inputs,
+    write_run_codes,
 )
 from hyperstyle_jax.inversion_files import InvertedImage
 from hyperstyle_jax.invert import face_arg
@@ -113,6 +125,7 @@ def common_parser() -> argparse.ArgumentParser:
                         "--inversion the folder's transforms/ are used)")
     video_pipeline.add_options(p)
     refine_cli.add_arguments(p)
+    parallel.add_process_arguments(p)
     return p
 
 
@@ -146,6 +159,7 @@ class EditContext:
     render(codes [K, n_styles, D], deltas) -> float32 [K, H, W, 3]  (editing.render)
     progress(seq, desc)   iterate with the progress bar
     failed       [(path, reason)] of unreadable inputs (exit status 1 at the end)
+    first_index  position of items[0] among the items of every process (0 with one)
     """
 
     def __init__(self, args: argparse.Namespace, inverter):
@@ -158,6 +172,7 @@ class EditContext:
         self.renderer = EditRenderer(inverter, args.batch_size)
         self.refiner = refine_cli.Refiner.from_args(args, inverter, args.batch_size)
         self.failed: list = []
+        self.first_index = 0
         self._items = None
         self.paster = None
         if getattr(args, "paste_back", False):
@@ -174,24 +189,30 @@ class EditContext:
 
     def _load_items(self) -> list:
         a = self.args
+        # One process's block of the inputs, unless the subcommand pairs them (then every
+        # process holds them all and splits its pairs).
+        by_image = getattr(a, "split", "images") == "images"
         if a.inversion:
             items = inversion_files.read_inversion(
                 a.inversion, self.inverter.model.tuned_delta_shapes(), self.n_styles,
-                self.style_dim)
+                self.style_dim, select=parallel.process_shard if by_image else None)
             if self.paster is not None:
                 self._read_transforms(items)
             if self.refiner is not None:
                 for start in range(0, len(items), a.batch_size):
                     self._refine_stored(items[start:start + a.batch_size])
+            if by_image:
+                self.first_index = parallel.global_offset(len(items))[0]
             return items
-        paths = list_images(a.images)
-        if not paths:
+        all_paths = list_images(a.images)
+        if not all_paths:
             raise EditError(f"no images found at {a.images!r}")
+        paths, stems = shard_inputs(all_paths) if by_image else (all_paths, None)
         items = []
         for batch in invert_paths(self.inverter, paths, a.n_iters, a.batch_size,
                                   align_faces=getattr(a, "align", False),
                                   face=getattr(a, "face", "largest"),
-                                  detector=getattr(a, "detector", "hog")):
+                                  detector=getattr(a, "detector", "hog"), stems=stems):
             self.failed += batch.skipped
             new = [InvertedImage(stem, np.asarray(batch.result["codes"][i]), batch.deltas(i),
                                  batch.inputs[i], origin=batch.origins[i])
@@ -199,10 +220,17 @@ class EditContext:
             if self.refiner is not None and new:
                 self._refine(new, images.to_float(batch.inputs))
             items += new
-        if a.save_inversion and items:
-            inversion_files.write_inversion(self.out, items)
-        if not items:
-            raise EditError(f"none of the {len(paths)} input files could be read")
+        # Every process counts the items of all (a collective), so all of them agree on
+        # whether anything was read and each knows where its block starts.
+        self.first_index, total = (parallel.global_offset(len(items)) if by_image
+                                   else (0, len(items)))
+        if a.save_inversion:
+            # Each item's files are written once: by the process whose block holds it.
+            own = items if by_image else parallel.process_shard(items)
+            inversion_files.write_inversion(self.out, own, codes=False)
+            write_run_codes(self.out, {it.stem: it.codes for it in own})
+        if not total:
+            raise EditError(f"none of the {len(all_paths)} input files could be read")
         if self.paster is not None:
             for it in items:
                 if it.origin is not None:
@@ -365,6 +393,8 @@ def run_subcommand(args: argparse.Namespace) -> int:
         raise cli.UserError(f"--n_iters and --batch_size must be >= 1 (got {args.n_iters}, "
                             f"{args.batch_size})")
     t0 = time.perf_counter()
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
     cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
     if args.video:
         return video_pipeline.edit_videos(args)

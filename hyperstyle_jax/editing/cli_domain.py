@@ -10,7 +10,8 @@ Each image is inverted once: HyperStyle (--n_iters) gives the offsets, ReStyle-e
 Grid row: input | reconstruction (HyperStyle's, on the FFHQ generator) | one column per
 generator; edits/domain_<generator folder name>/<stem>.png, and with --save_npy the same
 keys in arrays/<stem>.npz. Random noise (the official default) is drawn per image from
---noise_seed and the image's position in the input, so reruns reproduce it.
+--noise_seed and the image's position in the input, so reruns reproduce it (with several
+processes too: a process's block starts at `ctx.first_index`).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def run(args, ctx) -> None:
         deltas = [None if chunk[0].deltas[j] is None else np.stack([it.deltas[j] for it in chunk])
                   for j in range(len(chunk[0].deltas))]
         recon = ctx.render(np.stack([it.codes for it in chunk]), deltas)
-        ids = np.arange(s, s + len(chunk))
+        ids = ctx.first_index + np.arange(s, s + len(chunk))  # positions in the whole input
         renders = [(key, renderers[config](variables, latents, deltas, ids, args.noise_seed))
                    for key, config, variables in gens]
         for i, it in enumerate(chunk):

@@ -2,7 +2,8 @@
 `editing.interpolate`; the subcommand contract is in `editing.cli`).
 
 Writes edits/alpha_<a>/<A>__<B>.png, grids/<A>__<B>.png (input A | A | alphas | B |
-input B), with --save_npy arrays/<A>__<B>.npz, and with --frames a looping GIF.
+input B), with --save_npy arrays/<A>__<B>.npz, and with --frames a looping GIF. With
+several processes the pairs are shared out (each process inverts or reads every image).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from hyperstyle_jax import parallel
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.cli import common_parser
 from hyperstyle_jax.editing.interpolate import apply, frame_alphas
@@ -61,7 +63,9 @@ def register(subparsers) -> None:
                    help="GIF path (default OUT/animations/<A>__<B>.gif when --frames is set); "
                         "with several pairs, the pair's stems are added to the name")
     p.add_argument("--fps", type=float, default=15.0, help="animation frame rate")
-    p.set_defaults(run=run)
+    # A pair may join any two inputs: with several processes each holds every image and
+    # renders its block of the pairs.
+    p.set_defaults(run=run, split="pairs")
 
 
 def _render_alphas(ctx, a, b, alphas) -> np.ndarray:
@@ -90,7 +94,8 @@ def run(args, ctx) -> None:
             raise EditError(f"--pair A B is needed with {len(ctx.items)} inputs")
         pairs = [[ctx.items[0].stem, ctx.items[1].stem]]
     todo = [(ctx.item(x), ctx.item(y)) for x, y in pairs]  # fail on a bad stem before work
-    for a, b in ctx.progress(todo, "interpolate"):
+    n_pairs = len(todo)
+    for a, b in ctx.progress(parallel.process_shard(todo), "interpolate"):
         stem = f"{a.stem}__{b.stem}"
         images = _render_alphas(ctx, a, b, [0.0, 1.0] + list(alphas))
         recon_a, recon_b, mixed = images[0], images[1], images[2:]
@@ -104,7 +109,7 @@ def run(args, ctx) -> None:
         if n_frames:
             frames = _render_alphas(ctx, a, b, list(frames_alphas))
             path = args.animation or os.path.join(ctx.out, "animations", f"{stem}.gif")
-            if args.animation and len(todo) > 1:
+            if args.animation and n_pairs > 1:
                 root, ext = os.path.splitext(path)
                 path = f"{root}_{stem}{ext}"
             save_gif(path, [to_uint8(f) for f in frames], args.fps)

@@ -12,6 +12,11 @@ frame's smoothed `AlignedFace` and encodes one clip per edit key:
 `OUT/videos/<key>/<clip stem>.<ext>`, and a report `OUT/videos/<clip stem>.json`.
 Frames without a face track pass through unchanged. Subcommands that need the items as a
 list (several passes, pairs) are refused with one line (`UNSUPPORTED`).
+
+With several processes (edit's --num_processes/--process_id/--coordinator_address) the
+clips are shared out, a contiguous block per process (`parallel.process_shard`); a clip is
+one stream and is never split, so a single clip runs on process 0 and the others have
+nothing to do. Each clip's files are its own; nothing is merged.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ import tracemalloc
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
+import jax
 import numpy as np
 from PIL import Image
 
-from hyperstyle_jax import align
+from hyperstyle_jax import align, parallel
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.align.paste import paste_back, quad_region
 from hyperstyle_jax.editing import EditError
@@ -586,7 +592,12 @@ def edit_videos(args: argparse.Namespace, inverter=None) -> int:
         return compiled["run"](x)
 
     failed = []
-    for path, stem in zip(args.video, unique_stems(args.video)):
+    # Stems over every clip first, so a clip's outputs are named as in a one-process run.
+    mine = parallel.process_shard(list(zip(args.video, unique_stems(args.video))))
+    if not mine:
+        print(f"process {jax.process_index()}: no clip to edit ({len(args.video)} "
+              f"clip(s) shared by {jax.process_count()} processes)", flush=True)
+    for path, stem in mine:
         try:
             result = edit_clip(path, stem, args, ctx, opts, invert)
         except VideoError as e:

@@ -1,0 +1,205 @@
+"""Inference over several processes: the block arithmetic, the merge of the codes' part
+files, one-line errors for process flags that do not fit, and a real two-process run.
+
+The two-process run: `invert` then `edit interfacegan --images --save_inversion`, once in
+one process and once as two processes over a loopback `jax.distributed` (each seeing one
+CPU device); every file of both output folders must be the same, latents.npz included (same
+stems in the same order, values allclose). The three children share a compilation cache
+and the one-process child runs first, so the two others mostly load compiled code.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import ROOT, free_port
+from PIL import Image
+
+from hyperstyle_jax import edit, inversion_files, invert, parallel
+
+F09 = os.path.join(ROOT, "tests", "fixtures", "09_editing")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 12])
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_process_block_is_balanced_contiguous_and_covering(n, count):
+    blocks = [parallel.process_block(n, p, count) for p in range(count)]
+    assert blocks[0][0] == 0 and blocks[-1][1] == n
+    for (_, stop), (start, _) in zip(blocks, blocks[1:]):
+        assert stop == start  # contiguous, disjoint, in process order
+    sizes = [stop - start for start, stop in blocks]
+    # the first n % count processes take one more
+    assert sizes == [n // count + (p < n % count) for p in range(count)]
+
+
+def test_process_shard_joins_back_in_order():
+    items = [f"img{i}" for i in range(7)]
+    shards = [parallel.process_shard(items, p, 3) for p in range(3)]
+    assert shards == [items[0:3], items[3:5], items[5:7]]
+    assert parallel.process_shard(items) == items  # this test runs as one process
+    with pytest.raises(ValueError, match="process index 3 is not in 0 .. 2"):
+        parallel.process_block(7, 3, 3)
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def test_merge_codes_keeps_process_order_and_removes_parts(tmp_path):
+    rng = np.random.RandomState(0)
+    parts = [{"b": rng.randn(3, 4), "a": rng.randn(3, 4)}, {}, {"c": rng.randn(3, 4)}]
+    for p, codes in enumerate(parts):
+        inversion_files.write_codes_part(str(tmp_path), codes, p, 3)
+    assert (tmp_path / "latents.part-1-of-3.npz").is_file()
+    path = inversion_files.merge_codes(str(tmp_path), 3)
+    assert path == str(tmp_path / "latents.npz")
+    merged = inversion_files.read_codes(str(tmp_path))
+    assert list(merged) == ["b", "a", "c"]  # part 0's order, then part 2's
+    for codes in parts:
+        for k, v in codes.items():
+            np.testing.assert_array_equal(merged[k], v.astype(np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["latents.npz"]
+
+
+def test_merge_codes_names_a_missing_part_and_a_repeated_stem(tmp_path):
+    c = np.zeros((2, 3), np.float32)
+    inversion_files.write_codes_part(str(tmp_path), {"a": c}, 0, 2)
+    with pytest.raises(inversion_files.InversionFileError, match="latents.part-1-of-2.npz: "
+                       "missing"):
+        inversion_files.merge_codes(str(tmp_path), 2)
+    inversion_files.write_codes_part(str(tmp_path), {"a": c}, 1, 2)
+    with pytest.raises(inversion_files.InversionFileError, match="stem 'a' is also in"):
+        inversion_files.merge_codes(str(tmp_path), 2)
+
+
+def test_merge_codes_without_codes_writes_no_file(tmp_path):
+    for p in range(2):
+        inversion_files.write_codes_part(str(tmp_path), {}, p, 2)
+    assert inversion_files.merge_codes(str(tmp_path), 2) is None
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--num_processes", "2", "--process_id", "2", "--coordinator_address", "127.0.0.1:1"],
+     "error: --process_id 2: must be in 0 .. 1 (--num_processes 2)"),
+    (["--num_processes", "2", "--process_id", "0"],
+     "error: --num_processes 2 needs --coordinator_address HOST:PORT"),
+    (["--process_id", "1"], "error: --process_id 1 needs --num_processes"),
+    (["--num_processes", "0"], "error: --num_processes 0: must be >= 1"),
+])
+def test_bad_process_flags_are_one_line(flags, expected, tmp_path, capsys):
+    common = ["--checkpoint", str(tmp_path / "none"), "--images", str(tmp_path),
+              "--out", str(tmp_path / "out"), *flags]
+    codes = [invert.main(["--w_encoder", str(tmp_path / "none"), *common]),
+             edit.main(["interfacegan", "--direction", "d.pt", *common])]
+    assert codes == [2, 1]  # each CLI's exit status for a user error
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith(expected) for line in lines), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_bad_process_flags_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hyperstyle_jax.train", "--workdir",
+                          str(tmp_path / "w"), "--num_processes", "2", "--process_id", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "--num_processes 2 needs --coordinator_address" in lines[0]
+
+
+# ----------------------------------------------------------------------------- two processes
+
+# One child: invert, then edit (both through their command lines' main); argv[1] is the
+# output root, the rest the process flags (none for the one-process reference).
+CHILD = textwrap.dedent('''
+    import sys
+    from hyperstyle_jax import edit, invert
+    hs, we, images, direction, root, *process = sys.argv[1:]
+    common = ["--checkpoint", hs, "--w_encoder", we, "--images", images, "--n_iters", "1",
+              "--batch_size", "2", *process]
+    a = invert.main(common + ["--out", root + "/invert", "--save_latents", "--save_deltas",
+                              "--save_npy"])
+    b = edit.main(["interfacegan", *common, "--out", root + "/edit", "--direction", direction,
+                   "--factors", "2", "--save_npy", "--save_inversion"])
+    print("EXIT", a, b, flush=True)
+''')
+
+
+def _spawn(script, args, cache):
+    env = dict(os.environ)
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+               JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=300):
+    """Outputs of the children; a hung one (a barrier never met) fails the test."""
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return outs
+
+
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(3):  # blocks of 2 and 1 (+ the bad file): a padded batch on each side
+        Image.fromarray(rng.randint(0, 256, (64, 64, 3), dtype=np.uint8)).save(imgs / f"i{i}.png")
+    (imgs / "z_bad.png").write_text("not an image")  # process 1's: exit 1 there only
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    args = [e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder(), imgs,
+            os.path.join(F09, "interfacegan_random_unit.pt")]
+    one, two = tmp_path / "one", tmp_path / "two"
+    cache = tmp_path / "jax_cache"
+    [ref] = _finish([_spawn(script, args + [one], cache)])
+    assert "EXIT 1 1" in ref, ref[-3000:]  # the bad file fails both commands
+    addr = f"127.0.0.1:{free_port()}"
+    outs = _finish([_spawn(script, args + [two, "--num_processes", 2, "--process_id", p,
+                                          "--coordinator_address", addr], cache)
+                    for p in range(2)])
+    assert "EXIT 0 0" in outs[0], outs[0][-3000:]  # i0, i1
+    assert "EXIT 1 1" in outs[1], outs[1][-3000:]  # i2 and z_bad
+    assert "process 0 of 2: inverted 2 of 2 images" in outs[0]
+    assert "process 1 of 2: inverted 1 of 2 images" in outs[1]
+
+    files = _files(one)
+    assert files == _files(two)  # no part file left, nothing missing or extra
+    assert {"invert/latents.npz", "edit/latents.npz", "edit/deltas/i2.npz",
+            "invert/final/i2.png", "edit/edits/interfacegan_random_unit_2/i1.png"} <= set(files)
+    for rel in files:
+        a, b = one / rel, two / rel
+        if rel.endswith(".npz"):
+            with np.load(a) as x, np.load(b) as y:
+                assert x.files == y.files, rel  # latents.npz: stems in input order
+                for k in x.files:
+                    np.testing.assert_allclose(x[k], y[k], rtol=0, atol=1e-6, err_msg=rel)
+        elif rel.endswith(".png"):
+            x, y = np.asarray(Image.open(a), np.int16), np.asarray(Image.open(b), np.int16)
+            assert x.shape == y.shape and np.abs(x - y).max() <= 1, rel
+    with np.load(one / "invert" / "latents.npz") as f:
+        assert f.files == ["i0", "i1", "i2"]
