@@ -146,7 +146,8 @@ def _modconv_vars(npz, case):
 
 
 @pytest.mark.parametrize("case,form", [(c, "map") for c in MODCONV] +
-                         [("modconv_up", "grouped"), ("modconv_up", "loop")])
+                         [("modconv_up", "grouped"), ("modconv_up", "loop"),
+                          ("modconv_plain", "winograd"), ("modconv_plain", "matmul")])
 def test_modulated_conv_matches_official(npz, case, form):
     out_c, k, demod, up, taps = MODCONV[case]
     if up and f"{case}__param__blur.kernel" in npz:

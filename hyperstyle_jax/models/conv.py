@@ -33,9 +33,12 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 #   'map':     lax.map (a scan) over the batch, one ordinary conv per sample;
 #   'loop':    an unrolled Python loop over the (static) batch;
 #   'matmul':  a sum of kh*kw shifted (batched) matmuls, one per tap (`shifted_matmul_conv`),
-#              also used for shared kernels when chosen.
+#              also used for shared kernels when chosen;
+#   'winograd': 3x3 kernels as Winograd F(2x2, 3x3) (`winograd_conv3x3`): 16 (batched) GEMMs
+#              on transformed 4x4 input tiles, 2.25x fewer multiplies; other kernel sizes
+#              (the up-conv's polyphase taps) take 'matmul'. Also used for shared kernels.
 # 'auto' picks per backend; the numbers behind the choice are in docs/benchmarks.md.
-PER_SAMPLE_FORMS = ("grouped", "map", "loop", "matmul")
+PER_SAMPLE_FORMS = ("grouped", "map", "loop", "matmul", "winograd")
 AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "grouped",
                    "tpu": "grouped"}
 # bf16 operands on CPU: at >= this many input channels convs take the shifted-matmul form,
@@ -103,6 +106,57 @@ def shifted_matmul_conv(x: Array, w: Array, pad: tuple, stride: int = 1) -> Arra
     return out
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 2x2
+# output tile of a 4x4 input tile d. B^T and A^T hold only 0/+-1 (additions); G holds 1/2s.
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+
+
+def _wino_in(d: list) -> list:
+    """B^T applied along one axis to the four tile rows d0..d3."""
+    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def _wino_out(m: list) -> list:
+    """A^T applied along one axis to the four products m0..m3."""
+    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def winograd_conv3x3(x: Array, w: Array, pad: tuple) -> Array:
+    """Stride-1 3x3 conv as Winograd F(2x2, 3x3). x: [B, H, W, I]; w: [3, 3, I, O] shared
+    or [B, 3, 3, I, O] per sample; pad: ((top, bottom), (left, right)). -> [B, H', W', O].
+
+    The input tiles (stride 2, taken as 16 strided slices) and the kernel are transformed,
+    then each of the 16 tile positions is one GEMM [tiles, I] x [I, O] (batched over
+    samples for per-sample kernels), accumulated in fp32 for bf16 operands, and the output
+    transform interleaves the 2x2 results. The kernel transform runs in fp32 and is cast to
+    the operands' dtype. Odd output sizes compute one extra row/column, then crop.
+    """
+    (pt, pb), (pl, pr) = pad
+    b, h, wd, _ = x.shape
+    ho, wo = h + pt + pb - 2, wd + pl + pr - 2
+    nh, nw = (ho + 1) // 2, (wo + 1) // 2
+    xp = lax.pad(x, jnp.zeros((), x.dtype),
+                 [(0, 0, 0), (pt, pb + ho % 2, 0), (pl, pr + wo % 2, 0), (0, 0, 0)])
+    rows = _wino_in([xp[:, u:u + 2 * nh - 1:2] for u in range(4)])       # [B, nh, Wp, I]
+    v = jnp.stack([t for r in rows
+                   for t in _wino_in([r[:, :, u:u + 2 * nw - 1:2] for u in range(4)])])
+    g = jnp.einsum("ak,...klio,bl->...abio", _WINO_G, w.astype(jnp.float32), _WINO_G,
+                   precision=lax.Precision.HIGHEST)
+    acc = _acc(x, w)
+    if w.ndim == 5:   # per sample: [B, 4, 4, I, O] -> [16, B, I, O]
+        u = jnp.moveaxis(g.reshape(b, 16, *g.shape[-2:]), 1, 0).astype(x.dtype)
+        m = jnp.einsum("pbhwi,pbio->pbhwo", v, u, preferred_element_type=acc)
+    else:
+        u = g.reshape(16, *g.shape[-2:]).astype(x.dtype)
+        m = jnp.einsum("pbhwi,pio->pbhwo", v, u, preferred_element_type=acc)
+    m = m.reshape(4, 4, *m.shape[1:])
+    y = [_wino_out([m[a, c] for c in range(4)]) for a in range(4)]     # y[a][px]
+    y = [[t for t in _wino_out([y[a][px] for a in range(4)])] for px in range(2)]  # y[px][py]
+    out = jnp.stack([jnp.stack([y[px][py] for px in range(2)], axis=3) for py in range(2)],
+                    axis=2)                                             # [B, nh, 2, nw, 2, O]
+    return out.reshape(b, 2 * nh, 2 * nw, -1)[:, :ho, :wo]
+
+
 def shared_conv(x: Array, w: Array, mode: str, k: int, form: str = "map") -> Array:
     """One shared-weight conv. x: [B, H, W, I], w: [k, k, I, O] (HWIO).
 
@@ -113,14 +167,14 @@ def shared_conv(x: Array, w: Array, mode: str, k: int, form: str = "map") -> Arr
     acc = _acc(x, w)
     if mode == "same":
         p = k // 2
-        if form == "matmul":
+        if form in ("matmul", "winograd"):
             return conv_s1(x, w, ((p, p), (p, p)), form)
         return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
                                         preferred_element_type=acc)
     if mode == "up":
         return conv_up(x, w, lambda xx, ww, pad: conv_s1(xx, ww, pad, form))
     if mode == "down":
-        if form == "matmul":
+        if form in ("matmul", "winograd"):
             return shifted_matmul_conv(x, w, ((0, 0), (0, 0)), 2)
         return lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_NHWC,
                                         preferred_element_type=acc)
@@ -204,6 +258,10 @@ def _conv_s1_impl(x: Array, w: Array, pad: tuple, form: str) -> Array:
     """Stride-1 conv. x: [B, H, W, I]; w: [kh, kw, I, O] shared or [B, kh, kw, I, O] per
     sample (run in `form`); pad: ((top, bottom), (left, right)). -> [B, H', W', O]."""
     acc = _acc(x, w)
+    if form == "winograd":
+        if w.shape[-4:-2] == (3, 3):
+            return winograd_conv3x3(x, w, pad)
+        form = "matmul"
     if form == "matmul":
         return shifted_matmul_conv(x, w, pad)
     if w.ndim == 4:
@@ -303,7 +361,7 @@ def _conv_down_per_sample(x: Array, w: Array, form: str) -> Array:
         return lax.conv_general_dilated(xw[0][None], xw[1], (2, 2), "VALID",
                                         dimension_numbers=_NHWC,
                                         preferred_element_type=_acc(*xw))[0]
-    if form == "matmul":
+    if form in ("matmul", "winograd"):
         return shifted_matmul_conv(x, w, ((0, 0), (0, 0)), 2)
     if form == "map":
         return lax.map(one, (x, w))
