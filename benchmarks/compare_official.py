@@ -13,15 +13,22 @@ ratios, the bf16-vs-fp32 mean relative error of the final images and the load av
     python benchmarks/compare_official.py --official ~/hyperstyle \\
         --official_python ~/venv-official/bin/python
 
-The official venv (torch + torchvision for CPU, as the official README's environment
-minus CUDA): `python -m venv ~/venv-official && ~/venv-official/bin/pip install
-torch==2.14.1 torchvision==0.29.1 numpy scipy pillow` (from local wheels with
-`--no-index --find-links DIR` on an offline machine). The official repo's two CUDA ops
+The official code: `git clone https://github.com/yuval-alaluf/hyperstyle ~/hyperstyle`
+(public; its large `.npy` editing directions are not needed: `GIT_LFS_SKIP_SMUDGE=1`).
+The official venv (torch + torchvision for CPU, the official README's environment minus
+CUDA), exactly as run on this machine:
+
+    python -m venv ~/venv-official
+    ~/venv-official/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy scipy pillow \
+        matplotlib scikit-image
+
+(about 5.7 GB, a CUDA build that runs on the CPU; from local wheels with `--no-index
+--find-links DIR` on an offline machine). The official repo's two CUDA ops
 (`models/stylegan2/op/fused_act.py`, `upfirdn2d.py`, JIT-compiled at import) are replaced
 by the pure-PyTorch files in benchmarks/official_ops/ (the originals are kept in
-`models/stylegan2/op_cuda_orig/`); `.cuda()`, the resnet34 download and the
-`e4e_w_encoder` KeyError are patched in-process by benchmarks/official_side.py. The
-random checkpoints are built there along the official from-scratch path and converted
+`models/stylegan2/op_cuda_orig/`); `.cuda()`, the resnet34 download, its ImageNet weights
+file and the `e4e_w_encoder` KeyError are patched in-process by benchmarks/official_side.py.
+The random checkpoints are built there along the official from-scratch path and converted
 with our converters, so both programs run the same weights (ours needs torch to read them).
 """
 from __future__ import annotations
@@ -145,7 +152,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official", help="the official HyperStyle repo root")
+    p.add_argument("--official", help="the official HyperStyle repo root (git clone "
+                   "https://github.com/yuval-alaluf/hyperstyle; see above)")
     p.add_argument("--official_python", help="python of a venv that runs the official code")
     p.add_argument("--ours_only", action="store_true", help="time ours only (random JAX weights)")
     p.add_argument("--official_s_per_image", type=float,
