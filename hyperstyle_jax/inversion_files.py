@@ -137,17 +137,10 @@ def merge_codes(out: str, count: int) -> Optional[str]:
         if not os.path.isfile(path):
             raise InversionFileError(f"{path}: missing (each process writes its part into the "
                                      f"same folder: is it on a file system every host shares?)")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                for k in f.files:
-                    if k in codes:
-                        raise InversionFileError(f"{path}: stem {k!r} is also in an earlier "
-                                                 f"part")
-                    codes[k] = np.asarray(f[k], np.float32)
-        except (OSError, ValueError) as e:
-            if isinstance(e, InversionFileError):
-                raise
-            raise InversionFileError(f"{path}: not a codes file ({_one_line(e)})") from None
+        for k, c in _read_codes_npz(path).items():
+            if k in codes:
+                raise InversionFileError(f"{path}: stem {k!r} is also in an earlier part")
+            codes[k] = c
     written = write_codes(out, codes) if codes else None
     for path in parts:
         os.remove(path)
@@ -258,11 +251,7 @@ def read_codes(folder: str) -> dict:
     """{stem: codes float32} from latents.npz, else from an older folder's latents.npy."""
     path = os.path.join(folder, CODES)
     if os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                codes = {k: np.asarray(f[k], np.float32) for k in f.files}
-        except (OSError, ValueError) as e:
-            raise InversionFileError(f"{path}: not a codes file ({_one_line(e)})") from None
+        codes = _read_codes_npz(path)
     else:
         path = os.path.join(folder, OLD_CODES)
         if not os.path.isfile(path):
@@ -272,6 +261,15 @@ def read_codes(folder: str) -> dict:
     if not codes:
         raise InversionFileError(f"{path}: holds no codes")
     return codes
+
+
+def _read_codes_npz(path: str) -> dict:
+    """{stem: codes float32} of a latents.npz (or a part file of one); no pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.asarray(f[k], np.float32) for k in f.files}
+    except (OSError, ValueError) as e:
+        raise InversionFileError(f"{path}: not a codes file ({_one_line(e)})") from None
 
 
 def _read_old_codes(path: str) -> dict:
