@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from compare_official import load_str  # noqa: E402
 from jax import lax  # noqa: E402
+from profile_inversion import time_call  # noqa: E402
 
 from hyperstyle_jax.models import conv  # noqa: E402
 
@@ -36,10 +38,6 @@ SHAPES = [("generator 256", 256, 128, 128), ("generator 128", 128, 256, 256),
           ("backbone 16", 16, 256, 256), ("backbone 8", 8, 512, 512)]
 
 
-def load_str() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def run_form(form: str, x, w, pad):
     if form == "xla":
         if w.ndim == 5:
@@ -47,16 +45,6 @@ def run_form(form: str, x, w, pad):
         return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=conv._NHWC,
                                         preferred_element_type=conv._acc(x, w))
     return conv._conv_s1_impl(x, w, pad, form)
-
-
-def bench(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None):
@@ -90,7 +78,7 @@ def main(argv=None):
                 xs, ws = x.astype(dt), w.astype(dt)
                 for form in args.forms.split(","):
                     fn = jax.jit(lambda a, k, f=form: run_form(f, a, k, pad))
-                    t = bench(fn, (xs, ws), args.repeats)
+                    t = time_call(fn, (xs, ws), args.repeats)
                     err = float(np.abs(np.asarray(fn(xs, ws), np.float32) - ref).max()
                                 / np.abs(ref).max())
                     rows.append((name, kind, pr, form, t, flops / t / 1e9, err))

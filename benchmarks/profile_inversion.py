@@ -33,14 +33,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from compare_official import load_str  # noqa: E402
 from invert import build  # noqa: E402
 
-from hyperstyle_jax.inference import stored_for_precision  # noqa: E402
+from hyperstyle_jax.inference import make_inverter  # noqa: E402
 from hyperstyle_jax.models.hyperstyle import HyperStyle  # noqa: E402
-
-
-def load_str() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def flops_of(compiled) -> float:
@@ -89,9 +86,10 @@ def time_call(fn, args, repeats: int) -> float:
 
 def profile(size: int, batch: int, precision: str, n_iters: int, repeats: int, only=None):
     base, frozen, hyper = build(size)
-    model = HyperStyle(base.config, precision=precision)
+    inverter = make_inverter(base.config, frozen, hyper, precision=precision)
+    model, hv = inverter.model, inverter.hyper_vars
+    # The unrolled per-sample form: XLA's cost analysis counts a lax.map body once.
     counting = HyperStyle(base.config, per_sample="loop", precision=precision)
-    hv = stored_for_precision(hyper, precision)
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.uniform(-1, 1, (batch, 256, 256, 3)), jnp.float32)
     codes = jax.jit(model.encode)(frozen, x)
