@@ -83,6 +83,10 @@ def test_resolve_per_sample_bf16_rule():
     if lim is not None:
         assert conv.resolve_per_sample("auto", jnp.bfloat16, lim) == "matmul"
         assert conv.resolve_per_sample("auto", jnp.bfloat16, lim - 1) == auto
+    max_px = conv.AUTO_MATMUL_MAX_PIXELS_BF16.get(jax.default_backend())
+    if lim is not None and max_px is not None:
+        assert conv.resolve_per_sample("auto", jnp.bfloat16, lim, max_px - 1) == "matmul"
+        assert conv.resolve_per_sample("auto", jnp.bfloat16, lim, max_px) == auto
     assert conv.resolve_per_sample("grouped", jnp.bfloat16, 4096) == "grouped"
     with pytest.raises(ValueError, match="per_sample"):
         conv.resolve_per_sample("nope")

@@ -46,6 +46,10 @@ AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "g
 # fp32 rate). With few channels the per-tap matmuls are memory bound and the conv wins.
 # 128 beat 512 and 0 on whole networks (generator, hypernetwork; docs/benchmarks.md).
 AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 128}
+# ... and below this many pixels per sample: on a 256x256 grid the nine taps' shifted
+# copies and fp32 partial sums cost more than the GEMMs save (the generator's 256 px
+# conv: 319-379 ms for XLA's conv vs 402-461 for the shifted GEMMs at batch 3).
+AUTO_MATMUL_MAX_PIXELS_BF16 = {"cpu": 256 * 256}
 # 1x1 Flax convs in bf16? On CPU no: they are memory bound (the refinement blocks' 512 ->
 # in*out heads), so casting their large fp32 weights costs more than bf16 saves (the
 # hypernetwork forward measured 268 ms/image with them in bf16, 237-242 ms in fp32).
@@ -68,14 +72,17 @@ def _acc(*xs):
     return jnp.float32 if any(x.dtype == jnp.bfloat16 for x in xs) else None
 
 
-def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None) -> str:
+def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None,
+                       pixels: Optional[int] = None) -> str:
     """'auto' -> the measured choice for `jax.default_backend()` (and, for bf16 operands,
-    their input channel count); others are checked."""
+    their input channel count and the input's pixels per sample); others are checked."""
     if form == "auto":
         backend = jax.default_backend()
         lim = AUTO_MATMUL_MIN_CHANNELS_BF16.get(backend)
+        max_px = AUTO_MATMUL_MAX_PIXELS_BF16.get(backend)
         if (lim is not None and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
-                and channels is not None and channels >= lim):
+                and channels is not None and channels >= lim
+                and (max_px is None or pixels is None or pixels < max_px)):
             return "matmul"
         return AUTO_PER_SAMPLE.get(backend, "grouped")
     if form not in PER_SAMPLE_FORMS:
@@ -167,6 +174,8 @@ def shared_conv(x: Array, w: Array, mode: str, k: int, form: str = "map") -> Arr
     acc = _acc(x, w)
     if mode == "same":
         p = k // 2
+        if k == 1:  # toRGB: one GEMM (XLA's CPU conv with 3 outputs: 65 vs 6 ms at 256 px)
+            return jnp.einsum("bhwi,io->bhwo", x, w[0, 0], preferred_element_type=acc)
         if form in ("matmul", "winograd"):
             return conv_s1(x, w, ((p, p), (p, p)), form)
         return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
@@ -187,7 +196,8 @@ def flax_conv(precision: str) -> Optional[Callable]:
     None for 'fp32' (XLA's conv, unchanged); for 'bf16' the operands are cast to bf16 and
     convolved with fp32 accumulation and an fp32 result, as the shifted-matmul form where
     it is measured faster (plain NHWC/HWIO convs with >= AUTO_MATMUL_MIN_CHANNELS_BF16
-    input channels and a spatial kernel), else as XLA's conv; 1x1 convs stay in their
+    input channels, under AUTO_MATMUL_MAX_PIXELS_BF16 pixels and a spatial kernel), else
+    as XLA's conv; 1x1 convs stay in their
     operands' dtype where BF16_1X1_CONVS says so."""
     if precision == "fp32":
         return None
@@ -209,7 +219,8 @@ def flax_conv(precision: str) -> Optional[Callable]:
                  and rhs.ndim == 4 and rhs.shape[0] * rhs.shape[1] > 1
                  and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
                  == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-        if plain and resolve_per_sample("auto", dt, rhs.shape[2]) == "matmul":
+        if plain and resolve_per_sample("auto", dt, rhs.shape[2],
+                                        lhs.shape[1] * lhs.shape[2]) == "matmul":
             return shifted_matmul_conv(lhs, rhs, tuple(tuple(p) for p in padding), s[0])
         return lax.conv_general_dilated(lhs, rhs, s, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,

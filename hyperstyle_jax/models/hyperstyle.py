@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.hypernetwork import HyperNetConfig, HyperNetwork, feature_input_hw
 from hyperstyle_jax.models.irse import WEncoder
+from hyperstyle_jax.models.ops import KernelDelta
 from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator, GeneratorConfig
 
@@ -119,7 +120,8 @@ class HyperStyle:
         """One HyperStyle step -> (y_full, y_pooled, new_deltas, new_batch_stats).
 
         `deltas` None or a list with None at untuned layers; the new ones are their sum
-        with this step's hypernet output. In train mode BatchNorm uses batch statistics
+        with this step's hypernet output, in the layout `deltas` has (official, or
+        `KernelDelta`s as `invert` carries them). In train mode BatchNorm uses batch statistics
         and `new_batch_stats` holds the updated running statistics (else it is None).
         """
         inp = jnp.concatenate([x, y_hat.astype(x.dtype)], axis=-1)
@@ -128,6 +130,8 @@ class HyperStyle:
             new_stats = upd["batch_stats"]
         else:
             out, new_stats = self.hypernet.apply(hyper_vars, inp, False), None
+        if deltas is not None and any(isinstance(d, KernelDelta) for d in deltas):
+            out = to_kernel_layout(out)
         new = accumulate(deltas, out)
         y_full, y_pooled = self.render(frozen["generator"], codes, new)
         return y_full, y_pooled, new, new_stats
@@ -150,9 +154,12 @@ class HyperStyle:
                                                          deltas, train=False)
             return (y_pooled, deltas), (y_pooled if resize_outputs else y_full)
 
+        # The offsets ride the loop in the kernel's layout (`KernelDelta`), the official one
+        # comes back once at the end.
+        zeros = to_kernel_layout(self.zero_deltas(x.shape[0], x.dtype))
         (y_last, deltas), images = jax.lax.scan(
-            body, (y0_pooled, self.zero_deltas(x.shape[0], x.dtype)), None, length=n_iters,
-            unroll=n_iters if unroll else 1)
+            body, (y0_pooled, zeros), None, length=n_iters, unroll=n_iters if unroll else 1)
+        deltas = [None if d is None else d.official() for d in deltas]
         return {"codes": codes, "init": y0_pooled if resize_outputs else y0_full,
                 "images": images, "pooled_final": y_last, "deltas": deltas}
 
@@ -173,6 +180,11 @@ class HyperStyle:
         c = self.config.hypernet
         tuned = set(c.tuned_layers)
         return [c.delta_shape(j) if j in tuned else None for j in range(c.n_outputs)]
+
+
+def to_kernel_layout(deltas: Deltas) -> list:
+    """Official [B, out, in, k, k] offsets -> `KernelDelta`s (None stays None)."""
+    return [None if d is None else KernelDelta.from_official(d) for d in deltas]
 
 
 def accumulate(deltas: Optional[Deltas], new: Deltas) -> list:

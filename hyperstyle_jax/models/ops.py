@@ -1,7 +1,8 @@
 """StyleGAN2 building blocks (rosinality / HyperStyle semantics), NHWC and HWIO.
 
 Functions: `make_kernel`, `upfirdn2d`, `blur`, `upsample`, `downsample`,
-`fused_leaky_relu`, `pixel_norm`, `modulated_conv2d`.
+`fused_leaky_relu`, `pixel_norm`, `modulated_conv2d`. `KernelDelta`: offsets in the
+kernel's own layout.
 Modules: `EqualLinear`, `EqualConv2d`, `ModulatedConv2d`.
 How the convolutions themselves run (shared or per-sample kernels, the polyphase up-conv,
 the hand-written backward pass) is `models/conv.py`.
@@ -19,6 +20,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,7 +267,8 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
 
     x: [B, H, W, I]; weight: [k, k, I, O] raw (HWIO of the official [1, O, I, k, k]);
     style: [B, I] (already through `modulation`); weights_delta: None, [O, I, k, k]
-    (shared by the batch) or [B, O, I, k, k] (per sample), the official layout.
+    (shared by the batch) or [B, O, I, k, k] (per sample), the official layout, or a
+    per-sample `KernelDelta`.
     The kernel is scale * weight * (1 + Δ) * style with scale = 1/sqrt(I*k*k), then
     demodulated per (sample, out channel): * rsqrt(sum_{k,k,I} kernel^2 + 1e-8), in fp32.
     With one kernel for the whole batch (no Δ or a shared Δ) the same result comes from
@@ -287,14 +290,21 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
     style = style.astype(jnp.float32)
     # Operand dtype of the conv: x's own in fp32 (unchanged behaviour), bf16 otherwise.
     dt = x.dtype if precision == "fp32" else conv.compute_dtype(precision)
-    form = conv.resolve_per_sample(per_sample, dt, cin)
+    # (the pixel limit is for spatial kernels: a 1x1 conv in the matmul form is one GEMM)
+    form = conv.resolve_per_sample(per_sample, dt, cin,
+                                   x.shape[1] * x.shape[2] if k > 1 else None)
 
     if downsample:
         # Blur first (rosinality: pad ((p+1)//2, p//2), p = len(blur) - 2 + k - 1).
         p = len(blur_kernel) - 2 + (k - 1)
         x = blur(x, blur_kernel, pad=((p + 1) // 2, p // 2))
 
-    if weights_delta is not None and weights_delta.ndim == 4:
+    if isinstance(weights_delta, KernelDelta):
+        delta = weights_delta.value
+        if tuple(delta.shape) != (b, k, k, cin, cout):
+            raise ValueError(f"modulated_conv2d: KernelDelta has shape {tuple(delta.shape)}, "
+                             f"expected {(b, k, k, cin, cout)}")
+    elif weights_delta is not None and weights_delta.ndim == 4:
         _check_delta(weights_delta, (cout, cin, k, k))
         w = w * (1.0 + jnp.transpose(weights_delta, (2, 3, 1, 0)).astype(jnp.float32))
         weights_delta = None
@@ -306,12 +316,14 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
             d = lax.rsqrt(jnp.square(style) @ jnp.sum(jnp.square(w), axis=(0, 1)) + eps)
             out = out * d[:, None, None, :].astype(out.dtype)
     else:
-        if weights_delta.ndim != 5 or weights_delta.shape[0] != b:
-            raise ValueError(f"modulated_conv2d: weights_delta has shape {weights_delta.shape}, "
-                             f"expected {(b, cout, cin, k, k)} or {(cout, cin, k, k)}")
-        _check_delta(weights_delta[0], (cout, cin, k, k))
-        delta = jnp.transpose(weights_delta, (0, 3, 4, 2, 1)).astype(jnp.float32)  # [B,k,k,I,O]
-        wb = w[None] * (1.0 + delta) * style[:, None, None, :, None]
+        if not isinstance(weights_delta, KernelDelta):
+            if weights_delta.ndim != 5 or weights_delta.shape[0] != b:
+                raise ValueError(f"modulated_conv2d: weights_delta has shape "
+                                 f"{weights_delta.shape}, expected {(b, cout, cin, k, k)} or "
+                                 f"{(cout, cin, k, k)}")
+            _check_delta(weights_delta[0], (cout, cin, k, k))
+            delta = KernelDelta.from_official(weights_delta).value
+        wb = w[None] * (1.0 + delta.astype(jnp.float32)) * style[:, None, None, :, None]
         if demodulate:
             wb = wb * lax.rsqrt(jnp.sum(jnp.square(wb), axis=(1, 2, 3), keepdims=True) + eps)
         out = conv.per_sample_conv(x.astype(dt), wb.astype(dt), mode, k, form)
@@ -326,6 +338,32 @@ def _check_delta(delta: Array, expected: tuple) -> None:
     if tuple(delta.shape) != tuple(expected):
         raise ValueError(f"modulated_conv2d: weights_delta per-sample shape {tuple(delta.shape)}, "
                          f"expected (out, in, k, k) = {tuple(expected)}")
+
+
+@flax.struct.dataclass
+class KernelDelta:
+    """Per-sample offsets Δ held as `value` [B, k, k, I, O], the layout the modulated
+    kernel is built in, instead of the official [B, O, I, k, k]. Building the kernel from
+    the official layout is a transposed gather on every render (46 vs 11 ms per 512x512
+    layer at batch 3 on CPU, docs/benchmarks.md); an inversion that renders n times
+    transposes each step's Δ once (while adding it) and the result once. `+` adds two."""
+    value: Array
+
+    @classmethod
+    def from_official(cls, delta: Array) -> "KernelDelta":
+        return cls(jnp.transpose(delta, (0, 3, 4, 2, 1)))
+
+    def official(self) -> Array:
+        """-> [B, O, I, k, k]."""
+        return jnp.transpose(self.value, (0, 4, 3, 1, 2))
+
+    @property
+    def official_shape(self) -> tuple:
+        b, kh, kw, i, o = self.value.shape
+        return (b, o, i, kh, kw)
+
+    def __add__(self, other: "KernelDelta") -> "KernelDelta":
+        return KernelDelta(self.value + other.value)
 
 
 class ModulatedConv2d(nn.Module):

@@ -358,7 +358,8 @@ class Generator(nn.Module):
           random noise). With noise=None: the 'noises' buffers, or random noise from the
           'noise' rng when randomize_noise=True.
         weights_deltas: None or `n_convs` entries, each None, [B, out, in, k, k] or
-          [out, in, k, k] (shared by the batch), applied as weight * (1 + Δ).
+          [out, in, k, k] (shared by the batch), applied as weight * (1 + Δ), or a
+          per-sample `ops.KernelDelta` (what an inversion carries between its renders).
         labels: [B, c_dim] class labels for input_space 'z' of a conditional generator.
         Returns (image [B, size, size, 3], latents [B, n_latent, style_dim] or None).
         """
@@ -432,9 +433,10 @@ class Generator(nn.Module):
         for j, (d, shape) in enumerate(zip(weights_deltas, cfg.delta_shapes())):
             if d is None:
                 continue
-            if tuple(d.shape) != shape and tuple(d.shape) != (batch,) + shape:
+            ds = tuple(d.official_shape if isinstance(d, ops.KernelDelta) else d.shape)
+            if ds != shape and ds != (batch,) + shape:
                 raise ValueError(f"Generator: weights_deltas[{j}] ({names[j]}) has shape "
-                                 f"{tuple(d.shape)}; expected {(batch,) + shape} or {shape}")
+                                 f"{ds}; expected {(batch,) + shape} or {shape}")
         return weights_deltas
 
     def _resolve_noise(self, noise, randomize_noise: bool, batch: int) -> list:
