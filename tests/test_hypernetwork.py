@@ -186,3 +186,24 @@ def test_full_size_parameter_count():
     assert (
         sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(sep["params"])) == 215_123_456
     )
+
+
+def test_kernel_layout_deltas_match_official(default):
+    """`kernel_layout=True` (what an inversion accumulates; the shared layers come from the
+    transposed product) gives the official iteration-0 deltas once laid out officially."""
+    from hyperstyle_jax.models.ops import KernelDelta
+    cfg, variables, io = default[:3]
+    assert cfg.hypernet_in_size == cfg.hypernet_out_size  # the transposed-product path
+    x = jnp.asarray(nhwc(np.concatenate([io["x"], io["y_init_pooled"]], axis=1)))
+    deltas = jax.jit(lambda v, x: HyperNetwork(cfg).apply(v, x, False, True))(variables, x)
+    shared = [j for j in cfg.tuned_layers if cfg.block_kind(j) == "shared"]
+    assert shared and len(shared) < len(cfg.tuned_layers)  # both kinds of block
+    for j, d in enumerate(deltas):
+        key = f"deltas_acc_iter0_layer{j:02d}"
+        assert (d is None) == (key not in io), j
+        if d is not None:
+            assert isinstance(d, KernelDelta)
+            k = d.value.shape[1]
+            assert d.value.shape[3:] == io[key].shape[2:0:-1] and d.value.shape[1:3] == (k, k)
+            np.testing.assert_allclose(np.asarray(d.official()), io[key], atol=2e-5,
+                                       err_msg=f"layer {j}")

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperstyle_jax.models.ops import KernelDelta
 from hyperstyle_jax.models.refinement import (
     HyperRefinementBlock,
     RefinementBlock,
@@ -189,20 +190,25 @@ class HyperNetwork(nn.Module):
                              f"(cat[x, y_hat], NHWC), got {x.shape}")
         return stem_and_body_forward(self, x, train)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> list[Optional[jax.Array]]:
+    def __call__(self, x: jax.Array, train: bool = False,
+                 kernel_layout: bool = False) -> list[Optional[Any]]:
+        """kernel_layout: `ops.KernelDelta`s (what an inversion accumulates) instead of
+        official [B, out, in, k, k] arrays; the same values."""
         feats = self.features(x, train)
         b = feats.shape[0]
-        deltas: list[Optional[jax.Array]] = [None] * self.config.n_outputs
+        deltas: list[Optional[Any]] = [None] * self.config.n_outputs
         shared = [j for j in self.config.tuned_layers if self.config.block_kind(j) == "shared"]
         if shared:
             codes = jnp.concatenate([self.refinement_blocks[j].code(feats) for j in shared], axis=0)
-            d = self.shared_weight_hypernet(codes)  # [len(shared) * B, out, in, f, f]
+            # [len(shared) * B, out, in, f, f], or [.., f, f, in, out] in the kernel layout
+            d = self.shared_weight_hypernet(codes, kernel_layout)
             d = d.reshape((len(shared), b) + d.shape[1:])
             for i, j in enumerate(shared):
-                deltas[j] = d[i]
+                deltas[j] = KernelDelta(d[i]) if kernel_layout else d[i]
         for j in self.config.tuned_layers:
             if deltas[j] is None:
-                deltas[j] = self.refinement_blocks[j](feats)
+                d = self.refinement_blocks[j](feats)
+                deltas[j] = KernelDelta.from_official(d) if kernel_layout else d
         return deltas
 
 

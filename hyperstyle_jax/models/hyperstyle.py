@@ -125,13 +125,13 @@ class HyperStyle:
         and `new_batch_stats` holds the updated running statistics (else it is None).
         """
         inp = jnp.concatenate([x, y_hat.astype(x.dtype)], axis=-1)
+        kernel = deltas is not None and any(isinstance(d, KernelDelta) for d in deltas)
         if train:
-            out, upd = self.hypernet.apply(hyper_vars, inp, True, mutable=["batch_stats"])
+            out, upd = self.hypernet.apply(hyper_vars, inp, True, kernel,
+                                           mutable=["batch_stats"])
             new_stats = upd["batch_stats"]
         else:
-            out, new_stats = self.hypernet.apply(hyper_vars, inp, False), None
-        if deltas is not None and any(isinstance(d, KernelDelta) for d in deltas):
-            out = to_kernel_layout(out)
+            out, new_stats = self.hypernet.apply(hyper_vars, inp, False, kernel), None
         new = accumulate(deltas, out)
         y_full, y_pooled = self.render(frozen["generator"], codes, new)
         return y_full, y_pooled, new, new_stats

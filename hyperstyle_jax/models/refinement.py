@@ -25,6 +25,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.layers import check_1x1, conv2d, leaky_relu
@@ -104,7 +105,10 @@ class SharedWeightsHypernet(nn.Module):
     precision: str = "fp32"
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, kernel_layout: bool = False) -> jax.Array:
+        """kernel_layout: return the same kernels as [N, f, f, in, out] (`KernelDelta`'s
+        layout) straight from the second product, when in_size == out_size (then h_in's
+        rows are the kernel's out channels and w1's columns its (in, kh, kw))."""
         def init(key, shape):
             return jnp.fmod(jax.random.normal(key, shape, jnp.float32) / 40, 2)
 
@@ -116,17 +120,25 @@ class SharedWeightsHypernet(nn.Module):
         if z.ndim != 2 or z.shape[1] != zd:
             raise ValueError(f"SharedWeightsHypernet: expected codes [N, {zd}], got {z.shape}")
         n = z.shape[0]
-        if self.precision == "fp32":
-            h_in = (z @ w2 + b2).reshape(n, i, zd)
-            h_final = h_in @ w1 + b1
-        else:
-            dt = compute_dtype(self.precision)
+        dt = compute_dtype(self.precision)
 
-            def mm(a, b):
-                return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
-            h_in = (mm(z, w2) + b2).reshape(n, i, zd)
+        def mm(a, b):
+            if self.precision == "fp32":
+                return a @ b
+            return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+        h_in = (mm(z, w2) + b2).reshape(n, i, zd)
+        if not (kernel_layout and i == o):
             h_final = mm(h_in, w1) + b1
-        return h_final.reshape(n, o, i, f, f)
+            kernel = h_final.reshape(n, o, i, f, f)
+            return jnp.transpose(kernel, (0, 3, 4, 2, 1)) if kernel_layout else kernel
+        # The transposed product w1^T [(in, kh, kw), z] @ h_in^T [z, (N, out)], both operands
+        # laid out contiguously first (the bf16 GEMM is 2.5x slower on a transposed one), so
+        # the result only has runs of `out` to move into [N, f, f, in, out].
+        w1t = lax.optimization_barrier(jnp.transpose(w1.astype(dt)))
+        h_t = lax.optimization_barrier(
+            jnp.transpose(h_in.astype(dt), (2, 0, 1)).reshape(zd, n * i))
+        g = jnp.matmul(w1t, h_t, preferred_element_type=jnp.float32) + b1[:, None]
+        return jnp.transpose(g.reshape(o, f, f, n, i), (3, 1, 2, 0, 4))
 
 
 class HyperRefinementBlock(nn.Module):
