@@ -107,8 +107,10 @@ class SharedWeightsHypernet(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, kernel_layout: bool = False) -> jax.Array:
         """kernel_layout: return the same kernels as [N, f, f, in, out] (`KernelDelta`'s
-        layout) straight from the second product, when in_size == out_size (then h_in's
-        rows are the kernel's out channels and w1's columns its (in, kh, kw))."""
+        layout). In fp32 with in_size == out_size (then h_in's rows are the kernel's out
+        channels and w1's columns its (in, kh, kw)) straight from a transposed second
+        product: a whole fp32 inversion 4.41-4.71 vs 4.79-4.90 s/image at batch 3 on CPU.
+        In bf16 that measured slower (3.20-3.58 vs 3.11-3.36), so bf16 transposes after."""
         def init(key, shape):
             return jnp.fmod(jax.random.normal(key, shape, jnp.float32) / 40, 2)
 
@@ -127,17 +129,16 @@ class SharedWeightsHypernet(nn.Module):
                 return a @ b
             return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
         h_in = (mm(z, w2) + b2).reshape(n, i, zd)
-        if not (kernel_layout and i == o):
+        if not (kernel_layout and i == o and self.precision == "fp32"):
             h_final = mm(h_in, w1) + b1
             kernel = h_final.reshape(n, o, i, f, f)
             return jnp.transpose(kernel, (0, 3, 4, 2, 1)) if kernel_layout else kernel
         # The transposed product w1^T [(in, kh, kw), z] @ h_in^T [z, (N, out)], both operands
-        # laid out contiguously first (the bf16 GEMM is 2.5x slower on a transposed one), so
-        # the result only has runs of `out` to move into [N, f, f, in, out].
-        w1t = lax.optimization_barrier(jnp.transpose(w1.astype(dt)))
-        h_t = lax.optimization_barrier(
-            jnp.transpose(h_in.astype(dt), (2, 0, 1)).reshape(zd, n * i))
-        g = jnp.matmul(w1t, h_t, preferred_element_type=jnp.float32) + b1[:, None]
+        # laid out contiguously first (the barriers keep XLA from folding the transposes
+        # into the GEMM), so the result only has runs of `out` to move into [N, f, f, in, out].
+        w1t = lax.optimization_barrier(jnp.transpose(w1))
+        h_t = lax.optimization_barrier(jnp.transpose(h_in, (2, 0, 1)).reshape(zd, n * i))
+        g = w1t @ h_t + b1[:, None]
         return jnp.transpose(g.reshape(o, f, f, n, i), (3, 1, 2, 0, 4))
 
 
