@@ -164,6 +164,25 @@ def test_modulated_conv_matches_official(npz, case, form):
     np.testing.assert_allclose(got, npz[f"out__{case}_delta"], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("case", list(MODCONV))
+def test_kernel_delta_matches_official(npz, case):
+    """Offsets handed over as `KernelDelta` ([B, k, k, I, O], what an inversion carries)
+    give the official modulated conv's output; `official()` undoes `from_official`."""
+    out_c, k, demod, up, taps = MODCONV[case]
+    mod = ops.ModulatedConv2d(5, out_c, k, 6, demodulate=demod, upsample=up, blur_kernel=taps)
+    v = _modconv_vars(npz, case)
+    x, s = nhwc(npz["modconv_input"]), jnp.asarray(npz["modconv_style"])
+    delta = jnp.asarray(npz[f"{case}__weights_delta"])
+    kd = ops.KernelDelta.from_official(delta)
+    assert kd.value.shape == (delta.shape[0], k, k, 5, out_c)
+    assert kd.official_shape == delta.shape
+    np.testing.assert_array_equal(kd.official(), delta)
+    got = nchw(mod.apply(v, x, s, kd))
+    np.testing.assert_allclose(got, npz[f"out__{case}_delta"], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"KernelDelta has shape"):
+        mod.apply(v, x, s, ops.KernelDelta(kd.value[:, :, :, :4]))
+
+
 def test_modulated_conv_shared_delta_equals_batched_copy(npz):
     """An unbatched delta [O,I,k,k] (the cheap shared path) equals the same delta repeated."""
     mod = ops.ModulatedConv2d(5, 7, 3, 6, upsample=True, per_sample="map")
