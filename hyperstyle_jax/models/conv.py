@@ -197,8 +197,7 @@ def flax_conv(precision: str) -> Optional[Callable]:
     convolved with fp32 accumulation and an fp32 result, as the shifted-matmul form where
     it is measured faster (plain NHWC/HWIO convs with >= AUTO_MATMUL_MIN_CHANNELS_BF16
     input channels, under AUTO_MATMUL_MAX_PIXELS_BF16 pixels and a spatial kernel), else
-    as XLA's conv; 1x1 convs stay in their
-    operands' dtype where BF16_1X1_CONVS says so."""
+    as XLA's conv; 1x1 convs stay in their operands' dtype where BF16_1X1_CONVS says so."""
     if precision == "fp32":
         return None
     dt = compute_dtype(precision)

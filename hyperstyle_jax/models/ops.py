@@ -300,14 +300,19 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
         x = blur(x, blur_kernel, pad=((p + 1) // 2, p // 2))
 
     if isinstance(weights_delta, KernelDelta):
-        delta = weights_delta.value
-        if tuple(delta.shape) != (b, k, k, cin, cout):
-            raise ValueError(f"modulated_conv2d: KernelDelta has shape {tuple(delta.shape)}, "
-                             f"expected {(b, k, k, cin, cout)}")
+        if tuple(weights_delta.value.shape) != (b, k, k, cin, cout):
+            raise ValueError(f"modulated_conv2d: KernelDelta has shape "
+                             f"{tuple(weights_delta.value.shape)}, expected {(b, k, k, cin, cout)}")
     elif weights_delta is not None and weights_delta.ndim == 4:
         _check_delta(weights_delta, (cout, cin, k, k))
         w = w * (1.0 + jnp.transpose(weights_delta, (2, 3, 1, 0)).astype(jnp.float32))
         weights_delta = None
+    elif weights_delta is not None:  # per sample, official layout
+        if weights_delta.ndim != 5 or weights_delta.shape[0] != b:
+            raise ValueError(f"modulated_conv2d: weights_delta has shape {weights_delta.shape}, "
+                             f"expected {(b, cout, cin, k, k)} or {(cout, cin, k, k)}")
+        _check_delta(weights_delta[0], (cout, cin, k, k))
+        weights_delta = KernelDelta.from_official(weights_delta)
     if weights_delta is None:
         out = conv.shared_conv((x * style[:, None, None, :].astype(x.dtype)).astype(dt),
                                w.astype(dt), mode, k, form)
@@ -316,14 +321,8 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
             d = lax.rsqrt(jnp.square(style) @ jnp.sum(jnp.square(w), axis=(0, 1)) + eps)
             out = out * d[:, None, None, :].astype(out.dtype)
     else:
-        if not isinstance(weights_delta, KernelDelta):
-            if weights_delta.ndim != 5 or weights_delta.shape[0] != b:
-                raise ValueError(f"modulated_conv2d: weights_delta has shape "
-                                 f"{weights_delta.shape}, expected {(b, cout, cin, k, k)} or "
-                                 f"{(cout, cin, k, k)}")
-            _check_delta(weights_delta[0], (cout, cin, k, k))
-            delta = KernelDelta.from_official(weights_delta).value
-        wb = w[None] * (1.0 + delta.astype(jnp.float32)) * style[:, None, None, :, None]
+        delta = weights_delta.value.astype(jnp.float32)  # [B, k, k, I, O]
+        wb = w[None] * (1.0 + delta) * style[:, None, None, :, None]
         if demodulate:
             wb = wb * lax.rsqrt(jnp.sum(jnp.square(wb), axis=(1, 2, 3), keepdims=True) + eps)
         out = conv.per_sample_conv(x.astype(dt), wb.astype(dt), mode, k, form)

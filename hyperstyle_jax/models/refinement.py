@@ -29,7 +29,7 @@ from jax import lax
 
 from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.layers import check_1x1, conv2d, leaky_relu
-from hyperstyle_jax.models.ops import EqualLinear
+from hyperstyle_jax.models.ops import EqualLinear, KernelDelta
 
 
 def _n_pools(spatial: int) -> int:
@@ -132,7 +132,7 @@ class SharedWeightsHypernet(nn.Module):
         if not (kernel_layout and i == o and self.precision == "fp32"):
             h_final = mm(h_in, w1) + b1
             kernel = h_final.reshape(n, o, i, f, f)
-            return jnp.transpose(kernel, (0, 3, 4, 2, 1)) if kernel_layout else kernel
+            return KernelDelta.from_official(kernel).value if kernel_layout else kernel
         # The transposed product w1^T [(in, kh, kw), z] @ h_in^T [z, (N, out)], both operands
         # laid out contiguously first (the barriers keep XLA from folding the transposes
         # into the GEMM), so the result only has runs of `out` to move into [N, f, f, in, out].
