@@ -14,7 +14,7 @@ Frames without a face track pass through unchanged. Subcommands that need the it
 list (several passes, pairs) are refused with one line (`UNSUPPORTED`).
 
 With several processes (edit's --num_processes/--process_id/--coordinator_address) the
-clips are shared out, a contiguous block per process (`parallel.process_shard`); a clip is
+clips are shared out, a contiguous block per process (`inference.shard_inputs`); a clip is
 one stream and is never split, so a single clip runs on process 0 and the others have
 nothing to do. Each clip's files are its own; nothing is merged.
 """
@@ -34,15 +34,15 @@ import jax
 import numpy as np
 from PIL import Image
 
-from hyperstyle_jax import align, parallel
+from hyperstyle_jax import align
 from hyperstyle_jax.align import detect
 from hyperstyle_jax.align.paste import paste_back, quad_region
 from hyperstyle_jax.editing import EditError
 from hyperstyle_jax.editing.render import EditRenderer
-from hyperstyle_jax.inference import load_inverter
+from hyperstyle_jax.inference import load_inverter, shard_inputs
 from hyperstyle_jax.inversion_files import InvertedImage
 from hyperstyle_jax.utils import cli, images
-from hyperstyle_jax.utils.paths import atomic_write, unique_stems
+from hyperstyle_jax.utils.paths import atomic_write
 from hyperstyle_jax.video import io as video_io
 from hyperstyle_jax.video import tracks
 from hyperstyle_jax.video.io import Decoder, Encoder, VideoError
@@ -593,7 +593,7 @@ def edit_videos(args: argparse.Namespace, inverter=None) -> int:
 
     failed = []
     # Stems over every clip first, so a clip's outputs are named as in a one-process run.
-    mine = parallel.process_shard(list(zip(args.video, unique_stems(args.video))))
+    mine = list(zip(*shard_inputs(args.video)))
     if not mine:
         print(f"process {jax.process_index()}: no clip to edit ({len(args.video)} "
               f"clip(s) shared by {jax.process_count()} processes)", flush=True)
