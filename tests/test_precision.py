@@ -44,6 +44,35 @@ def test_matmul_form_shared_kernel(xw, mode):
                                np.asarray(f(x, w[0], mode, 3, "map")), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("stride,pad", [(1, ((1, 1), (1, 1))), (1, ((-1, 2), (2, 0))),
+                                        (2, ((0, 0), (0, 0)))])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_shifted_matmul_row_blocks(xw, monkeypatch, rows, stride, pad, per_sample):
+    """The row-blocked shifted-matmul form (a loop over samples and blocks of output rows,
+    uneven blocks padded and cropped) against XLA's conv, value and gradient."""
+    x, w = xw
+    wk = w if per_sample else w[0]
+    wo = (x.shape[2] + sum(pad[1]) - 3) // stride + 1
+    monkeypatch.setattr(conv, "MATMUL_BLOCK_BYTES", rows * wo * w.shape[-1] * 4)
+
+    def ref(x, wk):
+        one = lambda xi, wi: jax.lax.conv_general_dilated(  # noqa: E731
+            xi[None], wi, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision="highest")[0]
+        return jax.vmap(one)(x, wk) if per_sample else jax.vmap(one, (0, None))(x, wk)
+
+    def loss(f, x, wk):
+        return jnp.sum(jnp.sin(f(x, wk)))
+
+    ours = lambda x, wk: conv.shifted_matmul_conv(x, wk, pad, stride)  # noqa: E731
+    assert "scan" in jax.make_jaxpr(ours)(x, wk).pretty_print()   # the blocked loop ran
+    np.testing.assert_allclose(ours(x, wk), ref(x, wk), rtol=1e-5, atol=1e-5)
+    for g, g0 in zip(jax.grad(lambda *a: loss(ours, *a), (0, 1))(x, wk),
+                     jax.grad(lambda *a: loss(ref, *a), (0, 1))(x, wk)):
+        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5)
+
+
 def test_matmul_form_vjp_matches_map(xw):
     x, w = xw
     pad = ((1, 0), (2, 1))  # asymmetric, as in the polyphase up-conv
@@ -83,10 +112,6 @@ def test_resolve_per_sample_bf16_rule():
     if lim is not None:
         assert conv.resolve_per_sample("auto", jnp.bfloat16, lim) == "matmul"
         assert conv.resolve_per_sample("auto", jnp.bfloat16, lim - 1) == auto
-    max_px = conv.AUTO_MATMUL_MAX_PIXELS_BF16.get(jax.default_backend())
-    if lim is not None and max_px is not None:
-        assert conv.resolve_per_sample("auto", jnp.bfloat16, lim, max_px - 1) == "matmul"
-        assert conv.resolve_per_sample("auto", jnp.bfloat16, lim, max_px) == auto
     assert conv.resolve_per_sample("grouped", jnp.bfloat16, 4096) == "grouped"
     with pytest.raises(ValueError, match="per_sample"):
         conv.resolve_per_sample("nope")

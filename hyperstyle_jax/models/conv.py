@@ -46,14 +46,17 @@ AUTO_PER_SAMPLE = {"cpu": "map", "gpu": "grouped", "cuda": "grouped", "rocm": "g
 # fp32 rate). With few channels the per-tap matmuls are memory bound and the conv wins.
 # 128 beat 512 and 0 on whole networks (generator, hypernetwork; docs/benchmarks.md).
 AUTO_MATMUL_MIN_CHANNELS_BF16 = {"cpu": 128}
-# ... and below this many pixels per sample: on a 256x256 grid the nine taps' shifted
-# copies and fp32 partial sums cost more than the GEMMs save (the generator's 256 px
-# conv: 319-379 ms for XLA's conv vs 402-461 for the shifted GEMMs at batch 3).
-AUTO_MATMUL_MAX_PIXELS_BF16 = {"cpu": 256 * 256}
 # 1x1 Flax convs in bf16? On CPU no: they are memory bound (the refinement blocks' 512 ->
 # in*out heads), so casting their large fp32 weights costs more than bf16 saves (the
 # hypernetwork forward measured 268 ms/image with them in bf16, 237-242 ms in fp32).
 BF16_1X1_CONVS = {"cpu": False}
+# The shifted-matmul form's nine fp32 partial products are each as large as the output;
+# streamed through memory they cost more than the GEMMs (bf16, batch 3, 64 px 512 -> 512:
+# 110 ms, of which ~30 are GEMM). Computed per sample and block of output rows whose fp32
+# output is about this size (a core's L2), they stay in cache: 74-78 ms there, 170 -> 106
+# ms at 128 px 256 -> 256 and 340 -> 168 ms at 256 px 128 -> 128 (XLA's conv: 219), bit-
+# identical (docs/benchmarks.md).
+MATMUL_BLOCK_BYTES = 2 << 20
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -72,17 +75,14 @@ def _acc(*xs):
     return jnp.float32 if any(x.dtype == jnp.bfloat16 for x in xs) else None
 
 
-def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None,
-                       pixels: Optional[int] = None) -> str:
+def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None) -> str:
     """'auto' -> the measured choice for `jax.default_backend()` (and, for bf16 operands,
-    their input channel count and the input's pixels per sample); others are checked."""
+    their input channel count); others are checked."""
     if form == "auto":
         backend = jax.default_backend()
         lim = AUTO_MATMUL_MIN_CHANNELS_BF16.get(backend)
-        max_px = AUTO_MATMUL_MAX_PIXELS_BF16.get(backend)
         if (lim is not None and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
-                and channels is not None and channels >= lim
-                and (max_px is None or pixels is None or pixels < max_px)):
+                and channels is not None and channels >= lim):
             return "matmul"
         return AUTO_PER_SAMPLE.get(backend, "grouped")
     if form not in PER_SAMPLE_FORMS:
@@ -92,18 +92,30 @@ def resolve_per_sample(form: str, dtype=None, channels: Optional[int] = None,
 
 def shifted_matmul_conv(x: Array, w: Array, pad: tuple, stride: int = 1) -> Array:
     """Conv as a sum over taps of (shifted input) @ w[tap]: one GEMM (per-sample: batched
-    GEMM) per tap, accumulated in fp32 for bf16 operands.
+    GEMM) per tap, accumulated in fp32 for bf16 operands. Where the fp32 output exceeds
+    MATMUL_BLOCK_BYTES it is computed per sample and block of output rows
+    (`_blocked_shifted_matmul`).
 
     x: [B, H, W, I]; w: [kh, kw, I, O] shared or [B, kh, kw, I, O] per sample;
     pad: ((top, bottom), (left, right)), negative crops. -> [B, H', W', O].
     """
     kh, kw = w.shape[-4], w.shape[-3]
     (pt, pb), (pl, pr) = pad
+    ho = (x.shape[1] + pt + pb - kh) // stride + 1
+    wo = (x.shape[2] + pl + pr - kw) // stride + 1
+    b, o = x.shape[0], w.shape[-1]
+    rows = max(1, MATMUL_BLOCK_BYTES // (wo * o * 4))
+    if b * ho * wo * o * 4 > MATMUL_BLOCK_BYTES and (b > 1 or rows < ho):
+        return _blocked_shifted_matmul(x, w, pad, stride, ho, wo, rows)
     xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
+    return _tap_sum(xp, w, ho, wo, stride)
+
+
+def _tap_sum(xp: Array, w: Array, ho: int, wo: int, stride: int) -> Array:
+    """sum over taps of xp[:, ky::stride, kx::stride] (ho x wo) @ w[..., ky, kx, :, :]."""
+    kh, kw = w.shape[-4], w.shape[-3]
     spec = "bhwi,bio->bhwo" if w.ndim == 5 else "bhwi,io->bhwo"
-    acc = _acc(x, w)
+    acc = _acc(xp, w)
     out = None
     for ky in range(kh):
         for kx in range(kw):
@@ -111,6 +123,31 @@ def shifted_matmul_conv(x: Array, w: Array, pad: tuple, stride: int = 1) -> Arra
             t = jnp.einsum(spec, sl, w[..., ky, kx, :, :], preferred_element_type=acc)
             out = t if out is None else out + t
     return out
+
+
+def _blocked_shifted_matmul(x: Array, w: Array, pad: tuple, stride: int, ho: int, wo: int,
+                            rows: int) -> Array:
+    """`shifted_matmul_conv` as a loop over (sample, block of `rows` output rows): each
+    step's partial products fit in cache. Rows are spread evenly over the blocks; the input
+    gets extra zero rows at the bottom if the blocks overshoot, their outputs are cropped."""
+    kh = w.shape[-4]
+    b, i = x.shape[0], x.shape[-1]
+    n = -(-ho // min(rows, ho))
+    rows = -(-ho // n)
+    (pt, pb), (pl, pr) = pad
+    extra = (n * rows - ho) * stride
+    xp = lax.pad(x, jnp.zeros((), x.dtype),
+                 [(0, 0, 0), (pt, pb + extra, 0), (pl, pr, 0), (0, 0, 0)])
+    win = (rows - 1) * stride + kh
+
+    def block(a):
+        s, r = a // n, a % n
+        xs = lax.dynamic_slice(xp, (s, r * rows * stride, 0, 0), (1, win, xp.shape[2], i))
+        ws = lax.dynamic_index_in_dim(w, s, 0, keepdims=True) if w.ndim == 5 else w
+        return _tap_sum(xs, ws, rows, wo, stride)[0]
+
+    out = lax.map(block, jnp.arange(b * n))              # [b * n, rows, wo, O]
+    return out.reshape(b, n * rows, wo, -1)[:, :ho]
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 2x2
@@ -196,8 +233,8 @@ def flax_conv(precision: str) -> Optional[Callable]:
     None for 'fp32' (XLA's conv, unchanged); for 'bf16' the operands are cast to bf16 and
     convolved with fp32 accumulation and an fp32 result, as the shifted-matmul form where
     it is measured faster (plain NHWC/HWIO convs with >= AUTO_MATMUL_MIN_CHANNELS_BF16
-    input channels, under AUTO_MATMUL_MAX_PIXELS_BF16 pixels and a spatial kernel), else
-    as XLA's conv; 1x1 convs stay in their operands' dtype where BF16_1X1_CONVS says so."""
+    input channels and a spatial kernel), else as XLA's conv; 1x1 convs stay in their
+    operands' dtype where BF16_1X1_CONVS says so."""
     if precision == "fp32":
         return None
     dt = compute_dtype(precision)
@@ -218,8 +255,7 @@ def flax_conv(precision: str) -> Optional[Callable]:
                  and rhs.ndim == 4 and rhs.shape[0] * rhs.shape[1] > 1
                  and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
                  == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-        if plain and resolve_per_sample("auto", dt, rhs.shape[2],
-                                        lhs.shape[1] * lhs.shape[2]) == "matmul":
+        if plain and resolve_per_sample("auto", dt, rhs.shape[2]) == "matmul":
             return shifted_matmul_conv(lhs, rhs, tuple(tuple(p) for p in padding), s[0])
         return lax.conv_general_dilated(lhs, rhs, s, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,

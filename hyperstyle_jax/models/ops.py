@@ -290,9 +290,7 @@ def modulated_conv2d(x: Array, weight: Array, style: Array, weights_delta: Optio
     style = style.astype(jnp.float32)
     # Operand dtype of the conv: x's own in fp32 (unchanged behaviour), bf16 otherwise.
     dt = x.dtype if precision == "fp32" else conv.compute_dtype(precision)
-    # (the pixel limit is for spatial kernels: a 1x1 conv in the matmul form is one GEMM)
-    form = conv.resolve_per_sample(per_sample, dt, cin,
-                                   x.shape[1] * x.shape[2] if k > 1 else None)
+    form = conv.resolve_per_sample(per_sample, dt, cin)
 
     if downsample:
         # Blur first (rosinality: pad ((p+1)//2, p//2), p = len(blur) - 2 + k - 1).
