@@ -25,7 +25,6 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from hyperstyle_jax.models.conv import compute_dtype
 from hyperstyle_jax.models.layers import check_1x1, conv2d, leaky_relu
@@ -107,10 +106,12 @@ class SharedWeightsHypernet(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, kernel_layout: bool = False) -> jax.Array:
         """kernel_layout: return the same kernels as [N, f, f, in, out] (`KernelDelta`'s
-        layout). In fp32 with in_size == out_size (then h_in's rows are the kernel's out
-        channels and w1's columns its (in, kh, kw)) straight from a transposed second
-        product: a whole fp32 inversion 4.41-4.71 vs 4.79-4.90 s/image at batch 3 on CPU.
-        In bf16 that measured slower (3.20-3.58 vs 3.11-3.36), so bf16 transposes after."""
+        layout). With in_size == out_size h_in's rows are the kernel's out channels and w1's
+        columns its (in, kh, kw), so each code's kernel comes straight out of one GEMM,
+        w1 (columns reordered to (kh, kw, in))^T @ h_in[n]^T, with no transpose of the
+        kernels themselves: a whole bf16 inversion 2.43-2.47 vs 2.52-2.62 s/image at batch 3
+        on CPU against the official product then a transposed copy (fp32: the same speed as
+        the transposed product w1^T @ h_in^T of all codes at once; docs/benchmarks.md)."""
         def init(key, shape):
             return jnp.fmod(jax.random.normal(key, shape, jnp.float32) / 40, 2)
 
@@ -129,17 +130,15 @@ class SharedWeightsHypernet(nn.Module):
                 return a @ b
             return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
         h_in = (mm(z, w2) + b2).reshape(n, i, zd)
-        if not (kernel_layout and i == o and self.precision == "fp32"):
+        if not (kernel_layout and i == o):
             h_final = mm(h_in, w1) + b1
             kernel = h_final.reshape(n, o, i, f, f)
             return KernelDelta.from_official(kernel).value if kernel_layout else kernel
-        # The transposed product w1^T [(in, kh, kw), z] @ h_in^T [z, (N, out)], both operands
-        # laid out contiguously first (the barriers keep XLA from folding the transposes
-        # into the GEMM), so the result only has runs of `out` to move into [N, f, f, in, out].
-        w1t = lax.optimization_barrier(jnp.transpose(w1))
-        h_t = lax.optimization_barrier(jnp.transpose(h_in, (2, 0, 1)).reshape(zd, n * i))
-        g = w1t @ h_t + b1[:, None]
-        return jnp.transpose(g.reshape(o, f, f, n, i), (3, 1, 2, 0, 4))
+        w1k = jnp.transpose(w1.reshape(zd, i, f, f), (2, 3, 1, 0)).reshape(f * f * i, zd)
+        b1k = jnp.transpose(b1.reshape(i, f, f), (1, 2, 0)).reshape(f * f * i, 1)
+        h_t = jnp.swapaxes(h_in, 1, 2)                   # [N, z, out]: small
+        g = jnp.stack([mm(w1k, h_t[c]) for c in range(n)]) + b1k
+        return g.reshape(n, f, f, i, o)
 
 
 class HyperRefinementBlock(nn.Module):
