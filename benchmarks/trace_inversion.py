@@ -32,6 +32,7 @@ from compare_official import load_str  # noqa: E402
 from invert import build  # noqa: E402
 
 from hyperstyle_jax.inference import make_inverter  # noqa: E402
+from hyperstyle_jax.models.conv import PER_SAMPLE_FORMS  # noqa: E402
 
 PARTS = (("WEncoder", "W-encoder"), ("shared_weight_hypernet", "shared hypernet"),
          ("refinement_blocks", "refinement heads"), ("HyperNetwork", "hypernet backbone"),
@@ -72,11 +73,14 @@ def main(argv=None):
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--batch", type=int, default=3)
     p.add_argument("--n_iters", type=int, default=5)
+    p.add_argument("--per_sample", default="auto", choices=("auto",) + PER_SAMPLE_FORMS,
+                   help="how per-sample convs run (hyperstyle_jax.models.conv)")
     p.add_argument("--top", type=int, default=15, help="rows of the per-op table")
     args = p.parse_args(argv)
 
     base, frozen, hyper = build(256)
-    inv = make_inverter(base.config, frozen, hyper, precision=args.precision)
+    inv = make_inverter(base.config, frozen, hyper, precision=args.precision,
+                        per_sample=args.per_sample)
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (args.batch, 256, 256, 3)),
                     jnp.float32)
     fn = jax.jit(lambda fr, hv, x: inv.model.invert(fr, hv, x, args.n_iters))
@@ -89,7 +93,8 @@ def main(argv=None):
             wall = time.perf_counter() - t
         parts, ops, total = op_table(d, compiled.as_text(), args.top)
 
-    print(f"\n**{args.precision}, batch {args.batch}, {args.n_iters} iterations**: wall "
+    print(f"\n**{args.precision}, per_sample {args.per_sample}, batch {args.batch}, "
+          f"{args.n_iters} iterations**: wall "
           f"{wall / args.batch:.2f} s/image under the profiler, summed op time "
           f"{total / 1e6:.2f} s (load {load_str()})\n")
     print("| part | kind | op time (s) | share |\n|---|---|---|---|")
