@@ -2,7 +2,8 @@
 """Seconds per image of the full HyperStyle inversion: ours in fp32 and bf16 against the
 official PyTorch code, on the same random full-width checkpoint and the same inputs,
 alternating the programs in one run (best of --rounds each). Prints one table with the
-ratios, the bf16-vs-fp32 mean relative error of the final images and the load average.
+ratios (best against best, and within each round: median and range), the bf16-vs-fp32
+mean relative error of the final images and the load average.
 
     # ours only (no official repo needed; random JAX weights):
     python benchmarks/compare_official.py --ours_only
