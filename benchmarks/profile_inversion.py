@@ -13,10 +13,10 @@ and the render with per-sample offsets. "whole" is the full 5-iteration inversio
 `Inverter` compiles it; "sum" adds the parts as a 5-iteration run uses them (encoder +
 initial render + 5 x (backbone + heads + shared hypernet + offset render)).
 
-FLOPs are counted by XLA on the same component compiled with the per-sample form 'loop'
-(cost analysis counts a while loop's body once, so the default CPU form 'map' would be
-undercounted); time is the best of --repeats calls after a warm-up. Prints one markdown
-table per precision with the machine and the load average.
+FLOPs are counted by XLA on the same component compiled in fp32 with the per-sample form
+'loop' (cost analysis counts a while loop's body once, so 'map' and the bf16 GEMM form's
+row blocks would be undercounted); time is the best of --repeats calls after a warm-up.
+Prints one markdown table per precision with the machine and the load average.
 """
 from __future__ import annotations
 
@@ -88,8 +88,10 @@ def profile(size: int, batch: int, precision: str, n_iters: int, repeats: int, o
     base, frozen, hyper = build(size)
     inverter = make_inverter(base.config, frozen, hyper, precision=precision)
     model, hv = inverter.model, inverter.hyper_vars
-    # The unrolled per-sample form: XLA's cost analysis counts a lax.map body once.
-    counting = HyperStyle(base.config, per_sample="loop", precision=precision)
+    # XLA's cost analysis counts a loop's body once: FLOPs are counted on an fp32 model with
+    # unrolled per-sample convs and XLA's convs (the bf16 GEMM form's row blocks are a
+    # lax.map); the arithmetic is the same in every form and precision.
+    counting = HyperStyle(base.config, per_sample="loop", precision="fp32")
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.uniform(-1, 1, (batch, 256, 256, 3)), jnp.float32)
     codes = jax.jit(model.encode)(frozen, x)
