@@ -67,8 +67,9 @@ def components(model: HyperStyle, n_iters: int):
             hv, jnp.concatenate([x, y], -1), method=lambda m, t: m.features(t)), n_iters),
         "refinement heads": (lambda fr, hv, x, c, y, f, hc, d: hn.apply(
             hv, f, method=heads), n_iters),
+        # in the kernel layout, as an inversion asks for it
         "shared hypernet": (lambda fr, hv, x, c, y, f, hc, d: hn.apply(
-            hv, hc, method=lambda m, z: m.shared_weight_hypernet(z)), n_iters),
+            hv, hc, method=lambda m, z: m.shared_weight_hypernet(z, True)), n_iters),
         "render with offsets": (lambda fr, hv, x, c, y, f, hc, d:
                                 model.render(fr["generator"], c, d)[1], n_iters),
     }
