@@ -107,11 +107,12 @@ class SharedWeightsHypernet(nn.Module):
     def __call__(self, z: jax.Array, kernel_layout: bool = False) -> jax.Array:
         """kernel_layout: return the same kernels as [N, f, f, in, out] (`KernelDelta`'s
         layout). With in_size == out_size h_in's rows are the kernel's out channels and w1's
-        columns its (in, kh, kw), so each code's kernel comes straight out of one GEMM,
-        w1 (columns reordered to (kh, kw, in))^T @ h_in[n]^T, with no transpose of the
-        kernels themselves: a whole bf16 inversion 2.43-2.47 vs 2.52-2.62 s/image at batch 3
-        on CPU against the official product then a transposed copy (fp32: the same speed as
-        the transposed product w1^T @ h_in^T of all codes at once; docs/benchmarks.md)."""
+        columns its (in, kh, kw), so all codes' kernels come out of ONE GEMM, w1 (columns
+        reordered to (kh, kw, in))^T @ [h_in[0]^T | h_in[1]^T | ...], as [(kh, kw, in), N,
+        out], whose move of N to the front rides along with the accumulation that follows.
+        No transpose of the kernels themselves and no stack of per-code products: a whole
+        bf16 inversion on CPU 2.28 / 2.31 vs 2.39 / 2.41 s/image at batch 3 against one GEMM
+        per code, fp32 the same (docs/benchmarks.md)."""
         def init(key, shape):
             return jnp.fmod(jax.random.normal(key, shape, jnp.float32) / 40, 2)
 
@@ -135,10 +136,10 @@ class SharedWeightsHypernet(nn.Module):
             kernel = h_final.reshape(n, o, i, f, f)
             return KernelDelta.from_official(kernel).value if kernel_layout else kernel
         w1k = jnp.transpose(w1.reshape(zd, i, f, f), (2, 3, 1, 0)).reshape(f * f * i, zd)
-        b1k = jnp.transpose(b1.reshape(i, f, f), (1, 2, 0)).reshape(f * f * i, 1)
-        h_t = jnp.swapaxes(h_in, 1, 2)                   # [N, z, out]: small
-        g = jnp.stack([mm(w1k, h_t[c]) for c in range(n)]) + b1k
-        return g.reshape(n, f, f, i, o)
+        b1k = jnp.transpose(b1.reshape(i, f, f), (1, 2, 0)).reshape(f * f * i, 1, 1)
+        h_t = jnp.transpose(h_in, (2, 0, 1)).reshape(zd, n * o)   # [z, (N, out)]: small
+        g = mm(w1k, h_t).reshape(f * f * i, n, o) + b1k           # [(f, f, in), N, out]
+        return jnp.moveaxis(g, 1, 0).reshape(n, f, f, i, o)
 
 
 class HyperRefinementBlock(nn.Module):
