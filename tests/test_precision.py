@@ -44,46 +44,12 @@ def test_matmul_form_shared_kernel(xw, mode):
                                np.asarray(f(x, w[0], mode, 3, "map")), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-@pytest.mark.parametrize("stride,pad", [(1, ((1, 1), (1, 1))), (1, ((-1, 2), (2, 0))),
-                                        (2, ((0, 0), (0, 0)))])
-@pytest.mark.parametrize("per_sample", [True, False])
-def test_shifted_matmul_row_blocks(xw, monkeypatch, rows, stride, pad, per_sample):
-    """The row-blocked shifted-matmul form (a loop over samples and blocks of output rows,
-    uneven blocks padded and cropped) against XLA's conv, value and gradient."""
-    x, w = xw
+def _row_blocks_case(x, w, monkeypatch, rows, stride, pad, per_sample):
+    """(kernels, ours, XLA's conv in fp32 HIGHEST, loss) for the row-block tests, with
+    blocks of `rows` output rows."""
     wk = w if per_sample else w[0]
     wo = (x.shape[2] + sum(pad[1]) - 3) // stride + 1
     monkeypatch.setattr(conv, "MATMUL_BLOCK_BYTES", rows * wo * w.shape[-1] * 4)
-
-    def ref(x, wk):
-        one = lambda xi, wi: jax.lax.conv_general_dilated(  # noqa: E731
-            xi[None], wi, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision="highest")[0]
-        return jax.vmap(one)(x, wk) if per_sample else jax.vmap(one, (0, None))(x, wk)
-
-    def loss(f, x, wk):
-        return jnp.sum(jnp.sin(f(x, wk)))
-
-    ours = lambda x, wk: conv.shifted_matmul_conv(x, wk, pad, stride)  # noqa: E731
-    assert "scan" in jax.make_jaxpr(ours)(x, wk).pretty_print()   # the blocked loop ran
-    np.testing.assert_allclose(ours(x, wk), ref(x, wk), rtol=1e-5, atol=1e-5)
-    for g, g0 in zip(jax.grad(lambda *a: loss(ours, *a), (0, 1))(x, wk),
-                     jax.grad(lambda *a: loss(ref, *a), (0, 1))(x, wk)):
-        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("stride,pad", [(1, ((1, 1), (1, 1))), (2, ((0, 0), (0, 0)))])
-@pytest.mark.parametrize("per_sample", [True, False])
-def test_shifted_matmul_row_blocks_bf16(xw, monkeypatch, stride, pad, per_sample):
-    """bf16 operands take the row blocks on their bits (uint16) with tangents through the
-    plain loop: value and gradient against XLA's fp32 conv of the same (bf16-exact)
-    operands. bf16 x bf16 products are exact in fp32, so the value matches closely; the
-    gradients come back in bf16."""
-    x, w = (a.astype(jnp.bfloat16) for a in xw)
-    wk = w if per_sample else w[0]
-    wo = (x.shape[2] + sum(pad[1]) - 3) // stride + 1
-    monkeypatch.setattr(conv, "MATMUL_BLOCK_BYTES", 2 * wo * w.shape[-1] * 4)
 
     def ref(x, wk):
         x, wk = x.astype(jnp.float32), wk.astype(jnp.float32)
@@ -96,6 +62,34 @@ def test_shifted_matmul_row_blocks_bf16(xw, monkeypatch, stride, pad, per_sample
         return jnp.sum(jnp.sin(f(x, wk)))
 
     ours = lambda x, wk: conv.shifted_matmul_conv(x, wk, pad, stride)  # noqa: E731
+    return wk, ours, ref, loss
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("stride,pad", [(1, ((1, 1), (1, 1))), (1, ((-1, 2), (2, 0))),
+                                        (2, ((0, 0), (0, 0)))])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_shifted_matmul_row_blocks(xw, monkeypatch, rows, stride, pad, per_sample):
+    """The row-blocked shifted-matmul form (a loop over samples and blocks of output rows,
+    uneven blocks padded and cropped) against XLA's conv, value and gradient."""
+    x, w = xw
+    wk, ours, ref, loss = _row_blocks_case(x, w, monkeypatch, rows, stride, pad, per_sample)
+    assert "scan" in jax.make_jaxpr(ours)(x, wk).pretty_print()   # the blocked loop ran
+    np.testing.assert_allclose(ours(x, wk), ref(x, wk), rtol=1e-5, atol=1e-5)
+    for g, g0 in zip(jax.grad(lambda *a: loss(ours, *a), (0, 1))(x, wk),
+                     jax.grad(lambda *a: loss(ref, *a), (0, 1))(x, wk)):
+        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,pad", [(1, ((1, 1), (1, 1))), (2, ((0, 0), (0, 0)))])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_shifted_matmul_row_blocks_bf16(xw, monkeypatch, stride, pad, per_sample):
+    """bf16 operands take the row blocks on their bits (uint16), with tangents through the
+    loop on fp32 copies viewed as bf16 per block: value and gradient against XLA's fp32
+    conv of the same (bf16-exact) operands. bf16 x bf16 products are exact in fp32, so the
+    value matches closely; the gradients come back in bf16."""
+    x, w = (a.astype(jnp.bfloat16) for a in xw)
+    wk, ours, ref, loss = _row_blocks_case(x, w, monkeypatch, 2, stride, pad, per_sample)
     assert "bitcast_convert_type" in jax.make_jaxpr(ours)(x, wk).pretty_print()
     y = ours(x, wk)
     assert y.dtype == jnp.float32
