@@ -89,6 +89,10 @@ class BatchedFunction:
         n_bound = len(self._bound)
         shardings = ((self.replicated,) * n_bound + (self.sharded,) * len(batched)
                      + (self.replicated,) * len(shared))
+        if mesh.devices.size > 1:  # samples are independent: each device runs its share
+            fn = parallel.per_device(
+                fn, mesh, tuple(s.spec for s in shardings),
+                jax.tree_util.tree_map(parallel.batch_spec, out_axes, is_leaf=_is_none))
         self.compiled = jax.jit(fn, in_shardings=shardings).lower(
             *self._bound, *batched_specs, *shared_specs).compile()
 

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     args = parse_args(argv)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
-                                    args.process_id)
+                                    args.process_id, args.cpu_devices)
     cli.out_dir(args.out)
     all_paths = list_images(args.images)
     if not all_paths:

@@ -35,6 +35,9 @@ PROCESS_FLAGS = (
      "hosts (or JAX_COORDINATOR_ADDRESS); not needed on TPU pods or under SLURM"),
     ("num_processes", int, "number of processes (or JAX_NUM_PROCESSES)"),
     ("process_id", int, "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID)"),
+    ("cpu_devices", int, "split this host's CPU into this many JAX devices, each running its "
+     "share of every batch as its own program (a batch that is no multiple of it runs on one; "
+     "measured on a 2-core CPU in docs/benchmarks.md); default: one device"),
 )
 
 
@@ -59,8 +62,10 @@ def define_process_flags() -> dict:
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None,
+                           cpu_devices: int | None = None) -> bool:
     """Start `jax.distributed` when this is a multi-process run; return whether it was.
+    `cpu_devices`: see `use_cpu_devices`.
 
     Values come from the arguments, else from `JAX_COORDINATOR_ADDRESS`,
     `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. With none of them set, a multi-host TPU slice
@@ -69,6 +74,7 @@ def initialize_distributed(coordinator_address: str | None = None,
     Values that do not fit together raise `DistributedConfigError` before anything starts;
     the same values again in the same Python process (a second command) are accepted.
     """
+    use_cpu_devices(cpu_devices)
     addr = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     n = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     pid = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
@@ -89,6 +95,26 @@ def initialize_distributed(coordinator_address: str | None = None,
             jax.distributed.initialize()
         return True
     return False
+
+
+def use_cpu_devices(n: int | None) -> None:
+    """Split this host's CPU into n JAX devices (None: leave jax's default). The inference
+    layer runs each device's share of a batch as its own program (`shard_map`), so on a CPU
+    the shares run side by side; a 2-core CPU used its second core better this way than
+    with one device's intra-op threads (docs/benchmarks.md). Must run before any JAX
+    operation; the same n again (a second command in one process) is accepted."""
+    if n is None:
+        return
+    if n < 1:
+        raise DistributedConfigError(f"--cpu_devices {n}: must be >= 1")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already started
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise DistributedConfigError(
+                f"--cpu_devices {n}: JAX already runs with {have} CPU device(s) in this "
+                f"process; give it before any JAX work (on the command line)") from None
 
 
 def check_process_config(addr: str | None, n: int | None, pid: int | None) -> None:
@@ -180,6 +206,21 @@ def local_mesh(batch_size: int) -> Mesh:
     devices = jax.local_devices()
     n = len(devices) if batch_size % len(devices) == 0 else 1
     return make_mesh(devices[:n])
+
+
+def batch_spec(axis: int | None) -> P:
+    """PartitionSpec of an array whose batch axis is `axis` on the data axis (None: not
+    split)."""
+    return P() if axis is None else P(*([None] * axis), DATA_AXIS)
+
+
+def per_device(fn, mesh: Mesh, in_specs, out_specs):
+    """`fn` run on each device's share as its own program (`shard_map`), for functions of
+    independent samples: no collectives, so the partitioner cannot replicate work. A jit
+    over the sharded batch replicated the per-sample row-block loops of the bf16 convs
+    (`lax.map` over sample x block): 2 CPU devices ran an inversion 1.3x slower than one."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
 
 
 def pad_batch(x: np.ndarray, batch_size: int) -> np.ndarray:

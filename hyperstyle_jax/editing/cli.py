@@ -394,7 +394,7 @@ def run_subcommand(args: argparse.Namespace) -> int:
                             f"{args.batch_size})")
     t0 = time.perf_counter()
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
-                                    args.process_id)
+                                    args.process_id, args.cpu_devices)
     cli.out_dir(args.out)  # before loading: a file in the way is a one-line error
     if args.video:
         return video_pipeline.edit_videos(args)
