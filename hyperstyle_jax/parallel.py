@@ -36,8 +36,9 @@ PROCESS_FLAGS = (
     ("num_processes", int, "number of processes (or JAX_NUM_PROCESSES)"),
     ("process_id", int, "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID)"),
     ("cpu_devices", int, "split this host's CPU into this many JAX devices, each running its "
-     "share of every batch as its own program (a batch that is no multiple of it runs on one; "
-     "measured on a 2-core CPU in docs/benchmarks.md); default: one device"),
+     "share of every batch (invert and edit run a batch that is no multiple of it on one "
+     "device; train needs a multiple); measured on a 2-core CPU in docs/benchmarks.md; "
+     "default: one device"),
 )
 
 
