@@ -13,6 +13,9 @@ mean relative error of the final images and the load average.
     # against the official code:
     python benchmarks/compare_official.py --official ~/hyperstyle \\
         --official_python ~/venv-official/bin/python
+    # ... with ours also run on the CPU split into 3 devices (`invert --cpu_devices 3`):
+    python benchmarks/compare_official.py --official ~/hyperstyle \\
+        --official_python ~/venv-official/bin/python --cpu_devices 3
 
 The official code: `git clone https://github.com/yuval-alaluf/hyperstyle ~/hyperstyle`
 (public; its large `.npy` editing directions are not needed: `GIT_LFS_SKIP_SMUDGE=1`).
@@ -166,10 +169,17 @@ def main(argv=None):
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--per_sample", default="auto")
     p.add_argument("--work", help="folder for the random checkpoints (default: a temp dir)")
+    p.add_argument("--cpu_devices", type=int, default=None,
+                   help="split the CPU into N JAX devices (as `invert --cpu_devices N`) and "
+                        "time each of our precisions twice, on one device and split over N "
+                        "(rows 'ours <precision> xN')")
     args = p.parse_args(argv)
     if not args.ours_only and not (args.official and args.official_python):
         p.error("give --official and --official_python, or --ours_only")
     precisions = args.precisions.split(",")
+    if args.cpu_devices:
+        from hyperstyle_jax import parallel
+        parallel.use_cpu_devices(args.cpu_devices)
     work = args.work or tempfile.mkdtemp(prefix="hs_compare_")
     os.makedirs(work, exist_ok=True)
 
@@ -185,8 +195,14 @@ def main(argv=None):
     x = inputs(args.batch, h, seed=0)
 
     t0 = time.perf_counter()
-    runs = {pr: inv.batched_inverter(args.batch, args.n_iters) for pr, inv in invs.items()}
-    print(f"compiled ours ({', '.join(precisions)}) in {time.perf_counter() - t0:.0f} s; "
+    runs = {pr: inv.batched_inverter(args.batch, args.n_iters, max_devices=1)
+            for pr, inv in invs.items()}
+    if args.cpu_devices and args.cpu_devices > 1:
+        if args.batch % args.cpu_devices:
+            p.error(f"--batch {args.batch} is not divisible by --cpu_devices {args.cpu_devices}")
+        runs.update({f"{pr} x{args.cpu_devices}": inv.batched_inverter(args.batch, args.n_iters)
+                     for pr, inv in invs.items()})
+    print(f"compiled ours ({', '.join(runs)}) in {time.perf_counter() - t0:.0f} s; "
           f"load {load_str()}", flush=True)
     finals = {}
     for pr, run in runs.items():  # warm-up, and the images the errors are computed on
@@ -238,7 +254,7 @@ def main(argv=None):
             per_round = f"{np.median(rr):.2f}x ({min(rr):.2f}-{max(rr):.2f})"
         if k == "official":
             ratio = "1.00x"
-        name = {"fp32": "ours fp32", "bf16": "ours bf16"}.get(k, k)
+        name = k if k == "official" else f"ours {k}"
         print(f"| {name} | {v / args.batch:.2f} | {ratio} | {per_round} | {err} |")
     return best
 

@@ -60,7 +60,7 @@ def _first(a, n: int, axis: Optional[int]):
 
 class BatchedFunction:
     """`fn(*bound, *batched, *shared)` compiled ahead of time for batches of exactly
-    `batch_size` on `parallel.local_mesh(batch_size)`; see `compile_for_batch`.
+    `batch_size` on `parallel.local_mesh(batch_size, max_devices)`; see `compile_for_batch`.
 
     call(*batched, *shared): `batched` pytrees of arrays [n, ...] (numpy or jax) are padded
     to the batch and split over the mesh's `data` axis, `shared` ones replicated. With
@@ -71,11 +71,11 @@ class BatchedFunction:
 
     def __init__(self, fn: Callable, batch_size: int, bound: Sequence = (),
                  batched: Sequence = (), shared: Sequence = (), out_axes: Any = 0,
-                 to_host: bool = True):
+                 to_host: bool = True, max_devices: Optional[int] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.out_axes, self.to_host = int(batch_size), out_axes, to_host
-        mesh = parallel.local_mesh(self.batch_size)
+        mesh = parallel.local_mesh(self.batch_size, max_devices)
         self.replicated, self.sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
         self._bound = jax.device_put(tuple(bound), self.replicated)
         self._n_batched = len(batched)
@@ -127,16 +127,20 @@ class BatchedFunction:
 
 def compile_for_batch(fn: Callable, batch_size: int, bound: Sequence = (),
                       batched: Sequence = (), shared: Sequence = (), out_axes: Any = 0,
-                      to_host: bool = True) -> BatchedFunction:
+                      to_host: bool = True, max_devices: Optional[int] = None
+                      ) -> BatchedFunction:
     """Compile `fn(*bound, *batched, *shared)` for a fixed batch on the inference mesh.
 
     bound: values placed (replicated) once and passed to every call (frozen variables);
     batched: per argument, a pytree of `jax.ShapeDtypeStruct` for ONE example (no batch
     dim; None leaves allowed), split over the mesh; shared: full-shape specs of arguments
     given per call and replicated (e.g. one image's offsets for a batch of edits);
-    out_axes: a prefix tree of the outputs giving each one's batch axis (None: none).
+    out_axes: a prefix tree of the outputs giving each one's batch axis (None: none);
+    max_devices: use at most this many of the process's devices (None: all that divide
+    the batch).
     """
-    return BatchedFunction(fn, batch_size, bound, batched, shared, out_axes, to_host)
+    return BatchedFunction(fn, batch_size, bound, batched, shared, out_axes, to_host,
+                           max_devices)
 
 
 def _f32(shape) -> jax.ShapeDtypeStruct:
@@ -163,16 +167,18 @@ class Inverter:
     def generator_config(self):
         return self.model.config.generator
 
-    def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False):
+    def batched_inverter(self, batch_size: int, n_iters: int, resize_outputs: bool = False,
+                         max_devices: Optional[int] = None):
         """Compile the inversion of fixed-size batches; returns numpy x [n, h, w, 3] ->
         {'codes', 'init', 'images' [n_iters, n, ...], 'pooled_final', 'deltas'} (numpy,
         padding removed; n > batch_size goes in chunks). `resize_outputs`: images at the
-        feedback size."""
+        feedback size; `max_devices`: see `compile_for_batch`."""
         h, w = self.input_hw
         fn = functools.partial(self.model.invert, n_iters=n_iters, resize_outputs=resize_outputs)
         return compile_for_batch(
             fn, batch_size, bound=(self.frozen, self.hyper_vars), batched=(_f32((h, w, 3)),),
-            out_axes={"codes": 0, "init": 0, "images": 1, "pooled_final": 0, "deltas": 0})
+            out_axes={"codes": 0, "init": 0, "images": 1, "pooled_final": 0, "deltas": 0},
+            max_devices=max_devices)
 
     def batched_renderer(self, batch_size: int, crop: bool = False):
         """Compile G(codes, deltas) for fixed-size batches with the checkpoint's noise.

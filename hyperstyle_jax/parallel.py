@@ -201,10 +201,11 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def local_mesh(batch_size: int) -> Mesh:
-    """Inference mesh of this process: every local device when they divide `batch_size`,
-    else one device (a fixed-size batch is never split unevenly)."""
-    devices = jax.local_devices()
+def local_mesh(batch_size: int, max_devices: int | None = None) -> Mesh:
+    """Inference mesh of this process: every local device (at most `max_devices`) when
+    they divide `batch_size`, else one device (a fixed-size batch is never split
+    unevenly)."""
+    devices = jax.local_devices()[:max_devices]
     n = len(devices) if batch_size % len(devices) == 0 else 1
     return make_mesh(devices[:n])
 

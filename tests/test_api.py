@@ -2,6 +2,8 @@
 numbers of the batched inverter the CLIs use, renders and edits, and saves a folder the
 edit CLI reads; the stepwise inverter of the page gives the same numbers."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,9 +97,10 @@ def test_stepwise_inverter_equals_batched(model, ref):
             np.testing.assert_allclose(deltas[j], d[1], atol=1e-5)
 
 
-def test_compile_for_batch_pads_and_chunks():
-    """5 examples through a batch-3 function: 3 + 2 (padded), outputs cut along out_axes;
-    None leaves pass through; shared arguments reach every chunk."""
+def _pads_and_chunks(batch_size: int, max_devices=None):
+    """5 examples through a batch-`batch_size` function: full chunks + a padded one,
+    outputs cut along out_axes; None leaves pass through; shared arguments reach every
+    chunk. Returns the compiled function."""
     def fn(w, x, ds, s):
         return {"a": x * w + s, "b": jnp.stack([x.sum(1), x.sum(1)]), "c": w,
                 "d": [None if d is None else d * 2 for d in ds]}
@@ -105,11 +108,38 @@ def test_compile_for_batch_pads_and_chunks():
     def f32(*shape):
         return jax.ShapeDtypeStruct(shape, jnp.float32)
 
-    f = compile_for_batch(fn, 3, bound=(np.float32(2),), batched=(f32(3), [None, f32(2)]),
-                          shared=(f32(),), out_axes={"a": 0, "b": 1, "c": None, "d": 0})
+    f = compile_for_batch(fn, batch_size, bound=(np.float32(2),),
+                          batched=(f32(3), [None, f32(2)]), shared=(f32(),),
+                          out_axes={"a": 0, "b": 1, "c": None, "d": 0},
+                          max_devices=max_devices)
     x = np.arange(15, dtype=np.float32).reshape(5, 3)
     out = f(x, [None, np.ones((5, 2), np.float32)], np.float32(1))
     np.testing.assert_array_equal(out["a"], x * 2 + 1)
     np.testing.assert_array_equal(out["b"], np.stack([x.sum(1)] * 2))
     assert out["c"] == 2 and out["d"][0] is None
     np.testing.assert_array_equal(out["d"][1], np.full((5, 2), 2, np.float32))
+    return f
+
+
+def test_compile_for_batch_pads_and_chunks():
+    _pads_and_chunks(3)
+
+
+def test_compile_for_batch_on_two_devices():
+    """In a process with 2 CPU devices, a batch of 4 runs as one program per device
+    (`parallel.per_device`) with the same results, outputs split along out_axes (axis 1
+    included); max_devices=1 keeps it on one device; an odd batch stays on one."""
+    import subprocess
+    import sys
+    code = (
+        "from hyperstyle_jax import parallel; parallel.use_cpu_devices(2)\n"
+        "from tests.test_api import _pads_and_chunks\n"
+        "n = lambda f: f.sharded.mesh.devices.size\n"
+        "assert n(_pads_and_chunks(4)) == 2\n"
+        "assert n(_pads_and_chunks(4, max_devices=1)) == 1\n"
+        "assert n(_pads_and_chunks(3)) == 1\n"
+        "print('OK')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
