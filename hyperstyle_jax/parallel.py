@@ -240,7 +240,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
+    return NamedSharding(mesh, batch_spec(0))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "batch_size") -> int:

@@ -1,8 +1,20 @@
 """Test setup: fp32 matmuls everywhere (GPUs default to TF32, TPUs to bf16 passes), and
 the session fixtures shared by the test files."""
+import atexit
 import os
+import shutil
+import tempfile
 
-import jax
+# One persistent compilation cache per run, shared by both xdist workers and the CLIs'
+# subprocesses (they inherit the variable): the same fixture models' programs are compiled
+# by many tests, through `compile_for_batch`'s ahead-of-time compiles, which the in-memory
+# jit cache does not share. Fresh per run (a clean clone's time is the time measured) and
+# removed by the process that made it; a test that sets its own cache keeps it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsjax_tests_jit_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+
+import jax  # noqa: E402  (after the cache directory is set)
 import pytest
 from helpers import E2E, FIXTURES, quiet
 
