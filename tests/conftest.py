@@ -14,7 +14,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsjax_tests_jit_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
-import jax  # noqa: E402  (after the cache directory is set)
+# Most programs here are tiny and compiled once, so LLVM's optimisation dominates their
+# time: compile with XLA's backend at -O0 (same HLO passes, so the same arithmetic up to
+# fp32 rounding), 1/3 less time for compile-bound files. Files that compute for long
+# (training, refinement) take the `xla_optimized` fixture instead. Inherited by the CLIs'
+# subprocesses; an explicit JAX_DISABLE_MOST_OPTIMIZATIONS wins.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402  (after the cache directory and the optimisation level are set)
 import pytest
 from helpers import E2E, FIXTURES, quiet
 
@@ -26,6 +33,22 @@ jax.config.update("jax_default_matmul_precision", "highest")
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def xla_optimized():
+    """XLA's full backend optimisation for the rest of a test file (and its subprocesses):
+    for files whose tests compute more than they compile (see the -O0 default above)."""
+    key = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+    env, flag = os.environ.get(key), jax.config.values["jax_disable_most_optimizations"]
+    os.environ[key] = "0"
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", flag)
+    if env is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = env
 
 
 class ConvertedE2E:

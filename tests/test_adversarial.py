@@ -148,8 +148,9 @@ def test_linear_discriminator_gradients_match_the_closed_form(setup):
     factor = 1 - R1_GAMMA * R1_EVERY           # a -= r1_gamma / 2 * r1_every * 2 a
     np.testing.assert_allclose(new.disc_params["a"], a1 * factor, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(new.disc_params["b"], b1, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(new.disc_opt_state[0]["a"], R1_GAMMA * R1_EVERY * a1,
-                               rtol=1e-4, atol=1e-9)
+    r1_grad = R1_GAMMA * R1_EVERY * a1  # a1 = a - ga cancels: fp32 rounding of a's scale
+    np.testing.assert_allclose(new.disc_opt_state[0]["a"], r1_grad, rtol=1e-4,
+                               atol=1e-5 * float(np.max(np.abs(r1_grad))))
     assert float(metrics["finite"]) == 1.0
 
     # Off the R1 steps (step 1), D's update is the loss gradient alone.

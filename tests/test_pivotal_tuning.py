@@ -22,6 +22,8 @@ from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
 from hyperstyle_jax.inference import load_inverter
 from hyperstyle_jax.models.stylegan2 import Generator
 
+pytestmark = pytest.mark.usefixtures("xla_optimized")  # refinement computes more than it compiles
+
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 E2E = os.path.join(FIX, "05_e2e")
 METRICS = os.path.join(FIX, "06_metrics")

@@ -28,6 +28,8 @@ from hyperstyle_jax.models.pooling import adaptive_avg_pool2d
 from hyperstyle_jax.models.stylegan2 import Generator
 from hyperstyle_jax.utils import cli, images
 
+pytestmark = pytest.mark.usefixtures("xla_optimized")  # refinement computes more than it compiles
+
 N = 2  # hypernetwork iterations
 STEPS = 3
 METRICS = os.path.join(FIXTURES, "06_metrics")

@@ -241,7 +241,7 @@ def test_sigkill_then_resume_with_w_norm_and_discriminator_is_bit_identical(tmp_
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, xla_optimized):  # training: computes more than it compiles
     from hyperstyle_jax import demo as demo_mod
 
     return demo_mod.run(str(tmp_path_factory.mktemp("demo")), quick=True, progress=False)
