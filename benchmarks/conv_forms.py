@@ -6,7 +6,9 @@ what `AUTO_FORMS` in hyperstyle_jax/models/conv.py is chosen from.
     python benchmarks/conv_forms.py --batch 1 --repeats 5
 
 Forms (see conv.py): 'xla' = XLA's conv (per-sample kernels through lax.map, as 'map'),
-'matmul' = nine shifted GEMMs, 'winograd' = Winograd F(2x2, 3x3). Kernels 'per-sample'
+'matmul' = nine shifted GEMMs, 'winograd' = Winograd F(2x2, 3x3), and 'gemm' = not a
+conv but the ceiling: one (batched) GEMM with the conv's FLOPs, [B, H*W, 9*I] @ [B, 9*I, O]
+on patches built before the clock starts (`--forms xla,matmul,gemm`). Kernels 'per-sample'
 (the render with offsets) or 'shared' (initial render, hypernetwork backbone). bf16 means
 bf16 operands with fp32 accumulation and fp32 outputs. Each row: ms per call (best of
 --repeats after a warm-up), achieved GFLOP/s counting 2*9*I*O per output pixel (the
@@ -47,6 +49,19 @@ def run_form(form: str, x, w, pad):
     return conv._conv_s1_impl(x, w, pad, form)
 
 
+def gemm_ceiling(x, w):
+    """(fn, operands, nan): one GEMM per sample (shared kernels: one for the batch) with the
+    3x3 conv's FLOPs, on im2col patches built here, outside the timed call."""
+    b, h, wd, i = x.shape
+    p = lax.conv_general_dilated_patches(x.astype(jnp.float32), (3, 3), (1, 1),
+                                         ((1, 1), (1, 1)), dimension_numbers=conv._NHWC)
+    p = p.reshape(b, h * wd, 9 * i).astype(x.dtype)
+    k = w.reshape(w.shape[:-4] + (9 * i, w.shape[-1]))
+    spec = "bmk,bko->bmo" if k.ndim == 3 else "bmk,ko->bmo"
+    fn = jax.jit(lambda a, c: jnp.einsum(spec, a, c, preferred_element_type=jnp.float32))
+    return fn, (p, k), float("nan")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,10 +92,14 @@ def main(argv=None):
                 dt = conv.compute_dtype(pr)
                 xs, ws = x.astype(dt), w.astype(dt)
                 for form in args.forms.split(","):
-                    fn = jax.jit(lambda a, k, f=form: run_form(f, a, k, pad))
-                    t = time_call(fn, (xs, ws), args.repeats)
-                    err = float(np.abs(np.asarray(fn(xs, ws), np.float32) - ref).max()
-                                / np.abs(ref).max())
+                    if form == "gemm":
+                        fn, ops, err = gemm_ceiling(xs, ws)
+                        t = time_call(fn, ops, args.repeats)
+                    else:
+                        fn = jax.jit(lambda a, k, f=form: run_form(f, a, k, pad))
+                        t = time_call(fn, (xs, ws), args.repeats)
+                        err = float(np.abs(np.asarray(fn(xs, ws), np.float32) - ref).max()
+                                    / np.abs(ref).max())
                     rows.append((name, kind, pr, form, t, flops / t / 1e9, err))
                     print(f"{name} {kind} {pr} {form}: {1e3 * t:.1f} ms, "
                           f"{flops / t / 1e9:.0f} GFLOP/s, err {err:.1e} (load {load_str()})",
