@@ -23,7 +23,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402  (after the cache directory and the optimisation level are set)
 import pytest
-from helpers import E2E, FIXTURES, quiet
+from helpers import E2E, FIXTURES, quiet, xla_optimized_compiles
 
 from hyperstyle_jax.convert.hyperstyle import convert_hyperstyle, convert_w_encoder
 
@@ -39,16 +39,8 @@ def fixtures_dir():
 def xla_optimized():
     """XLA's full backend optimisation for the rest of a test file (and its subprocesses):
     for files whose tests compute more than they compile (see the -O0 default above)."""
-    key = "JAX_DISABLE_MOST_OPTIMIZATIONS"
-    env, flag = os.environ.get(key), jax.config.values["jax_disable_most_optimizations"]
-    os.environ[key] = "0"
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", flag)
-    if env is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = env
+    with xla_optimized_compiles():
+        yield
 
 
 class ConvertedE2E:

@@ -1,5 +1,6 @@
-"""Helpers shared by the test files: fixture paths, layout conversion, quiet logging, and
-the reader of a saved train state."""
+"""Helpers shared by the test files: fixture paths, layout conversion, quiet logging, the
+reader of a saved train state, and XLA's full optimisation for code that computes long."""
+import contextlib
 import os
 import socket
 
@@ -44,3 +45,22 @@ def saved_train_state(workdir, step):
         tree = ckptr.restore(path, target)
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+
+
+@contextlib.contextmanager
+def xla_optimized_compiles():
+    """XLA's full backend optimisation for what compiles inside (also in subprocesses
+    started inside), where the suite compiles at -O0 (conftest.py): for code that computes
+    more than it compiles."""
+    key = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+    env, flag = os.environ.get(key), jax.config.values["jax_disable_most_optimizations"]
+    os.environ[key] = "0"
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", flag)
+        if env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = env

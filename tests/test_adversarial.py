@@ -97,7 +97,8 @@ def test_linear_discriminator_gradients_match_the_closed_form(setup):
                                    true_latent=True, unroll=False, adversarial=adv))
     new, metrics = step(state, frozen, batch)
 
-    # The reference: the official loop, plus at the last iteration the closed-form vjp.
+    # The reference: the official loop, plus at the last iteration the closed-form vjp
+    # (as the gradient of <cotangent, y>). Jitted pieces: op by op it took longer.
     weights = LossWeights.from_config(setup["c"].loss)
     w = batch["latent"]
     g = model.config.generator
@@ -105,28 +106,33 @@ def test_linear_discriminator_gradients_match_the_closed_form(setup):
     codes, _, y_hat = model.initial_inversion(frozen["model"], x, codes)
     deltas, bs = model.zero_deltas(x.shape[0]), hyper["batch_stats"]
     grads = jax.tree.map(jnp.zeros_like, hyper["params"])
+
+    def render(p, bs, y_hat, deltas):
+        _, y, d, nbs = model.iteration(frozen["model"], {"params": p, "batch_stats": bs},
+                                       x, y_hat, codes, deltas, train=True)
+        return y, (d, nbs)
+
+    @jax.jit
+    def rec_grad_and_render(p, bs, y_hat, deltas):
+        g_rec = jax.grad(lambda q: compute_losses(frozen["loss"], render(q, bs, y_hat, deltas)[0],
+                                                  x, weights)[0])(p)
+        return g_rec, render(p, bs, y_hat, deltas)
+
+    adv_grad = jax.jit(lambda p, bs, y_hat, deltas, cot: jax.grad(
+        lambda q: jnp.sum(render(q, bs, y_hat, deltas)[0] * cot))(p))
     for t in range(N_ITERS):
-        def render(p, bs=bs, y_hat=y_hat, deltas=deltas):
-            _, y, d, nbs = model.iteration(frozen["model"], {"params": p, "batch_stats": bs},
-                                           x, y_hat, codes, deltas, train=True)
-            return y, (d, nbs)
-
-        def rec(p, render=render):
-            y, _ = render(p)
-            return compute_losses(frozen["loss"], y, x, weights)[0]
-
-        g_rec = jax.grad(rec)(hyper["params"])
-        y, vjp, (deltas, bs) = jax.vjp(render, hyper["params"], has_aux=True)
+        g_rec, (y, (next_deltas, next_bs)) = rec_grad_and_render(hyper["params"], bs, y_hat,
+                                                                 deltas)
         grads = jax.tree.map(jnp.add, grads, g_rec)
         if t == N_ITERS - 1:
             logit = np.asarray(_linear_d(d0, y))
             s = 1.0 / (1.0 + np.exp(logit))                       # sigmoid(-D(y_b))
             cot = -ADV_LAMBDA * s[:, None, None, None] * np.asarray(d0["a"])[None] / x.shape[0]
-            (g_adv,) = vjp(jnp.asarray(cot, jnp.float32))
+            g_adv = adv_grad(hyper["params"], bs, y_hat, deltas, jnp.asarray(cot, jnp.float32))
             grads = jax.tree.map(jnp.add, grads, g_adv)
             np.testing.assert_allclose(metrics[f"loss_adv/iter_{N_ITERS}"],
                                        np.mean(np.log1p(np.exp(-logit))), rtol=1e-5)
-        y_hat = y
+        y_hat, deltas, bs = y, next_deltas, next_bs
     got = new.opt_state[0]
     for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(grads),
                                   jax.tree.leaves(got)):

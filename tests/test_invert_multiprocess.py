@@ -1,11 +1,13 @@
 """Inference over several processes: the block arithmetic, the merge of the codes' part
 files, one-line errors for process flags that do not fit, and a real two-process run.
 
-The two-process run: `invert` then `edit interfacegan --images --save_inversion`, once in
-one process and once as two processes over a loopback `jax.distributed` (each seeing one
-CPU device); every file of both output folders must be the same, latents.npz included (same
-stems in the same order, values allclose). The three children share a compilation cache
-and the one-process child runs first, so the two others mostly load compiled code.
+The two-process run: `invert`, `edit interfacegan --images --save_inversion`, then from the
+stored inversion `edit interfacegan --inversion` (a block of the images per process) and
+`edit interpolate --inversion` (a share of the pairs per process), once in one process and
+once as two processes over a loopback `jax.distributed`; every file of all output folders
+must be the same, latents.npz included (same stems in the same order, values allclose).
+The three children share a compilation cache and the one-process child runs first, so the
+two others mostly load compiled code.
 """
 import os
 import subprocess
@@ -134,7 +136,13 @@ CHILD = textwrap.dedent('''
                               "--save_npy"])
     b = edit.main(["interfacegan", *common, "--out", root + "/edit", "--direction", direction,
                    "--factors", "2", "--save_npy", "--save_inversion"])
-    print("EXIT", a, b, flush=True)
+    # A stored inversion: each process edits its block of the images, or its pairs' share.
+    stored = ["--checkpoint", hs, "--inversion", root + "/invert", *process]
+    c = edit.main(["interfacegan", *stored, "--out", root + "/stored", "--direction",
+                   direction, "--factors", "2", "--batch_size", "2", "--save_npy"])
+    d = edit.main(["interpolate", *stored, "--out", root + "/pairs", "--alphas", "0.5",
+                   "--pair", "i0", "i2", "--pair", "i1", "i2", "--pair", "i0", "i1"])
+    print("EXIT", a, b, c, d, flush=True)
 ''')
 
 
@@ -182,7 +190,7 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     cache = tmp_path / "jax_cache"
     [ref] = _finish([_spawn(script, args + [one], cache)])
-    assert "EXIT 1 1" in ref, ref[-3000:]  # the bad file fails both commands
+    assert "EXIT 1 1 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
     addr = f"127.0.0.1:{free_port()}"
     # Each process also splits its CPU into 2 devices, each running one sample of every
     # batch (`parallel.per_device`): the files must still be the one-device process's.
@@ -190,16 +198,22 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
                                           "--coordinator_address", addr, "--cpu_devices", 2],
                            cache)
                     for p in range(2)])
-    assert "EXIT 0 0" in outs[0], outs[0][-3000:]  # i0, i1
-    assert "EXIT 1 1" in outs[1], outs[1][-3000:]  # i2 and z_bad
+    assert "EXIT 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
+    assert "EXIT 1 1 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
     assert "process 0 of 2: inverted 2 of 2 images" in outs[0]
     assert "on 2 cpu device(s)" in outs[0] and "on 2 cpu device(s)" in outs[1]
     assert "process 1 of 2: inverted 1 of 2 images" in outs[1]
+    # From the stored inversion: images i0, i1 | i2; pairs (i0, i2), (i1, i2) | (i0, i1).
+    assert f"2 input(s) edited into {two / 'stored'}" in outs[0]
+    assert f"1 input(s) edited into {two / 'stored'}" in outs[1]
+    assert "interpolate: 2/2 img (100%)" in outs[0] and "interpolate: 1/1 img" in outs[1]
 
     files = _files(one)
     assert files == _files(two)  # no part file left, nothing missing or extra
     assert {"invert/latents.npz", "edit/latents.npz", "edit/deltas/i2.npz",
-            "invert/final/i2.png", "edit/edits/interfacegan_random_unit_2/i1.png"} <= set(files)
+            "invert/final/i2.png", "edit/edits/interfacegan_random_unit_2/i1.png",
+            "stored/edits/interfacegan_random_unit_2/i0.png", "stored/arrays/i2.npz",
+            "pairs/edits/alpha_0.5/i0__i2.png", "pairs/grids/i0__i1.png"} <= set(files)
     for rel in files:
         a, b = one / rel, two / rel
         if rel.endswith(".npz"):
