@@ -3,17 +3,21 @@ files, one-line errors for process flags that do not fit, and a real two-process
 
 The two-process run: `invert`, `edit interfacegan --images --save_inversion`, then from the
 stored inversion `edit interfacegan --inversion` (a block of the images per process) and
-`edit interpolate --inversion` (a share of the pairs per process), once in one process and
-once as two processes over a loopback `jax.distributed`; every file of all output folders
-must be the same, latents.npz included (same stems in the same order, values allclose).
+`edit interpolate --inversion` (a share of the pairs per process), and `edit interfacegan
+--video` on three clips (a block of the clips per process), once in one process and once
+as two processes over a loopback `jax.distributed`; every file of all output folders must
+be the same, latents.npz included (same stems in the same order, values allclose; the
+clips' frames within x264's error).
 The three children share a compilation cache and the one-process child runs first, so the
 two others mostly load compiled code.
 """
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import av
 import jax
 import numpy as np
 import pytest
@@ -21,8 +25,10 @@ from helpers import ROOT, free_port
 from PIL import Image
 
 from hyperstyle_jax import edit, inversion_files, invert, parallel
+from hyperstyle_jax.video import synthetic
 
 F09 = os.path.join(ROOT, "tests", "fixtures", "09_editing")
+PHOTO = os.path.join(ROOT, "tests", "fixtures", "12_alignment", "grace_hopper.jpg")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -124,12 +130,14 @@ def test_train_bad_process_flags_are_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- two processes
 
-# One child: invert, then edit (both through their command lines' main); argv[1] is the
-# output root, the rest the process flags (none for the one-process reference).
+# One child: invert, then edit (both through their command lines' main); the argument
+# after the clips' folder is the output root, the rest the process flags (none for the
+# one-process reference).
 CHILD = textwrap.dedent('''
+    import glob
     import sys
     from hyperstyle_jax import edit, invert
-    hs, we, images, direction, root, *process = sys.argv[1:]
+    hs, we, images, direction, clips, root, *process = sys.argv[1:]
     common = ["--checkpoint", hs, "--w_encoder", we, "--images", images, "--n_iters", "1",
               "--batch_size", "2", *process]
     a = invert.main(common + ["--out", root + "/invert", "--save_latents", "--save_deltas",
@@ -142,7 +150,11 @@ CHILD = textwrap.dedent('''
                    direction, "--factors", "2", "--batch_size", "2", "--save_npy"])
     d = edit.main(["interpolate", *stored, "--out", root + "/pairs", "--alphas", "0.5",
                    "--pair", "i0", "i2", "--pair", "i1", "i2", "--pair", "i0", "i1"])
-    print("EXIT", a, b, c, d, flush=True)
+    # Clips: each process edits its block of them, frame by frame.
+    video = [a for clip in sorted(glob.glob(clips + "/*.mp4")) for a in ("--video", clip)]
+    e = edit.main(["interfacegan", *common[:4], *video, *common[6:], "--out", root + "/video",
+                   "--direction", direction, "--factors", "2", "--video_ext", ".mp4"])
+    print("EXIT", a, b, c, d, e, flush=True)
 ''')
 
 
@@ -171,6 +183,12 @@ def _finish(procs, timeout=300):
     return outs
 
 
+def _frames(path):
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(
+            np.int16)
+
+
 def _files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root)
                   for d, _, fs in os.walk(root) for f in fs)
@@ -183,14 +201,18 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
     for i in range(3):  # blocks of 2 and 1 (+ the bad file): a padded batch on each side
         Image.fromarray(rng.randint(0, 256, (64, 64, 3), dtype=np.uint8)).save(imgs / f"i{i}.png")
     (imgs / "z_bad.png").write_text("not an image")  # process 1's: exit 1 there only
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(3):  # blocks of 2 and 1
+        synthetic.make_clip(str(clips / f"v{i}.mp4"), PHOTO, n=3 + i, audio=None)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     args = [e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder(), imgs,
-            os.path.join(F09, "interfacegan_random_unit.pt")]
+            os.path.join(F09, "interfacegan_random_unit.pt"), clips]
     one, two = tmp_path / "one", tmp_path / "two"
     cache = tmp_path / "jax_cache"
     [ref] = _finish([_spawn(script, args + [one], cache)])
-    assert "EXIT 1 1 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
+    assert "EXIT 1 1 0 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
     addr = f"127.0.0.1:{free_port()}"
     # Each process also splits its CPU into 2 devices, each running one sample of every
     # batch (`parallel.per_device`): the files must still be the one-device process's.
@@ -198,8 +220,8 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
                                           "--coordinator_address", addr, "--cpu_devices", 2],
                            cache)
                     for p in range(2)])
-    assert "EXIT 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
-    assert "EXIT 1 1 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
+    assert "EXIT 0 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
+    assert "EXIT 1 1 0 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
     assert "process 0 of 2: inverted 2 of 2 images" in outs[0]
     assert "on 2 cpu device(s)" in outs[0] and "on 2 cpu device(s)" in outs[1]
     assert "process 1 of 2: inverted 1 of 2 images" in outs[1]
@@ -207,6 +229,10 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
     assert f"2 input(s) edited into {two / 'stored'}" in outs[0]
     assert f"1 input(s) edited into {two / 'stored'}" in outs[1]
     assert "interpolate: 2/2 img (100%)" in outs[0] and "interpolate: 1/1 img" in outs[1]
+    # Clips v0, v1 | v2, each reported by the process that edited it.
+    for p, i, n in ((0, 0, 3), (0, 1, 4), (1, 2, 5)):
+        assert f"{clips / f'v{i}.mp4'}: {n} frames ({n} edited" in outs[p], outs[p][-3000:]
+        assert f"v{i}.mp4: " not in outs[1 - p]
 
     files = _files(one)
     assert files == _files(two)  # no part file left, nothing missing or extra
@@ -226,5 +252,16 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
         elif rel.endswith(".png"):
             x, y = np.asarray(Image.open(a), np.int16), np.asarray(Image.open(b), np.int16)
             assert x.shape == y.shape and np.abs(x - y).max() <= 1, rel
+        elif rel.endswith(".mp4"):
+            # Frames 1 level apart at most before x264, whose choices then differ here and
+            # there (seen: mean 0.44, max 32 levels on one clip, others identical).
+            x, y = _frames(a), _frames(b)
+            assert x.shape == y.shape and np.abs(x - y).mean() < 1.0, rel
+        elif rel.startswith("video/videos/") and rel.endswith(".json"):  # a clip's report
+            # (its flicker is measured on the frames before coding)
+            x, y = json.loads(a.read_text()), json.loads(b.read_text())
+            assert (x["frames"], x["edited"]) == (y["frames"], y["edited"]), rel
+            np.testing.assert_allclose(list(x["flicker"].values()), list(y["flicker"].values()),
+                                       rtol=1e-4, err_msg=rel)
     with np.load(one / "invert" / "latents.npz") as f:
         assert f.files == ["i0", "i1", "i2"]
