@@ -1,15 +1,18 @@
 """Inference over several processes: the block arithmetic, the merge of the codes' part
 files, one-line errors for process flags that do not fit, and a real two-process run.
 
-The two-process run: `invert`, `edit interfacegan --images --save_inversion`, then from the
-stored inversion `edit interfacegan --inversion` (a block of the images per process) and
-`edit interpolate --inversion` (a share of the pairs per process), and `edit interfacegan
---video` on three clips (a block of the clips per process), once in one process and once
-as two processes over a loopback `jax.distributed`; every file of all output folders must
-be the same, latents.npz included (same stems in the same order, values allclose; the
-clips' frames within x264's error).
-The three children share a compilation cache and the one-process child runs first, so the
-two others mostly load compiled code.
+The two-process run, once in one process and once as two processes over a loopback
+`jax.distributed`:
+- `invert`, then `edit interfacegan --images --save_inversion`;
+- from the stored inversion, `edit interfacegan --inversion` (a block of the images per
+  process) and `edit interpolate --inversion` (a share of the pairs per process);
+- `edit interfacegan --video` on three clips (a block of the clips per process);
+- `edit interfacegan --paste_back` on three photos (each process aligns and pastes its
+  block).
+Every file of all output folders must be the same: latents.npz included (same stems in the
+same order, values allclose), the clips' frames within x264's error. The three children
+share a compilation cache and the one-process child runs first, so the two others mostly
+load compiled code.
 """
 import json
 import os
@@ -137,7 +140,7 @@ CHILD = textwrap.dedent('''
     import glob
     import sys
     from hyperstyle_jax import edit, invert
-    hs, we, images, direction, clips, root, *process = sys.argv[1:]
+    hs, we, images, direction, clips, faces, root, *process = sys.argv[1:]
     common = ["--checkpoint", hs, "--w_encoder", we, "--images", images, "--n_iters", "1",
               "--batch_size", "2", *process]
     a = invert.main(common + ["--out", root + "/invert", "--save_latents", "--save_deltas",
@@ -154,7 +157,10 @@ CHILD = textwrap.dedent('''
     video = [a for clip in sorted(glob.glob(clips + "/*.mp4")) for a in ("--video", clip)]
     e = edit.main(["interfacegan", *common[:4], *video, *common[6:], "--out", root + "/video",
                    "--direction", direction, "--factors", "2", "--video_ext", ".mp4"])
-    print("EXIT", a, b, c, d, e, flush=True)
+    # Photos: each process aligns its block, inverts, edits and pastes back.
+    f = edit.main(["interfacegan", *common[:4], "--images", faces, *common[6:], "--out",
+                   root + "/paste", "--direction", direction, "--factors", "2", "--paste_back"])
+    print("EXIT", a, b, c, d, e, f, flush=True)
 ''')
 
 
@@ -205,14 +211,21 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
     clips.mkdir()
     for i in range(3):  # blocks of 2 and 1
         synthetic.make_clip(str(clips / f"v{i}.mp4"), PHOTO, n=3 + i, audio=None)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    photo = Image.open(PHOTO)
+    for i, (w, h) in enumerate([(256, 300), (300, 352), (220, 258)]):  # blocks of 2 and 1
+        face = photo.resize((w, h))
+        (face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i == 1 else face).save(
+            faces / f"p{i}.jpg", quality=95)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     args = [e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder(), imgs,
-            os.path.join(F09, "interfacegan_random_unit.pt"), clips]
+            os.path.join(F09, "interfacegan_random_unit.pt"), clips, faces]
     one, two = tmp_path / "one", tmp_path / "two"
     cache = tmp_path / "jax_cache"
     [ref] = _finish([_spawn(script, args + [one], cache)])
-    assert "EXIT 1 1 0 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
+    assert "EXIT 1 1 0 0 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
     addr = f"127.0.0.1:{free_port()}"
     # Each process also splits its CPU into 2 devices, each running one sample of every
     # batch (`parallel.per_device`): the files must still be the one-device process's.
@@ -220,8 +233,8 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
                                           "--coordinator_address", addr, "--cpu_devices", 2],
                            cache)
                     for p in range(2)])
-    assert "EXIT 0 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
-    assert "EXIT 1 1 0 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
+    assert "EXIT 0 0 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
+    assert "EXIT 1 1 0 0 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
     assert "process 0 of 2: inverted 2 of 2 images" in outs[0]
     assert "on 2 cpu device(s)" in outs[0] and "on 2 cpu device(s)" in outs[1]
     assert "process 1 of 2: inverted 1 of 2 images" in outs[1]
@@ -233,13 +246,17 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
     for p, i, n in ((0, 0, 3), (0, 1, 4), (1, 2, 5)):
         assert f"{clips / f'v{i}.mp4'}: {n} frames ({n} edited" in outs[p], outs[p][-3000:]
         assert f"v{i}.mp4: " not in outs[1 - p]
+    # Photos p0, p1 | p2, each aligned, edited and pasted back by one process.
+    assert f"2 input(s) edited into {two / 'paste'}" in outs[0]
+    assert f"1 input(s) edited into {two / 'paste'}" in outs[1]
 
     files = _files(one)
     assert files == _files(two)  # no part file left, nothing missing or extra
     assert {"invert/latents.npz", "edit/latents.npz", "edit/deltas/i2.npz",
             "invert/final/i2.png", "edit/edits/interfacegan_random_unit_2/i1.png",
             "stored/edits/interfacegan_random_unit_2/i0.png", "stored/arrays/i2.npz",
-            "pairs/edits/alpha_0.5/i0__i2.png", "pairs/grids/i0__i1.png"} <= set(files)
+            "pairs/edits/alpha_0.5/i0__i2.png", "pairs/grids/i0__i1.png",
+            "paste/pasted/interfacegan_random_unit_2/p2.png"} <= set(files)
     for rel in files:
         a, b = one / rel, two / rel
         if rel.endswith(".npz"):
