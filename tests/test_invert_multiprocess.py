@@ -8,7 +8,9 @@ The two-process run, once in one process and once as two processes over a loopba
   process) and `edit interpolate --inversion` (a share of the pairs per process);
 - `edit interfacegan --video` on three clips (a block of the clips per process);
 - `edit interfacegan --paste_back` on three photos (each process aligns and pastes its
-  block).
+  block);
+- `edit domain` with random noise, drawn per image from its position in the whole input
+  (each process numbers its block from `first_index`).
 Every file of all output folders must be the same: latents.npz included (same stems in the
 same order, values allclose), the clips' frames within x264's error. The three children
 share a compilation cache and the one-process child runs first, so the two others mostly
@@ -24,13 +26,16 @@ import av
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, free_port
+from helpers import FIXTURES, ROOT, free_port, quiet
 from PIL import Image
 
 from hyperstyle_jax import edit, inversion_files, invert, parallel
+from hyperstyle_jax.convert.restyle import convert_restyle_e4e
+from hyperstyle_jax.convert.stylegan2 import convert_stylegan2
 from hyperstyle_jax.video import synthetic
 
-F09 = os.path.join(ROOT, "tests", "fixtures", "09_editing")
+F09 = os.path.join(FIXTURES, "09_editing")
+F13 = os.path.join(FIXTURES, "13_restyle_domain")
 PHOTO = os.path.join(ROOT, "tests", "fixtures", "12_alignment", "grace_hopper.jpg")
 
 
@@ -140,7 +145,7 @@ CHILD = textwrap.dedent('''
     import glob
     import sys
     from hyperstyle_jax import edit, invert
-    hs, we, images, direction, clips, faces, root, *process = sys.argv[1:]
+    hs, we, images, direction, clips, faces, restyle, toon, root, *process = sys.argv[1:]
     common = ["--checkpoint", hs, "--w_encoder", we, "--images", images, "--n_iters", "1",
               "--batch_size", "2", *process]
     a = invert.main(common + ["--out", root + "/invert", "--save_latents", "--save_deltas",
@@ -160,7 +165,10 @@ CHILD = textwrap.dedent('''
     # Photos: each process aligns its block, inverts, edits and pastes back.
     f = edit.main(["interfacegan", *common[:4], "--images", faces, *common[6:], "--out",
                    root + "/paste", "--direction", direction, "--factors", "2", "--paste_back"])
-    print("EXIT", a, b, c, d, e, f, flush=True)
+    # Domain renders with random noise drawn per image position: numbered across processes.
+    g = edit.main(["domain", *common, "--out", root + "/domain", "--restyle", restyle,
+                   "--generator", toon, "--restyle_iters", "1", "--save_npy"])
+    print("EXIT", a, b, c, d, e, f, g, flush=True)
 ''')
 
 
@@ -220,12 +228,16 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
             faces / f"p{i}.jpg", quality=95)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
+    restyle, toon = tmp_path / "restyle", tmp_path / "toon"
+    convert_restyle_e4e(os.path.join(F13, "restyle_e4e_narrow.pt"), str(restyle), log=quiet)
+    convert_stylegan2(os.path.join(F13, "stylegan2_narrow128_finetuned.pt"), str(toon),
+                      log=quiet)
     args = [e2e_checkpoints.hyperstyle(), e2e_checkpoints.w_encoder(), imgs,
-            os.path.join(F09, "interfacegan_random_unit.pt"), clips, faces]
+            os.path.join(F09, "interfacegan_random_unit.pt"), clips, faces, restyle, toon]
     one, two = tmp_path / "one", tmp_path / "two"
     cache = tmp_path / "jax_cache"
     [ref] = _finish([_spawn(script, args + [one], cache)])
-    assert "EXIT 1 1 0 0 0 0" in ref, ref[-3000:]  # the bad file fails the two --images runs
+    assert "EXIT 1 1 0 0 0 0 1" in ref, ref[-3000:]  # the bad file fails the two --images runs
     addr = f"127.0.0.1:{free_port()}"
     # Each process also splits its CPU into 2 devices, each running one sample of every
     # batch (`parallel.per_device`): the files must still be the one-device process's.
@@ -233,8 +245,8 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
                                           "--coordinator_address", addr, "--cpu_devices", 2],
                            cache)
                     for p in range(2)])
-    assert "EXIT 0 0 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
-    assert "EXIT 1 1 0 0 0 0" in outs[1], outs[1][-3000:]  # i2 and z_bad
+    assert "EXIT 0 0 0 0 0 0 0" in outs[0], outs[0][-3000:]  # i0, i1
+    assert "EXIT 1 1 0 0 0 0 1" in outs[1], outs[1][-3000:]  # i2 and z_bad
     assert "process 0 of 2: inverted 2 of 2 images" in outs[0]
     assert "on 2 cpu device(s)" in outs[0] and "on 2 cpu device(s)" in outs[1]
     assert "process 1 of 2: inverted 1 of 2 images" in outs[1]
@@ -256,7 +268,7 @@ def test_two_processes_write_what_one_process_writes(e2e_checkpoints, tmp_path):
             "invert/final/i2.png", "edit/edits/interfacegan_random_unit_2/i1.png",
             "stored/edits/interfacegan_random_unit_2/i0.png", "stored/arrays/i2.npz",
             "pairs/edits/alpha_0.5/i0__i2.png", "pairs/grids/i0__i1.png",
-            "paste/pasted/interfacegan_random_unit_2/p2.png"} <= set(files)
+            "paste/pasted/interfacegan_random_unit_2/p2.png", "domain/arrays/i2.npz"} <= set(files)
     for rel in files:
         a, b = one / rel, two / rel
         if rel.endswith(".npz"):
