@@ -17,8 +17,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # Most programs here are tiny and compiled once, so LLVM's optimisation dominates their
 # time: compile with XLA's backend at -O0 (same HLO passes, so the same arithmetic up to
 # fp32 rounding), 1/3 less time for compile-bound files. Files that compute for long
-# (training, refinement) take the `xla_optimized` fixture instead. Inherited by the CLIs'
-# subprocesses; elsewhere an explicit JAX_DISABLE_MOST_OPTIMIZATIONS (e.g. 0) wins.
+# (training, refinement) take the `xla_optimized` fixture instead, single fixtures
+# `helpers.xla_optimized_compiles`. Inherited by the CLIs' subprocesses; elsewhere an
+# explicit JAX_DISABLE_MOST_OPTIMIZATIONS (e.g. 0) wins.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402  (after the cache directory and the optimisation level are set)

@@ -114,9 +114,10 @@ def test_linear_discriminator_gradients_match_the_closed_form(setup):
 
     @jax.jit
     def rec_grad_and_render(p, bs, y_hat, deltas):
-        g_rec = jax.grad(lambda q: compute_losses(frozen["loss"], render(q, bs, y_hat, deltas)[0],
-                                                  x, weights)[0])(p)
-        return g_rec, render(p, bs, y_hat, deltas)
+        def rec(q):
+            y, aux = render(q, bs, y_hat, deltas)
+            return compute_losses(frozen["loss"], y, x, weights)[0], (y, aux)
+        return jax.grad(rec, has_aux=True)(p)  # (gradient, the render it came from)
 
     adv_grad = jax.jit(lambda p, bs, y_hat, deltas, cot: jax.grad(
         lambda q: jnp.sum(render(q, bs, y_hat, deltas)[0] * cot))(p))

@@ -36,7 +36,7 @@ from hyperstyle_jax.video import synthetic
 
 F09 = os.path.join(FIXTURES, "09_editing")
 F13 = os.path.join(FIXTURES, "13_restyle_domain")
-PHOTO = os.path.join(ROOT, "tests", "fixtures", "12_alignment", "grace_hopper.jpg")
+PHOTO = os.path.join(FIXTURES, "12_alignment", "grace_hopper.jpg")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -138,16 +138,16 @@ def test_train_bad_process_flags_are_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- two processes
 
-# One child: invert, then edit (both through their command lines' main); the argument
-# after the clips' folder is the output root, the rest the process flags (none for the
-# one-process reference).
+# One child: invert, then edit (both through their command lines' main); the last argument
+# before the process flags (none for the one-process reference) is the output root.
 CHILD = textwrap.dedent('''
     import glob
     import sys
     from hyperstyle_jax import edit, invert
     hs, we, images, direction, clips, faces, restyle, toon, root, *process = sys.argv[1:]
-    common = ["--checkpoint", hs, "--w_encoder", we, "--images", images, "--n_iters", "1",
-              "--batch_size", "2", *process]
+    models = ["--checkpoint", hs, "--w_encoder", we]
+    opts = ["--n_iters", "1", "--batch_size", "2", *process]
+    common = [*models, "--images", images, *opts]
     a = invert.main(common + ["--out", root + "/invert", "--save_latents", "--save_deltas",
                               "--save_npy"])
     b = edit.main(["interfacegan", *common, "--out", root + "/edit", "--direction", direction,
@@ -159,11 +159,11 @@ CHILD = textwrap.dedent('''
     d = edit.main(["interpolate", *stored, "--out", root + "/pairs", "--alphas", "0.5",
                    "--pair", "i0", "i2", "--pair", "i1", "i2", "--pair", "i0", "i1"])
     # Clips: each process edits its block of them, frame by frame.
-    video = [a for clip in sorted(glob.glob(clips + "/*.mp4")) for a in ("--video", clip)]
-    e = edit.main(["interfacegan", *common[:4], *video, *common[6:], "--out", root + "/video",
+    video = [arg for clip in sorted(glob.glob(clips + "/*.mp4")) for arg in ("--video", clip)]
+    e = edit.main(["interfacegan", *models, *video, *opts, "--out", root + "/video",
                    "--direction", direction, "--factors", "2", "--video_ext", ".mp4"])
     # Photos: each process aligns its block, inverts, edits and pastes back.
-    f = edit.main(["interfacegan", *common[:4], "--images", faces, *common[6:], "--out",
+    f = edit.main(["interfacegan", *models, "--images", faces, *opts, "--out",
                    root + "/paste", "--direction", direction, "--factors", "2", "--paste_back"])
     # Domain renders with random noise drawn per image position: numbered across processes.
     g = edit.main(["domain", *common, "--out", root + "/domain", "--restyle", restyle,
